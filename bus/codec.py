@@ -1,0 +1,145 @@
+"""The envelope's msgpack codec: the only place that knows the wire format (docs/protocol.md)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+
+from bus.envelope import SCHEMA_VERSION, Envelope
+from bus.errors import DecodeError, EnvelopeTooLarge
+
+MAX_ENVELOPE_BYTES = 1 << 20
+
+# Wire field -> (Python type(s) accepted, required). Order is the order on the wire.
+_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "v": ((int,), True),
+    "id": ((str,), True),
+    "run_id": ((str,), True),
+    "type": ((str,), True),
+    "source": ((str,), True),
+    "ts": ((float, int), True),
+    "epoch": ((int,), True),
+    "iteration": ((int,), True),
+    "data": ((dict,), True),
+    "sig": ((str,), False),
+}
+
+
+def to_native(value: Any) -> Any:
+    """Convert tensors, numpy values, tuples and sets into msgpack-native values."""
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    if isinstance(value, Mapping):
+        return {to_native(k): to_native(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_native(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return [to_native(v) for v in sorted(value, key=repr)]
+    # Duck-typed so that bus/ never imports torch or numpy: tensors and numpy arrays and
+    # scalars all offer tolist() (detach() first for tensors that require grad).
+    if hasattr(value, "detach"):
+        value = value.detach().cpu()
+    if hasattr(value, "tolist"):
+        return to_native(value.tolist())
+    if hasattr(value, "item"):
+        return to_native(value.item())
+    raise TypeError(
+        f"cannot put a value of type {type(value).__qualname__} on the bus: "
+        "use numbers, strings, bytes, lists, dicts, tensors or numpy arrays"
+    )
+
+
+def _as_map(env: Envelope, with_sig: bool) -> dict[str, Any]:
+    wire = {
+        "v": env.v,
+        "id": env.id,
+        "run_id": env.run_id,
+        "type": env.type,
+        "source": env.source,
+        "ts": float(env.ts),
+        "epoch": int(env.epoch),
+        "iteration": int(env.iteration),
+        "data": env.data,
+    }
+    if with_sig and env.sig is not None:
+        wire["sig"] = env.sig
+    return wire
+
+
+def encode(env: Envelope, max_bytes: int = MAX_ENVELOPE_BYTES) -> bytes:
+    """Encode an envelope to msgpack bytes, refusing one larger than `max_bytes`."""
+    try:
+        raw = msgpack.packb(_as_map(env, with_sig=True), use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(
+            f"envelope {env.type!r} (id {env.id}) has data that is not msgpack-native: {exc}; "
+            "convert it with bus.codec.to_native first"
+        ) from exc
+    if len(raw) > max_bytes:
+        raise EnvelopeTooLarge(
+            f"envelope {env.type!r} (id {env.id}) is {len(raw)} bytes, "
+            f"over the limit of {max_bytes} bytes; send large payloads as files and publish "
+            "their path"
+        )
+    return raw
+
+
+def decode(raw: bytes) -> Envelope:
+    """Decode msgpack bytes into an envelope, or raise DecodeError naming what is wrong."""
+    try:
+        wire = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise DecodeError(f"not msgpack: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(wire, dict):
+        raise DecodeError(f"envelope must be a msgpack map, got {type(wire).__name__}")
+    version = wire.get("v")
+    if version != SCHEMA_VERSION:
+        raise DecodeError(
+            f"unknown schema version {version!r} (this reader knows {SCHEMA_VERSION})"
+        )
+    for name, (types, required) in _FIELDS.items():
+        if name not in wire:
+            if required:
+                raise DecodeError(f"envelope is missing the field {name!r}")
+            continue
+        value = wire[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise DecodeError(
+                f"field {name!r} must be {'/'.join(t.__name__ for t in types)}, "
+                f"got {type(value).__name__}"
+            )
+    if not math.isfinite(wire["ts"]):
+        raise DecodeError(f"field 'ts' must be finite, got {wire['ts']!r}")
+    return Envelope(
+        v=wire["v"],
+        id=wire["id"],
+        run_id=wire["run_id"],
+        type=wire["type"],
+        source=wire["source"],
+        ts=float(wire["ts"]),
+        epoch=wire["epoch"],
+        iteration=wire["iteration"],
+        data=wire["data"],
+        sig=wire.get("sig"),
+    )
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, dict):
+        # Sorting by the encoded key is total and language-neutral (keys may mix types).
+        items = sorted(
+            ((msgpack.packb(k, use_bin_type=True), k, v) for k, v in value.items()),
+            key=lambda item: item[0],
+        )
+        return {k: _canonical(v) for _, k, v in items}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def canonical_bytes(env: Envelope) -> bytes:
+    """Return the bytes a signature covers: the envelope minus `sig`, every map key-sorted."""
+    return msgpack.packb(_canonical(_as_map(env, with_sig=False)), use_bin_type=True)

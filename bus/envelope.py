@@ -1,0 +1,44 @@
+"""The envelope: one lifecycle event or control signal, as it travels on the bus."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+# Crockford base32: ids stay sortable as plain strings and readable in redis-cli.
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_id(now: float | None = None) -> str:
+    """Return a new ULID: 26 characters, sortable by creation time, unique across processes."""
+    ms = int((time.time() if now is None else now) * 1000)
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One message on the bus; `data` holds msgpack-native values only."""
+
+    type: str
+    run_id: str
+    source: str
+    data: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0
+    iteration: int = 0
+    id: str = field(default_factory=new_id)
+    ts: float = field(default_factory=time.time)
+    v: int = SCHEMA_VERSION
+    sig: str | None = None
+
+    def with_sig(self, sig: str | None) -> Envelope:
+        """Return a copy carrying the given signature."""
+        return replace(self, sig=sig)

@@ -1,0 +1,27 @@
+"""Errors raised by the bus; each names what was wrong and where."""
+
+from __future__ import annotations
+
+
+class BusError(Exception):
+    """Base class of every error raised by the bus package."""
+
+
+class DecodeError(BusError):
+    """Bytes read from a topic are not a valid envelope; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class EnvelopeTooLarge(BusError):
+    """An envelope's encoding exceeds the configured maximum size."""
+
+
+class BusUnavailable(BusError):
+    """The transport cannot be reached right now; the caller may retry."""
+
+
+class InvalidTopic(BusError, ValueError):
+    """A run id or namespace cannot be used to name a topic."""

@@ -1,0 +1,47 @@
+"""Names of the streams a run uses; the only place that builds them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from bus.errors import InvalidTopic
+
+DEFAULT_NAMESPACE = "trainer"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+
+
+def check_name(kind: str, value: str) -> str:
+    """Return `value` if it is a valid run id or namespace, else raise InvalidTopic naming it."""
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise InvalidTopic(
+            f"{kind} {value!r} is not usable in a topic name: use 1-128 letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topics of one namespace: per-run events and control, the registry, the dead letters."""
+
+    namespace: str = DEFAULT_NAMESPACE
+
+    def __post_init__(self) -> None:
+        check_name("namespace", self.namespace)
+
+    def events(self, run_id: str) -> str:
+        """Topic on which the trainer and the workers publish a run's lifecycle events."""
+        return f"{self.namespace}:run:{check_name('run id', run_id)}:events"
+
+    def control(self, run_id: str) -> str:
+        """Topic on which workers send votes, terminate and checkpoint requests to the trainer."""
+        return f"{self.namespace}:run:{check_name('run id', run_id)}:control"
+
+    def registry(self) -> str:
+        """Topic announcing runs as they start and end."""
+        return f"{self.namespace}:runs"
+
+    def dead_letter(self) -> str:
+        """Topic holding entries that could not be decoded or handled, with the reason."""
+        return f"{self.namespace}:deadletter"
