@@ -1,0 +1,122 @@
+"""The schema of the trainer's own config keys: one dataclass per YAML section.
+
+To add a section (later: `bus`, `workers`), write a dataclass whose fields declare their
+constraints with `metadata=limits(...)` and add it as a field of `TrainerConfig`; loading,
+overrides and validation pick it up without further changes. `None` disables an optional
+feature throughout (e.g. `checkpoint.every: null` writes no checkpoints).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# Keys of a field's metadata that `trainer.config` checks after merging.
+GT, GE, LT, LE, CHOICES = "gt", "ge", "lt", "le", "choices"
+
+
+def limits(
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    choices: Sequence[Any] | None = None,
+) -> dict[str, Any]:
+    """Field metadata constraining a value (each item of a list) after all layers are merged."""
+    bounds = {GT: gt, GE: ge, LT: lt, LE: le}
+    metadata: dict[str, Any] = {k: v for k, v in bounds.items() if v is not None}
+    if choices is not None:
+        metadata[CHOICES] = tuple(choices)
+    return metadata
+
+
+@dataclass
+class RunSection:
+    """Identity and reproducibility of a run."""
+
+    name: str = "digits"
+    dir: str = "runs"  # run directories go to <dir>/<name>-<timestamp>-<id>/
+    seed: int = field(default=0, metadata=limits(ge=0))
+    threads: int | None = field(
+        default=None, metadata=limits(ge=1)
+    )  # torch intra-op threads; null keeps torch's
+
+
+@dataclass
+class DataSection:
+    """Which data set to train on and how to batch it."""
+
+    name: str = "digits"  # a registered data set, or "package.module:function"
+    batch_size: int = field(default=64, metadata=limits(ge=1))
+    val_fraction: float = field(default=0.2, metadata=limits(gt=0.0, lt=1.0))
+    shuffle: bool = True  # reshuffled per epoch from run.seed, so resume sees the same order
+
+
+@dataclass
+class ModelSection:
+    """Which model to build; input and output sizes come from the data."""
+
+    name: str = "mlp"  # a registered model, or "package.module:function"
+    hidden: list[int] = field(default_factory=lambda: [128], metadata=limits(ge=1))
+
+
+@dataclass
+class OptimSection:
+    """The optimizer."""
+
+    name: str = field(default="adam", metadata=limits(choices=("adam", "adamw", "sgd")))
+    lr: float = field(default=1e-3, metadata=limits(gt=0.0))
+    weight_decay: float = field(default=0.0, metadata=limits(ge=0.0))
+    momentum: float = field(default=0.0, metadata=limits(ge=0.0))  # sgd only
+
+
+@dataclass
+class TrainSection:
+    """Length of training and how often progress is reported."""
+
+    epochs: int = field(default=5, metadata=limits(ge=1))
+    epoch_length: int | None = field(
+        default=None, metadata=limits(ge=1)
+    )  # null: one pass over the training data
+    log_every: int = field(default=10, metadata=limits(ge=1))  # progress bar refresh, in iterations
+    progress_bar: bool = True
+
+
+@dataclass
+class CheckpointSection:
+    """When to snapshot the run and which snapshots to keep."""
+
+    every: int | None = field(default=1, metadata=limits(ge=1))  # null: no checkpoints
+    unit: str = field(default="epoch", metadata=limits(choices=("epoch", "iteration")))
+    n_saved: int | None = field(default=2, metadata=limits(ge=1))  # last n kept; null keeps all
+    score: str | None = "accuracy"  # validation metric ranking the best; null: no best
+    mode: str = field(
+        default="max", metadata=limits(choices=("max", "min"))
+    )  # whether a higher score is better
+
+
+@dataclass
+class EarlyStoppingSection:
+    """Stop when a validation metric has not improved for `patience` evaluations."""
+
+    patience: int | None = field(default=None, metadata=limits(ge=1))  # null: no early stopping
+    metric: str = "accuracy"
+    mode: str = field(default="max", metadata=limits(choices=("max", "min")))
+    min_delta: float = field(default=0.0, metadata=limits(ge=0.0))
+    cumulative_delta: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    """Every key the trainer reads; `extra` holds free-form keys for your own code."""
+
+    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    early_stopping: EarlyStoppingSection = field(default_factory=EarlyStoppingSection)
+    extra: dict[str, Any] = field(default_factory=dict)
