@@ -1,0 +1,1 @@
+"""Tests of trainer.handlers and the rules and store they are built on."""

@@ -1,0 +1,218 @@
+"""Checkpoint files on disk: atomic writes with a sha256, safe loads, RNG state capture.
+
+Used by the in-process ``Checkpoint`` handler, the trainer bridge and the checkpoint worker.
+Everything written here loads with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+_HASH_CHUNK = 1 << 20
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be written, read or verified; ``path`` names the file."""
+
+    def __init__(self, path: str | os.PathLike[str], message: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"checkpoint {self.path}: {message}")
+
+
+@dataclass(frozen=True)
+class SavedFile:
+    """Where a checkpoint was written and what its bytes are."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+class _HashingWriter:
+    """A write-only file wrapper that hashes and counts what passes through it."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        self.digest.update(view)
+        self.size += view.nbytes
+        return self._raw.write(view)
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; some platforms cannot open directories, which is fine.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_atomic(obj: Any, path: str | os.PathLike[str]) -> SavedFile:
+    """Write ``obj`` with ``torch.save`` so that ``path`` is either the old file or the new one.
+
+    The bytes go to a temporary file in the same directory, are flushed and fsynced, then
+    renamed over ``path`` and the directory is fsynced. On any failure the temporary file is
+    removed, an existing ``path`` is untouched, and a ``CheckpointError`` is raised.
+    """
+    path = Path(path)
+    directory = path.parent
+    if not directory.is_dir():
+        raise CheckpointError(path, f"directory {directory} does not exist")
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            writer = _HashingWriter(raw)
+            torch.save(obj, writer)
+            raw.flush()
+            os.fsync(raw.fileno())
+        # mkstemp creates 0600; other containers sharing the directory must be able to read.
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp_name)
+        if isinstance(exc, Exception):
+            raise CheckpointError(path, f"save failed ({type(exc).__name__}: {exc})") from exc
+        raise
+    _fsync_dir(directory)
+    return SavedFile(path=path, size=writer.size, sha256=writer.digest.hexdigest())
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    sha256: str | None = None,
+    map_location: str | torch.device | None = "cpu",
+) -> Any:
+    """Load a checkpoint with ``weights_only=True``, first checking ``sha256`` if given.
+
+    Raises FileNotFoundError if the file is missing and ``CheckpointError`` naming the file if
+    its hash does not match or it is not a loadable (weights-only) checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if sha256 is not None:
+        actual = file_sha256(path)
+        if actual != sha256.lower():
+            raise CheckpointError(path, f"sha256 mismatch: expected {sha256}, file has {actual}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            path, f"cannot be loaded with weights_only=True ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The global RNG states of python ``random``, numpy and torch, weights_only-loadable."""
+    version, internal, gauss_next = random.getstate()
+    algo, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
+        # The key array becomes a tensor: weights_only refuses numpy arrays.
+        "numpy": {
+            "algorithm": algo,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Set the global RNGs back to what ``capture_rng_state`` returned."""
+    missing = {"python", "numpy", "torch"} - set(state)
+    if missing:
+        raise KeyError(f"RNG state is missing keys {sorted(missing)}")
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+    npy = state["numpy"]
+    keys = np.asarray(npy["keys"], dtype=np.int64).astype(np.uint32)
+    np.random.set_state(
+        (npy["algorithm"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RNGState:
+    """The global RNGs as an object with ``state_dict``/``load_state_dict``, for ``to_save``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Capture the current global RNG states."""
+        return capture_rng_state()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the global RNG states."""
+        restore_rng_state(state)
+
+
+def _check_stateful(objects: Mapping[str, Any], method: str) -> None:
+    for key, obj in objects.items():
+        if not callable(getattr(obj, method, None)):
+            raise TypeError(f"object {key!r} ({type(obj).__name__}) has no {method}() method")
+
+
+def collect_state(to_save: Mapping[str, Any]) -> dict[str, Any]:
+    """``{name: obj.state_dict()}`` for every object in ``to_save``."""
+    _check_stateful(to_save, "state_dict")
+    return {key: obj.state_dict() for key, obj in to_save.items()}
+
+
+def restore_state(to_load: Mapping[str, Any], checkpoint: Mapping[str, Any], **kwargs: Any) -> None:
+    """Call ``obj.load_state_dict(checkpoint[name])`` for every object in ``to_load``.
+
+    ``kwargs`` (e.g. ``strict=False``) go to ``torch.nn.Module.load_state_dict`` only. If
+    ``to_load`` has a single object and ``checkpoint`` lacks its name, ``checkpoint`` is taken
+    to be that object's state itself (how single-object checkpoints are saved).
+    """
+    _check_stateful(to_load, "load_state_dict")
+    if len(to_load) == 1:
+        ((key, obj),) = to_load.items()
+        if key not in checkpoint:
+            checkpoint = {key: checkpoint}
+    missing = [key for key in to_load if key not in checkpoint]
+    if missing:
+        raise KeyError(f"checkpoint has no state for {missing}; it holds {sorted(checkpoint)}")
+    for key, obj in to_load.items():
+        if isinstance(obj, torch.nn.Module):
+            obj.load_state_dict(checkpoint[key], **kwargs)
+        else:
+            obj.load_state_dict(checkpoint[key])
