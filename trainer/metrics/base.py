@@ -1,0 +1,126 @@
+"""The Metric base class: a mergeable state, update/compute, and the Engine hooks."""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from trainer.metrics.state import StateValue, check_reduction, merge_states, restore_value
+from trainer.metrics.transforms import default_output_transform
+
+if TYPE_CHECKING:  # only for hints: metrics must not depend on the Engine at run time
+    from trainer.engine import Engine
+
+
+class NotComputableError(RuntimeError):
+    """Raised by `compute()` when the metric has not seen enough data to have a value."""
+
+
+class Metric(ABC):
+    """A metric whose state is a dict of numbers or tensors, each with a declared reduction.
+
+    Subclasses declare their state in `__init__` with `add_state`, fold one batch into
+    `self._state` in `update` and turn the state into a value in `compute`. Because the state is
+    all there is, `state_dict`/`merge`/`load_state_dict` work for every metric: the same code runs
+    in the Engine, across ranks and in the metrics aggregator.
+    """
+
+    def __init__(self, output_transform: Callable[[Any], Any] = default_output_transform) -> None:
+        self.output_transform = output_transform
+        self._state: dict[str, StateValue] = {}
+        self._defaults: dict[str, StateValue] = {}
+        self._reductions: dict[str, str] = {}
+        self._dtypes: dict[str, torch.dtype] = {}
+
+    # --- state declaration -------------------------------------------------------------------
+
+    def add_state(
+        self,
+        name: str,
+        default: StateValue,
+        reduction: str = "sum",
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
+        """Declare a state entry with its value after `reset`, its reduction and its dtype."""
+        check_reduction(name, reduction)
+        if name in self._reductions:
+            raise ValueError(f"{type(self).__name__}: state entry {name!r} is declared twice")
+        self._reductions[name] = reduction
+        self._dtypes[name] = dtype
+        self._defaults[name] = restore_value(name, default, dtype)
+        self._state[name] = copy.deepcopy(self._defaults[name])
+
+    @property
+    def reductions(self) -> dict[str, str]:
+        """The reduction ("sum", "min" or "max") of every state entry, by entry name."""
+        return dict(self._reductions)
+
+    # --- the metric proper -------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget everything seen so far."""
+        self._state = {name: copy.deepcopy(value) for name, value in self._defaults.items()}
+
+    @abstractmethod
+    def update(self, output: Any) -> None:
+        """Fold one batch (the output after `output_transform`) into the state."""
+
+    @abstractmethod
+    def compute(self) -> Any:
+        """Return the metric's value for everything seen since the last reset."""
+
+    # --- mergeable state ---------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, StateValue]:
+        """Return a copy of the state as plain numbers and CPU tensors."""
+        return {name: restore_value(name, v, self._dtypes[name]) for name, v in self._state.items()}
+
+    def _restore(self, state: Mapping[str, Any]) -> dict[str, StateValue]:
+        """Check the entries of a foreign state and convert lists back to tensors."""
+        missing = sorted(set(self._reductions) - set(state))
+        extra = sorted(set(state) - set(self._reductions))
+        if missing or extra:
+            raise KeyError(
+                f"{type(self).__name__}: state does not match the declared entries "
+                f"{sorted(self._reductions)}: missing {missing}, unexpected {extra}"
+            )
+        return {
+            name: restore_value(name, state[name], self._dtypes[name]) for name in self._reductions
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace the state by `state` (numbers, tensors, or lists where tensors were)."""
+        self._state = self._restore(state)
+
+    def merge(self, other_state: Mapping[str, Any]) -> None:
+        """Fold another instance's state (e.g. another rank's) into this one."""
+        self._state = merge_states(self._state, self._restore(other_state), self._reductions)
+
+    # --- Engine hooks ------------------------------------------------------------------------
+
+    def started(self, engine: Engine) -> None:
+        """EPOCH_STARTED hook: reset."""
+        self.reset()
+
+    def iteration_completed(self, engine: Engine, name: str | None = None) -> None:
+        """ITERATION_COMPLETED hook: update with the transformed step output."""
+        self.update(self.output_transform(engine.state.output))
+
+    def completed(self, engine: Engine, name: str) -> None:
+        """EPOCH_COMPLETED hook: store the value in `engine.state.metrics[name]`."""
+        value = self.compute()
+        engine.state.metrics[name] = value
+        # A metric computing several named values also publishes each under its own name.
+        if isinstance(value, Mapping):
+            engine.state.metrics.update(value)
+
+    def attach(self, engine: Engine, name: str) -> None:
+        """Attach to an Engine under `name` (same as `engine.add_metric(self, name)`)."""
+        engine.add_metric(self, name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

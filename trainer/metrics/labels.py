@@ -1,0 +1,89 @@
+"""Turn classification inputs (probabilities, logits, labels, indicators) into labels."""
+
+from __future__ import annotations
+
+import torch
+
+from trainer.metrics.transforms import check_same_shape, is_integral
+
+
+def integer_labels(metric: str, y: torch.Tensor, what: str) -> torch.Tensor:
+    """Return `y` as int64 labels, refusing non-integer floats and negative values."""
+    if not is_integral(y) and not torch.equal(y, y.round()):
+        raise ValueError(f"{metric}: {what} must hold integer class labels, got fractional values")
+    labels = y.long()
+    if labels.numel() and int(labels.min()) < 0:
+        raise ValueError(f"{metric}: {what} must hold class labels >= 0, got {int(labels.min())}")
+    return labels
+
+
+def _check_binary(metric: str, labels: torch.Tensor, what: str) -> None:
+    if labels.numel() and int(labels.max()) > 1:
+        raise ValueError(
+            f"{metric}: {what} must be 0/1 for binary or multilabel inputs, got label "
+            f"{int(labels.max())}"
+        )
+
+
+def _threshold(metric: str, y_pred: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Return 0/1 labels from probabilities, refusing values outside [0, 1] (likely logits)."""
+    if y_pred.numel() and (float(y_pred.min()) < 0.0 or float(y_pred.max()) > 1.0):
+        raise ValueError(
+            f"{metric}: float y_pred of the same shape as y is read as probabilities, but it has "
+            f"values outside [0, 1] (min {float(y_pred.min()):g}, max {float(y_pred.max()):g}); "
+            "apply torch.sigmoid in the output_transform if these are logits"
+        )
+    return (y_pred > threshold).long()
+
+
+def class_labels(
+    metric: str, y_pred: torch.Tensor, y: torch.Tensor, threshold: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Return flat predicted and true labels and the class count the scores imply (0 if none).
+
+    Accepted: scores `(N, C, ...)` with labels `(N, ...)` (argmax over C; C == 1 is read as
+    binary probabilities), float probabilities of y's shape (thresholded), or integer labels of
+    y's shape.
+    """
+    if y_pred.ndim == y.ndim + 1:
+        if y_pred.shape[0] != y.shape[0] or y_pred.shape[2:] != y.shape[1:]:
+            raise ValueError(
+                f"{metric}: scores y_pred of shape {tuple(y_pred.shape)} do not fit labels y of "
+                f"shape {tuple(y.shape)}: expected y_pred (N, C, ...) for y (N, ...)"
+            )
+        if y_pred.shape[1] == 1:
+            y_pred = y_pred.squeeze(1)
+        else:
+            num_classes = int(y_pred.shape[1])
+            true = integer_labels(metric, y, "y").reshape(-1)
+            if true.numel() and int(true.max()) >= num_classes:
+                raise ValueError(
+                    f"{metric}: y has label {int(true.max())} but y_pred scores only "
+                    f"{num_classes} classes (shape {tuple(y_pred.shape)})"
+                )
+            return y_pred.argmax(dim=1).reshape(-1), true, num_classes
+    check_same_shape(metric, y_pred, y)
+    true = integer_labels(metric, y, "y").reshape(-1)
+    if is_integral(y_pred):
+        return integer_labels(metric, y_pred, "y_pred").reshape(-1), true, 0
+    _check_binary(metric, true, "y")
+    return _threshold(metric, y_pred, threshold).reshape(-1), true, 2
+
+
+def multilabel_indicators(
+    metric: str, y_pred: torch.Tensor, y: torch.Tensor, threshold: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return 0/1 int64 indicators `(N, C, ...)` from multilabel probabilities or labels."""
+    check_same_shape(metric, y_pred, y)
+    if y.ndim < 2:
+        raise ValueError(
+            f"{metric}: multilabel inputs must have shape (N, C, ...), got {tuple(y.shape)}"
+        )
+    true = integer_labels(metric, y, "y")
+    _check_binary(metric, true, "y")
+    if is_integral(y_pred):
+        pred = integer_labels(metric, y_pred, "y_pred")
+        _check_binary(metric, pred, "y_pred")
+    else:
+        pred = _threshold(metric, y_pred, threshold)
+    return pred, true

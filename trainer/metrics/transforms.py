@@ -1,0 +1,94 @@
+"""Output transforms (engine output -> metric input) and input conversion and validation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+PRED_KEYS: tuple[str, ...] = ("y_pred", "pred", "preds", "logits")
+TARGET_KEYS: tuple[str, ...] = ("y", "label", "labels", "target", "targets")
+
+
+def _pick(output: Mapping[str, Any], keys: tuple[str, ...], role: str) -> Any:
+    found = [k for k in keys if k in output]
+    if not found:
+        raise KeyError(
+            f"output dict has no {role}: expected one of {list(keys)}, got keys {sorted(output)}"
+        )
+    if len(found) > 1:
+        raise KeyError(
+            f"output dict has several {role} keys {found}: keep one or pass an output_transform"
+        )
+    return output[found[0]]
+
+
+def default_output_transform(output: Any) -> tuple[Any, Any]:
+    """Return `(y_pred, y)` from a pair or from a dict with prediction and target keys."""
+    if isinstance(output, Mapping):
+        return _pick(output, PRED_KEYS, "prediction"), _pick(output, TARGET_KEYS, "target")
+    if isinstance(output, (tuple, list)) and len(output) == 2:
+        return output[0], output[1]
+    raise TypeError(
+        f"cannot read (y_pred, y) from an output of type {type(output).__qualname__}: return a "
+        f"(y_pred, y) pair or a dict with one of {list(PRED_KEYS)} and one of {list(TARGET_KEYS)}, "
+        "or give the metric an output_transform"
+    )
+
+
+def loss_output_transform(output: Any) -> Any:
+    """Return `output["loss"]` from a dict output, or the output itself when it is a number."""
+    if isinstance(output, Mapping):
+        if "loss" not in output:
+            raise KeyError(f"output dict has no 'loss' key (keys: {sorted(output)})")
+        return output["loss"]
+    return output
+
+
+def identity(output: Any) -> Any:
+    """Return the output unchanged."""
+    return output
+
+
+def as_tensor(value: Any, what: str) -> torch.Tensor:
+    """Convert a tensor, numpy array, list or number to a detached tensor; `what` names it."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, np.ndarray | np.generic):
+        return torch.from_numpy(np.asarray(value))
+    if isinstance(value, (bool, int, float, list, tuple)):
+        try:
+            return torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(
+                f"{what} is not a number or a rectangular list of numbers: {exc}"
+            ) from exc
+    raise TypeError(
+        f"{what} must be a tensor, a numpy array, a list or a number, "
+        f"got {type(value).__qualname__}"
+    )
+
+
+def is_integral(t: torch.Tensor) -> bool:
+    """Tell whether a tensor holds integer or boolean values by dtype."""
+    return not (t.dtype.is_floating_point or t.dtype.is_complex)
+
+
+def check_same_shape(metric: str, y_pred: torch.Tensor, y: torch.Tensor) -> None:
+    """Raise ValueError showing both shapes unless `y_pred` and `y` have the same shape."""
+    if y_pred.shape != y.shape:
+        raise ValueError(
+            f"{metric}: y_pred has shape {tuple(y_pred.shape)} but y has shape {tuple(y.shape)}; "
+            "they must match"
+        )
+
+
+def pair_as_tensors(metric: str, output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unpack a `(y_pred, y)` pair (or a dict) into two tensors, 0-d ones as one sample."""
+    y_pred, y = default_output_transform(output)
+    tp = as_tensor(y_pred, f"{metric}: y_pred")
+    ty = as_tensor(y, f"{metric}: y")
+    # A plain number is one sample, so that scalars go through the same batched code.
+    return (tp.reshape(1) if tp.ndim == 0 else tp), (ty.reshape(1) if ty.ndim == 0 else ty)
