@@ -1,0 +1,547 @@
+"""The trainer's publisher: an in-order outbox drained in pipelined batches, surviving outages.
+
+Producers hand envelopes over cheaply (encoding happens in the caller, so a bad envelope fails
+there); a background task writes them with `Bus.append`, one call per run of consecutive
+envelopes for the same topic, so the order in which they were published is the order in which
+they are written, across topics too. While the bus is unreachable the batch in flight is kept
+and retried with capped exponential backoff; the outbox is bounded and a producer that finds it
+full waits (nothing is dropped).
+
+Delivery is at-least-once: if the transport dies after applying a batch but before confirming
+it, the retry writes that batch again. Consumers are idempotent by envelope id (see
+docs/protocol.md), so a duplicate is harmless; it can only repeat envelopes of the one batch
+that was in flight, and never reorders first occurrences.
+
+`Publisher` lives in the caller's event loop; `ThreadedPublisher` owns a loop in a thread, for
+synchronous callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bus.base import Bus
+from bus.codec import encode
+from bus.envelope import Envelope
+from bus.errors import BusError, BusUnavailable
+
+log = logging.getLogger(__name__)
+
+# What a failed append may raise when the transport, not the request, is at fault. A bus is
+# supposed to turn these into BusUnavailable; the builtin ones are caught in case one leaks.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    BusUnavailable,
+    ConnectionError,
+    TimeoutError,
+    asyncio.TimeoutError,
+)
+
+# A producer that keeps finding the outbox full is told so at most this often.
+_FULL_WARNING_INTERVAL = 10.0
+
+
+class PublisherClosed(BusError):
+    """An envelope was published after the publisher was closed."""
+
+
+class PublisherFailed(BusError):
+    """The bus refused a write for a reason retrying cannot fix; the cause is attached."""
+
+
+class OutboxFull(BusError):
+    """`publish_nowait` found the outbox full; `await publish()` would have waited."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherStats:
+    """A snapshot of a publisher's counters."""
+
+    enqueued: int  # envelopes accepted from producers
+    published: int  # envelopes whose write the bus confirmed
+    retried: int  # failed write attempts that were retried
+    outbox: int  # envelopes accepted but not yet confirmed (waiting or in flight)
+    batches: int  # confirmed appends
+    bytes: int  # payload bytes confirmed
+    outages: int  # times the bus became unreachable
+    blocked: int  # times a producer had to wait for room in the outbox
+    connected: bool  # False while the bus is unreachable
+
+
+def _positive(name: str, value: float, *, integer: bool) -> None:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        what = "a positive integer" if integer else "a positive number"
+        raise ValueError(f"Publisher {name} must be {what}, got {value!r}")
+
+
+class Publisher:
+    """Publishes envelopes from the running event loop without waiting for the bus."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        max_batch: int = 1000,
+        max_outbox: int = 100_000,
+        flush_interval: float = 0.001,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 5.0,
+        maxlen: int | None = None,
+    ) -> None:
+        """Wrap `bus`; the caller keeps owning it (close() does not close the bus).
+
+        `max_batch`: most envelopes per append. `max_outbox`: most envelopes accepted and not
+        yet written before producers wait. `flush_interval`: seconds the writer lingers after
+        waking so that envelopes published together share a batch (0 writes at once).
+        `backoff_initial`/`backoff_max`: first and longest pause between retries, in seconds.
+        `maxlen`: approximate cap on each topic's length, passed to `Bus.append`.
+        """
+        _positive("max_batch", max_batch, integer=True)
+        _positive("max_outbox", max_outbox, integer=True)
+        _positive("backoff_initial", backoff_initial, integer=False)
+        _positive("backoff_max", backoff_max, integer=False)
+        if isinstance(flush_interval, bool) or not isinstance(flush_interval, (int, float)):
+            raise ValueError(f"Publisher flush_interval must be a number, got {flush_interval!r}")
+        if flush_interval < 0:
+            raise ValueError(f"Publisher flush_interval must be >= 0, got {flush_interval!r}")
+        if maxlen is not None:
+            _positive("maxlen", maxlen, integer=True)
+        self.bus = bus
+        self.max_batch = max_batch
+        self.max_outbox = max_outbox
+        self.flush_interval = float(flush_interval)
+        self.backoff_initial = float(backoff_initial)
+        self.backoff_max = float(max(backoff_max, backoff_initial))
+        self.maxlen = maxlen
+
+        # Producers only append on the right; only the writer task pops on the left. Both are
+        # atomic on a deque, which is what lets ThreadedPublisher's callers skip the loop.
+        self._outbox: deque[tuple[str, bytes]] = deque()
+        self._inflight: list[bytes] = []
+        self._inflight_topic = ""
+        self._enqueued = 0
+        self._published = 0
+        self._retried = 0
+        self._batches = 0
+        self._bytes = 0
+        self._outages = 0
+        self._blocked = 0
+        self._connected = True
+        self._closing = False
+        self._failure: BaseException | None = None
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._idle = False
+        self._room = asyncio.Event()
+        self._room_waiters = 0
+        self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        # For producers in other threads (ThreadedPublisher) waiting for room.
+        self._room_cv = threading.Condition()
+        self._thread_waiters = 0
+        self._last_full_warning = -_FULL_WARNING_INTERVAL
+        self._full_since_warning = 0
+
+    # ---- producer side -------------------------------------------------------------------
+
+    def stats(self) -> PublisherStats:
+        """Return the current counters."""
+        return PublisherStats(
+            enqueued=self._enqueued,
+            published=self._published,
+            retried=self._retried,
+            outbox=self.depth,
+            batches=self._batches,
+            bytes=self._bytes,
+            outages=self._outages,
+            blocked=self._blocked,
+            connected=self._connected,
+        )
+
+    @property
+    def depth(self) -> int:
+        """Envelopes accepted but not yet confirmed written (waiting or in flight)."""
+        return len(self._outbox) + len(self._inflight)
+
+    async def publish(self, topic: str, env: Envelope) -> None:
+        """Queue `env` for `topic`; waits only while the outbox is full, never for the bus."""
+        payload = self._encode(topic, env)
+        self._start()
+        if self.depth >= self.max_outbox:
+            self._note_full()
+        while self.depth >= self.max_outbox:
+            self._check_usable()
+            self._room.clear()
+            self._room_waiters += 1
+            try:
+                await self._room.wait()
+            finally:
+                self._room_waiters -= 1
+        self._check_usable()
+        self._put(topic, payload)
+
+    def publish_nowait(self, topic: str, env: Envelope) -> None:
+        """Queue `env` for `topic` from the loop's thread, or raise OutboxFull if it is full."""
+        payload = self._encode(topic, env)
+        self._start()
+        if self.depth >= self.max_outbox:
+            self._note_full()
+            raise OutboxFull(
+                f"publisher outbox is full ({self.depth} envelopes waiting for the bus); "
+                "use `await publish()` to wait for room"
+            )
+        self._put(topic, payload)
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until everything published so far is written; TimeoutError after `timeout` s."""
+        await self._written(self._enqueued, timeout)
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Flush, then stop the writer; TimeoutError (envelopes left unwritten) after `timeout`."""
+        self._closing = True
+        task = self._task
+        if task is None:
+            return
+        self._wake.set()
+        try:
+            await self._written(self._enqueued, timeout)
+        except BaseException:
+            # Timed out, failed or cancelled: the writer must not outlive close().
+            task.cancel()
+            await asyncio.wait({task})
+            raise
+        await task  # returns at once: closing, and nothing left to write
+
+    async def __aenter__(self) -> Publisher:
+        self._start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ---- internals shared with ThreadedPublisher ----------------------------------------
+
+    def _encode(self, topic: str, env: Envelope) -> bytes:
+        self._check_usable()
+        if not isinstance(topic, str) or not topic:
+            raise ValueError(f"topic must be a non-empty str, got {topic!r}")
+        if not isinstance(env, Envelope):
+            raise TypeError(f"publish() takes an Envelope, got {type(env).__name__}")
+        return encode(env)
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise PublisherFailed(
+                f"publisher stopped after the bus refused a write: {self._failure!r}; "
+                f"{self.depth} envelopes were not written"
+            ) from self._failure
+        if self._closing:
+            raise PublisherClosed("publisher is closed: nothing more can be published")
+
+    def _start(self) -> None:
+        if self._task is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "Publisher needs a running event loop; from synchronous code use ThreadedPublisher"
+            ) from None
+        self._loop = loop
+        self._task = loop.create_task(self._run(), name="bus-publisher")
+        self._task.add_done_callback(self._writer_done)
+
+    def _put(self, topic: str, payload: bytes) -> None:
+        self._outbox.append((topic, payload))
+        self._enqueued += 1
+        if self._idle:
+            self._idle = False
+            self._wake.set()
+
+    def _put_from_thread(self, topic: str, payload: bytes, timeout: float | None) -> None:
+        """Queue a payload from a thread other than the loop's, waiting while the outbox is full."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._room_cv:
+            if self.depth >= self.max_outbox:
+                self._note_full()
+            while self.depth >= self.max_outbox:
+                self._check_usable()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(
+                        f"publisher outbox stayed full ({self.depth} envelopes) for {timeout} s"
+                    )
+                self._thread_waiters += 1
+                try:
+                    # Bounded wait: a missed notify costs at most this long, never a hang.
+                    self._room_cv.wait(0.1 if remaining is None else min(remaining, 0.1))
+                finally:
+                    self._thread_waiters -= 1
+            self._check_usable()
+            self._outbox.append((topic, payload))
+            self._enqueued += 1
+        if self._idle:
+            self._idle = False
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _note_full(self) -> None:
+        self._blocked += 1
+        self._full_since_warning += 1
+        now = time.monotonic()
+        if now - self._last_full_warning >= _FULL_WARNING_INTERVAL:
+            log.warning(
+                "publisher outbox is full (%d envelopes not yet written, bus %s); the producer "
+                "waits for room (%d time(s) since the last warning)",
+                self.depth,
+                "unreachable" if not self._connected else "busy",
+                self._full_since_warning,
+            )
+            self._last_full_warning = now
+            self._full_since_warning = 0
+
+    async def _written(self, target: int, timeout: float | None) -> None:
+        if self._published >= target:
+            return
+        if self._failure is not None:
+            self._check_usable()
+        if self._task is None:
+            raise PublisherClosed(f"publisher stopped with {self.depth} envelopes unwritten")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = (target, future)
+        self._flush_waiters.append(waiter)
+        self._wake.set()  # a flush cuts the linger short
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(
+                f"{target - self._published} envelopes still unwritten after {timeout} s "
+                f"(bus {'reachable' if self._connected else 'unreachable'})"
+            ) from None
+        finally:
+            if waiter in self._flush_waiters:
+                self._flush_waiters.remove(waiter)
+
+    # ---- the writer task -----------------------------------------------------------------
+
+    def _take_batch(self) -> None:
+        # Consecutive envelopes for one topic, up to max_batch; a topic change ends the batch
+        # so that the order across topics is the publishing order.
+        outbox = self._outbox
+        topic, payload = outbox.popleft()
+        batch = [payload]
+        while len(batch) < self.max_batch and outbox and outbox[0][0] == topic:
+            batch.append(outbox.popleft()[1])
+        self._inflight_topic = topic
+        self._inflight = batch
+
+    def _lingering(self) -> bool:
+        return (
+            self.flush_interval > 0
+            and len(self._outbox) < self.max_batch
+            and not self._flush_waiters
+            and not self._closing
+        )
+
+    async def _run(self) -> None:
+        backoff = self.backoff_initial
+        outage_start = 0.0
+        while True:
+            if not self._inflight:
+                if not self._outbox:
+                    if self._closing:
+                        return
+                    self._wake.clear()
+                    self._idle = True
+                    if not self._outbox and not self._closing:
+                        await self._wake.wait()
+                    self._idle = False
+                    if self._lingering():
+                        await asyncio.sleep(self.flush_interval)
+                    continue
+                self._take_batch()
+            batch = self._inflight
+            try:
+                await self.bus.append(self._inflight_topic, batch, maxlen=self.maxlen)
+            except TRANSIENT_ERRORS as exc:
+                self._retried += 1
+                if self._connected:
+                    self._connected = False
+                    self._outages += 1
+                    outage_start = time.monotonic()
+                    log.warning(
+                        "bus unreachable (%s); keeping %d envelopes in the outbox and retrying "
+                        "with backoff up to %.1f s",
+                        exc,
+                        self.depth,
+                        self.backoff_max,
+                    )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.backoff_max)
+                continue
+            if not self._connected:
+                self._connected = True
+                log.warning(
+                    "bus reachable again after %.1f s; writing the %d envelopes in the outbox",
+                    time.monotonic() - outage_start,
+                    self.depth,
+                )
+            backoff = self.backoff_initial
+            self._inflight = []
+            self._published += len(batch)
+            self._batches += 1
+            self._bytes += sum(map(len, batch))
+            self._progress()
+
+    def _progress(self) -> None:
+        if self._room_waiters:
+            self._room.set()
+        if self._thread_waiters:
+            with self._room_cv:
+                self._room_cv.notify_all()
+        if self._flush_waiters:
+            for target, future in self._flush_waiters:
+                if target <= self._published and not future.done():
+                    future.set_result(None)
+
+    def _writer_done(self, task: asyncio.Task[None]) -> None:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            self._failure = error
+            log.error(
+                "publisher stopped: the bus refused a write (%r); %d envelopes not written",
+                error,
+                self.depth,
+            )
+        for target, future in self._flush_waiters:
+            if future.done():
+                continue
+            if target <= self._published:
+                future.set_result(None)
+            elif error is not None:
+                failed = PublisherFailed(f"the bus refused a write: {error!r}")
+                failed.__cause__ = error
+                future.set_exception(failed)
+            else:
+                future.set_exception(PublisherClosed("publisher stopped before flushing"))
+        # Wake producers waiting for room so that they see the failure instead of hanging.
+        self._room.set()
+        with self._room_cv:
+            self._room_cv.notify_all()
+
+
+BusSource = Bus | Callable[[], Bus | Awaitable[Bus]]
+
+
+class ThreadedPublisher:
+    """A Publisher running its own event loop in a daemon thread, for synchronous callers.
+
+    The bus is used only from that thread: pass a factory (e.g. `lambda: open_bus(url)`, sync
+    or async) so that it is created there; the publisher then closes it on close(). A Bus
+    instance is accepted too if nothing else uses it; the caller keeps owning it.
+    """
+
+    def __init__(self, bus: BusSource, **options: Any) -> None:
+        """Start the thread and the publisher; `options` are Publisher's keyword arguments."""
+        self._source = bus
+        self._options = options
+        self._owns_bus = not isinstance(bus, Bus) and callable(bus)
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._publisher: Publisher | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._main, name="bus-publisher", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            self._thread.join()
+            raise self._startup_error
+
+    @property
+    def publisher(self) -> Publisher:
+        """The underlying Publisher (lives in this object's thread)."""
+        assert self._publisher is not None
+        return self._publisher
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._setup())
+        except BaseException as exc:
+            self._startup_error = exc
+            self._ready.set()
+            self._loop.close()
+            return
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
+
+    async def _setup(self) -> None:
+        bus = self._source
+        if self._owns_bus:
+            made = bus()  # type: ignore[operator]
+            bus = await made if inspect.isawaitable(made) else made
+        self._publisher = Publisher(bus, **self._options)  # type: ignore[arg-type]
+        self._publisher._start()
+
+    def stats(self) -> PublisherStats:
+        """Return the current counters."""
+        return self.publisher.stats()
+
+    def publish(self, topic: str, env: Envelope, timeout: float | None = None) -> None:
+        """Queue `env` for `topic`; blocks only while the outbox is full (TimeoutError after)."""
+        pub = self.publisher
+        payload = pub._encode(topic, env)
+        pub._put_from_thread(topic, payload, timeout)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until everything published so far is written; TimeoutError after `timeout` s."""
+        pub = self.publisher
+        if self._closed:
+            return
+        target = pub._enqueued
+        self._call(pub._written(target, timeout))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, stop the publisher and its thread, and close the bus if it was made here."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._call(self._shutdown(timeout))
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+
+    async def _shutdown(self, timeout: float | None) -> None:
+        try:
+            await self.publisher.close(timeout)
+        finally:
+            if self._owns_bus:
+                await self.publisher.bus.close()
+
+    def _call(self, coro: Awaitable[None]) -> None:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+        try:
+            future.result()
+        except concurrent.futures.CancelledError:
+            raise PublisherClosed("publisher thread stopped") from None
+
+    def __enter__(self) -> ThreadedPublisher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

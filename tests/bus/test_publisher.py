@@ -1,0 +1,339 @@
+"""The trainer's publisher on both buses: batching, order, outages, back-pressure, counters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+
+import pytest
+
+from bus.base import BEGINNING
+from bus.codec import MAX_ENVELOPE_BYTES, decode, encode
+from bus.envelope import Envelope
+from bus.errors import BusUnavailable, EnvelopeTooLarge
+from bus.memory import InMemoryBus
+from bus.publisher import (
+    OutboxFull,
+    Publisher,
+    PublisherClosed,
+    PublisherFailed,
+    ThreadedPublisher,
+)
+from bus.redis_stream import RedisStreamBus
+
+EVENTS = "t:run:r1:events"
+CONTROL = "t:run:r1:control"
+
+# Short backoff so that outages in these tests cost milliseconds.
+FAST = {"backoff_initial": 0.005, "backoff_max": 0.02}
+
+
+def env(i: int, kind: str = "ITERATION_COMPLETED") -> Envelope:
+    return Envelope(type=kind, run_id="r1", source="trainer:0", iteration=i, data={"i": i})
+
+
+class Spy:
+    """A real bus behind a switch: records each confirmed append and can play unreachable."""
+
+    def __init__(self, bus: InMemoryBus | RedisStreamBus) -> None:
+        self.bus = bus
+        self.url = bus.url
+        self.appends: list[tuple[str, list[int], int | None]] = []
+        self.down = False  # while True, appends fail as if the server were gone
+        self.failures = 0
+
+    async def append(
+        self, topic: str, payloads: Sequence[bytes], *, maxlen: int | None = None
+    ) -> list[str]:
+        if self.down:
+            self.failures += 1
+            raise BusUnavailable(f"test outage on topic {topic!r}")
+        ids = await self.bus.append(topic, payloads, maxlen=maxlen)
+        self.appends.append((topic, [decode(p).iteration for p in payloads], maxlen))
+        return ids
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.bus, name)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def bus_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        return InMemoryBus().url  # the name stays usable while some handle is alive
+    return request.getfixturevalue("redis_url")
+
+
+def open_bus(url: str) -> InMemoryBus | RedisStreamBus:
+    return InMemoryBus.from_url(url) if url.startswith("memory") else RedisStreamBus(url)
+
+
+@pytest.fixture
+async def bus(bus_url: str) -> AsyncIterator[InMemoryBus | RedisStreamBus]:
+    real = open_bus(bus_url)
+    yield real
+    await real.close()
+
+
+async def iterations(bus: InMemoryBus | RedisStreamBus, topic: str) -> list[int]:
+    entries = await bus.read(topic, BEGINNING, count=100_000, block=None)
+    return [decode(e.payload).iteration for e in entries]
+
+
+async def test_everything_published_is_written_in_order_across_topics(bus) -> None:
+    spy = Spy(bus)
+    pub = Publisher(spy, max_batch=3, flush_interval=0)
+    topics = [EVENTS, EVENTS, CONTROL, EVENTS, CONTROL, CONTROL, CONTROL, CONTROL, EVENTS]
+    for i, topic in enumerate(topics):
+        await pub.publish(topic, env(i))
+    await pub.flush()
+
+    written = [(topic, i) for topic, batch, _ in spy.appends for i in batch]
+    assert written == list(zip(topics, range(len(topics)), strict=True))
+    # A batch never mixes topics and never exceeds max_batch.
+    assert [len(batch) for _, batch, _ in spy.appends] == [2, 1, 1, 3, 1, 1]
+    assert await iterations(bus, EVENTS) == [0, 1, 3, 8]
+    assert await iterations(bus, CONTROL) == [2, 4, 5, 6, 7]
+    await pub.close()
+
+
+async def test_envelopes_published_together_share_pipelined_batches(bus) -> None:
+    spy = Spy(bus)
+    pub = Publisher(spy, max_batch=4, flush_interval=0)
+    envelopes = [env(i) for i in range(10)]
+    for e in envelopes:  # no await in between: the writer gets all ten at once
+        pub.publish_nowait(EVENTS, e)
+    await pub.flush()
+
+    assert [batch for _, batch, _ in spy.appends] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    stats = pub.stats()
+    assert (stats.enqueued, stats.published, stats.batches, stats.outbox) == (10, 10, 3, 0)
+    assert stats.bytes == sum(len(encode(e)) for e in envelopes)
+    assert await iterations(bus, EVENTS) == list(range(10))
+    await pub.close()
+
+
+async def test_maxlen_is_passed_to_every_append(bus) -> None:
+    spy = Spy(bus)
+    async with Publisher(spy, maxlen=500, flush_interval=0) as pub:
+        await pub.publish(EVENTS, env(0))
+        await pub.publish(CONTROL, env(1))
+    assert [maxlen for _, _, maxlen in spy.appends] == [500, 500]
+
+
+async def test_outage_keeps_the_outbox_and_flushes_it_in_order_on_recovery(bus, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="bus.publisher")
+    spy = Spy(bus)
+    pub = Publisher(spy, max_batch=5, flush_interval=0, **FAST)
+    await pub.publish(EVENTS, env(0))
+    await pub.flush()
+
+    spy.down = True
+    for i in range(1, 21):
+        await pub.publish(EVENTS if i % 3 else CONTROL, env(i))
+    while spy.failures < 4:  # several retries, with backoff in between
+        await asyncio.sleep(0.005)
+    stats = pub.stats()
+    assert not stats.connected
+    assert stats.outbox == 20
+    assert stats.published == 1
+
+    spy.down = False
+    await pub.flush()
+    stats = pub.stats()
+    assert stats.connected
+    assert (stats.published, stats.outbox, stats.outages) == (21, 0, 1)
+    assert stats.retried == spy.failures
+    assert await iterations(bus, EVENTS) == [i for i in range(21) if i % 3 or i == 0]
+    assert await iterations(bus, CONTROL) == [i for i in range(1, 21) if i % 3 == 0]
+
+    # One warning when the outage starts and one on recovery, not one per retry.
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("unreachable" in m for m in messages) == 1
+    assert sum("reachable again" in m for m in messages) == 1
+    await pub.close()
+
+
+async def test_full_outbox_blocks_the_producer_until_there_is_room(bus, caplog) -> None:
+    spy = Spy(bus)
+    spy.down = True
+    pub = Publisher(spy, max_batch=2, max_outbox=4, flush_interval=0, **FAST)
+    for i in range(4):
+        await pub.publish(EVENTS, env(i))
+    with pytest.raises(OutboxFull, match="full"):
+        pub.publish_nowait(EVENTS, env(99))
+
+    blocked = asyncio.create_task(pub.publish(EVENTS, env(4)))
+    await asyncio.sleep(0.05)
+    assert not blocked.done()
+    assert pub.stats().outbox == 4
+    assert any("outbox is full" in r.getMessage() for r in caplog.records)
+
+    spy.down = False
+    await blocked
+    await pub.flush()
+    assert await iterations(bus, EVENTS) == [0, 1, 2, 3, 4]
+    assert pub.stats().blocked == 2  # the refused publish_nowait and the waiting publish
+    await pub.close()
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "match"),
+    [
+        (Envelope("X", "r1", "t", data={"blob": b"x" * MAX_ENVELOPE_BYTES}), EnvelopeTooLarge, "X"),
+        (Envelope("Y", "r1", "t", data={"obj": object()}), TypeError, "not msgpack-native"),
+        ({"type": "Z"}, TypeError, "Envelope"),
+    ],
+    ids=["too-large", "not-native", "not-an-envelope"],
+)
+async def test_a_bad_envelope_fails_in_the_caller_and_nothing_is_queued(
+    bus, bad: object, error: type[Exception], match: str
+) -> None:
+    pub = Publisher(bus, flush_interval=0)
+    with pytest.raises(error, match=match):
+        await pub.publish(EVENTS, bad)  # type: ignore[arg-type]
+    with pytest.raises(error, match=match):
+        pub.publish_nowait(EVENTS, bad)  # type: ignore[arg-type]
+    assert pub.stats().enqueued == 0
+    await pub.publish(EVENTS, env(7))  # the publisher is unharmed
+    await pub.close()
+    assert await iterations(bus, EVENTS) == [7]
+
+
+async def test_empty_topic_is_refused(bus) -> None:
+    pub = Publisher(bus)
+    with pytest.raises(ValueError, match="topic"):
+        await pub.publish("", env(0))
+
+
+async def test_close_flushes_then_refuses_new_envelopes(bus) -> None:
+    pub = Publisher(bus, flush_interval=0.05)  # a long linger: close must not wait it out
+    for i in range(50):
+        pub.publish_nowait(EVENTS, env(i))
+    await pub.close()
+    assert await iterations(bus, EVENTS) == list(range(50))
+    with pytest.raises(PublisherClosed, match="closed"):
+        await pub.publish(EVENTS, env(50))
+    await pub.close()  # closing twice is harmless
+
+
+async def test_flush_and_close_time_out_while_the_bus_stays_down(bus) -> None:
+    spy = Spy(bus)
+    spy.down = True
+    pub = Publisher(spy, **FAST)
+    for i in range(3):
+        await pub.publish(EVENTS, env(i))
+    with pytest.raises(TimeoutError, match="3 envelopes still unwritten"):
+        await pub.flush(timeout=0.05)
+    with pytest.raises(TimeoutError, match="3 envelopes still unwritten"):
+        await pub.close(timeout=0.05)
+    assert await iterations(bus, EVENTS) == []
+
+
+async def test_a_write_the_bus_refuses_for_good_stops_the_publisher_loudly(redis_url) -> None:
+    import redis.asyncio as aioredis
+
+    raw = aioredis.from_url(redis_url)
+    await raw.set(EVENTS, "not a stream")  # XADD on it fails with WRONGTYPE, retrying is futile
+    await raw.aclose()
+    bus = RedisStreamBus(redis_url)
+    pub = Publisher(bus, **FAST)
+    await pub.publish(EVENTS, env(0))
+    with pytest.raises(PublisherFailed, match="WRONGTYPE"):
+        await pub.flush()
+    with pytest.raises(PublisherFailed, match="1 envelopes were not written"):
+        await pub.publish(EVENTS, env(1))
+    with pytest.raises(PublisherFailed):
+        await pub.close()
+    await bus.close()
+
+
+def test_publisher_needs_a_running_loop_and_says_what_to_use_instead() -> None:
+    pub = Publisher(InMemoryBus())
+    with pytest.raises(RuntimeError, match="ThreadedPublisher"):
+        pub.publish_nowait(EVENTS, env(0))
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("max_batch", 0), ("max_outbox", -1), ("flush_interval", -0.1), ("backoff_initial", 0)],
+)
+def test_bad_options_are_refused_by_name(option: str, value: float) -> None:
+    with pytest.raises(ValueError, match=option):
+        Publisher(InMemoryBus(), **{option: value})
+
+
+# ---- the thread-backed publisher, for synchronous trainers ---------------------------------
+
+
+@pytest.fixture
+def threaded_url(bus_url: str) -> Iterator[str]:
+    keep = InMemoryBus.from_url(bus_url) if bus_url.startswith("memory") else None
+    yield bus_url
+    del keep
+
+
+def test_threaded_publisher_serves_synchronous_callers(threaded_url: str) -> None:
+    with ThreadedPublisher(lambda: open_bus(threaded_url), max_batch=64) as pub:
+        for i in range(500):
+            pub.publish(EVENTS if i % 5 else CONTROL, env(i))
+        pub.flush()
+        stats = pub.stats()
+        assert (stats.published, stats.outbox) == (500, 0)
+        assert stats.batches >= 500 // 64
+
+    async def read_back() -> tuple[list[int], list[int]]:
+        bus = open_bus(threaded_url)
+        try:
+            return await iterations(bus, EVENTS), await iterations(bus, CONTROL)
+        finally:
+            await bus.close()
+
+    events, control = asyncio.run(read_back())
+    assert events == [i for i in range(500) if i % 5]
+    assert control == [i for i in range(500) if i % 5 == 0]
+
+
+def test_threaded_publisher_blocks_a_sync_producer_while_full(threaded_url: str) -> None:
+    spies: list[Spy] = []
+
+    def make() -> Spy:
+        spies.append(Spy(open_bus(threaded_url)))
+        spies[0].down = True
+        return spies[0]
+
+    pub = ThreadedPublisher(make, max_batch=2, max_outbox=3, **FAST)
+    for i in range(3):
+        pub.publish(EVENTS, env(i))
+    with pytest.raises(TimeoutError, match="stayed full"):
+        pub.publish(EVENTS, env(99), timeout=0.05)
+
+    producer = threading.Thread(target=lambda: [pub.publish(EVENTS, env(i)) for i in (3, 4)])
+    producer.start()
+    producer.join(0.1)
+    assert producer.is_alive()  # waiting for room: nothing was dropped
+    spies[0].down = False
+    producer.join()
+    pub.close()
+    assert [i for _, batch, _ in spies[0].appends for i in batch] == [0, 1, 2, 3, 4]
+    assert pub.stats().published == 5
+    with pytest.raises(PublisherClosed):
+        pub.publish(EVENTS, env(5))
+
+
+async def test_threaded_publisher_can_be_used_from_sync_code_inside_a_running_loop() -> None:
+    bus = InMemoryBus()
+    pub = ThreadedPublisher(bus)  # a Bus instance: used from the publisher's thread only
+    for i in range(20):
+        pub.publish(EVENTS, env(i))  # as a sync Engine handler called by arun() would
+    pub.close()
+    assert await iterations(bus, EVENTS) == list(range(20))
+
+
+def test_threaded_publisher_reports_a_failing_bus_factory() -> None:
+    def broken() -> InMemoryBus:
+        raise ConnectionRefusedError("no bus here")
+
+    with pytest.raises(ConnectionRefusedError, match="no bus here"):
+        ThreadedPublisher(broken)
