@@ -61,6 +61,10 @@ class Bus(Protocol):
         """Read up to `count` entries after id `after` (BEGINNING, NOW or an id) without a group."""
         ...
 
+    async def last_id(self, topic: str) -> str:
+        """Id of the newest entry in the topic, or "0-0" when it has none (resolves NOW)."""
+        ...
+
     async def length(self, topic: str) -> int:
         """Number of entries currently in the topic."""
         ...

@@ -89,6 +89,8 @@ def encode(env: Envelope, max_bytes: int = MAX_ENVELOPE_BYTES) -> bytes:
 
 def decode(raw: bytes) -> Envelope:
     """Decode msgpack bytes into an envelope, or raise DecodeError naming what is wrong."""
+    if not raw:
+        raise DecodeError("empty payload (a stream entry without an 'env' field?)")
     try:
         wire = msgpack.unpackb(raw, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types on garbage

@@ -25,3 +25,15 @@ class BusUnavailable(BusError):
 
 class InvalidTopic(BusError, ValueError):
     """A run id or namespace cannot be used to name a topic."""
+
+
+class UnknownGroup(BusError):
+    """A consumer group does not exist on a topic (never created, or lost with the server)."""
+
+
+class BusAuthError(BusError):
+    """The server refused the credentials, or the user lacks a permission the bus needs."""
+
+
+class InvalidURL(BusError, ValueError):
+    """A bus URL has an unsupported scheme or cannot be parsed."""

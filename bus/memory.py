@@ -1,0 +1,296 @@
+"""InMemoryBus: the Redis Streams semantics of bus.base.Bus inside one process."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import itertools
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from bus.base import BEGINNING, NOW, Entry
+from bus.codec import MAX_ENVELOPE_BYTES
+from bus.errors import BusError, InvalidURL, UnknownGroup
+from bus.stream_ids import ZERO_ID, Key, format_id, parse_id
+from bus.validate import check_count, check_maxlen, check_payloads
+
+
+@dataclass
+class _Pending:
+    consumer: str
+    deliveries: int
+    delivered_at: float  # time.monotonic() of the last delivery: idle time is measured from it
+
+
+@dataclass
+class _Group:
+    last_delivered: Key
+    pending: dict[Key, _Pending] = field(default_factory=dict)
+
+
+@dataclass
+class _Topic:
+    keys: list[Key] = field(default_factory=list)
+    payloads: list[bytes] = field(default_factory=list)
+    last: Key = (0, 0)
+    groups: dict[str, _Group] = field(default_factory=dict)
+    # Futures of readers blocked on this topic, each completed on its own loop when entries arrive.
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def after(self, key: Key, count: int) -> list[tuple[Key, bytes]]:
+        start = bisect.bisect_right(self.keys, key)
+        stop = start + count
+        return list(zip(self.keys[start:stop], self.payloads[start:stop], strict=True))
+
+    def find(self, key: Key) -> bytes | None:
+        i = bisect.bisect_left(self.keys, key)
+        if i < len(self.keys) and self.keys[i] == key:
+            return self.payloads[i]
+        return None
+
+
+class _Storage:
+    """The topics of one named in-memory bus; a lock makes it safe across threads and loops."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.topics: dict[str, _Topic] = {}
+
+    def topic(self, name: str) -> _Topic:
+        found = self.topics.get(name)
+        if found is None:
+            found = self.topics[name] = _Topic()
+        return found
+
+    def group(self, topic: str, group: str) -> tuple[_Topic, _Group]:
+        t = self.topics.get(topic)
+        g = t.groups.get(group) if t is not None else None
+        if t is None or g is None:
+            raise UnknownGroup(f"consumer group {group!r} does not exist on topic {topic!r}")
+        return t, g
+
+
+# name -> storage, alive while some InMemoryBus handle holds it (like a server with clients).
+_REGISTRY: weakref.WeakValueDictionary[str, _Storage] = weakref.WeakValueDictionary()
+_REGISTRY_LOCK = threading.Lock()
+_ANONYMOUS = itertools.count(1)
+
+
+def _storage_named(name: str) -> _Storage:
+    with _REGISTRY_LOCK:
+        storage = _REGISTRY.get(name)
+        if storage is None:
+            storage = _REGISTRY[name] = _Storage()
+        return storage
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if fut.done():
+        return
+    loop = fut.get_loop()
+    try:
+        same_loop = asyncio.get_running_loop() is loop
+    except RuntimeError:
+        same_loop = False
+    if same_loop:
+        fut.set_result(None)
+    else:
+        # RuntimeError: that reader's loop is closed, so nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
+
+
+class InMemoryBus:
+    """A bus held in process memory; handles opened with the same name share one storage.
+
+    `InMemoryBus("run1")` and `open_bus("memory://run1")` see the same topics, from any
+    thread or event loop, for as long as some handle on that name is alive. `InMemoryBus()`
+    gets a fresh anonymous name (its `url` reopens it).
+    """
+
+    def __init__(self, name: str | None = None, *, max_payload: int = MAX_ENVELOPE_BYTES) -> None:
+        if name is None:
+            name = f"anonymous-{next(_ANONYMOUS)}-{id(self):x}"
+        if not name or "/" in name:
+            raise InvalidURL(f"in-memory bus name {name!r} must be non-empty and without '/'")
+        self.name = name
+        self.url = f"memory://{name}"
+        self.max_payload = max_payload
+        self._storage = _storage_named(name)
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, **options: int) -> InMemoryBus:
+        """Open the in-memory bus named by `memory://name` (`memory://` means "default")."""
+        parts = urlsplit(url)
+        if parts.scheme != "memory":
+            raise InvalidURL(f"{url!r} is not a memory:// URL")
+        name = (parts.netloc + parts.path).strip("/") or "default"
+        return cls(name, **options)
+
+    def _live(self) -> _Storage:
+        if self._closed:
+            raise BusError(f"bus {self.url} is closed")
+        return self._storage
+
+    async def _wait_for(
+        self, topic: str, attempt: Callable[[_Topic], list[Entry]], block: float | None
+    ) -> list[Entry]:
+        """Run `attempt` under the lock until it finds entries or `block` seconds pass."""
+        storage = self._live()
+        deadline = None if not block or block <= 0 else time.monotonic() + block
+        loop = asyncio.get_running_loop()
+        while True:
+            with storage.lock:
+                t = storage.topic(topic)
+                found = attempt(t)
+                remaining = 0.0 if deadline is None else deadline - time.monotonic()
+                if found or remaining <= 0:
+                    return found
+                # Registered under the same lock as the attempt, so no append can slip between.
+                fut: asyncio.Future[None] = loop.create_future()
+                t.waiters.append(fut)
+            try:
+                await asyncio.wait([fut], timeout=remaining)
+            finally:
+                if not fut.done():
+                    fut.cancel()
+                    with storage.lock:
+                        if fut in t.waiters:
+                            t.waiters.remove(fut)
+
+    async def append(
+        self, topic: str, payloads: Sequence[bytes], *, maxlen: int | None = None
+    ) -> list[str]:
+        """Append payloads in order; return their entry ids."""
+        storage = self._live()
+        data = check_payloads(topic, payloads, self.max_payload)
+        check_maxlen(topic, maxlen)
+        now_ms = int(time.time() * 1000)
+        ids = []
+        with storage.lock:
+            t = storage.topic(topic)
+            for payload in data:
+                ms, seq = t.last
+                key = (now_ms, 0) if now_ms > ms else (ms, seq + 1)
+                t.last = key
+                t.keys.append(key)
+                t.payloads.append(payload)
+                ids.append(format_id(key))
+            if maxlen is not None:
+                # Approximate like Redis' MAXLEN ~: at least `maxlen` entries are kept, and
+                # trimming happens in chunks so that appending stays amortised O(1).
+                slack = max(1, maxlen // 16)
+                if len(t.keys) >= maxlen + slack or maxlen == 0:
+                    drop = len(t.keys) - maxlen
+                    del t.keys[:drop]
+                    del t.payloads[:drop]
+            waiters, t.waiters = t.waiters, []
+        for fut in waiters:
+            _wake(fut)
+        return ids
+
+    async def ensure_group(self, topic: str, group: str, start: str = BEGINNING) -> None:
+        """Create the consumer group (and the topic) if absent; an existing group is kept."""
+        storage = self._live()
+        with storage.lock:
+            t = storage.topic(topic)
+            if group not in t.groups:
+                first = t.last if start == NOW else parse_id(start)
+                t.groups[group] = _Group(last_delivered=first)
+
+    async def read_group(
+        self, topic: str, group: str, consumer: str, *, count: int, block: float | None
+    ) -> list[Entry]:
+        """Deliver up to `count` new entries to `consumer`, waiting up to `block` seconds."""
+        check_count(count)
+        storage = self._live()
+
+        def attempt(t: _Topic) -> list[Entry]:
+            _, g = storage.group(topic, group)
+            now = time.monotonic()
+            out = []
+            for key, payload in t.after(g.last_delivered, count):
+                g.pending[key] = _Pending(consumer, 1, now)
+                g.last_delivered = key
+                out.append(Entry(format_id(key), payload, 1))
+            return out
+
+        return await self._wait_for(topic, attempt, block)
+
+    async def ack(self, topic: str, group: str, ids: Sequence[str]) -> None:
+        """Mark deliveries as handled, removing them from the group's pending list."""
+        storage = self._live()
+        keys = [parse_id(i) for i in ids]
+        with storage.lock:
+            t = storage.topics.get(topic)
+            g = t.groups.get(group) if t is not None else None
+            if g is None:  # like XACK: nothing pending there, nothing to do
+                return
+            for key in keys:
+                g.pending.pop(key, None)
+
+    async def claim_stale(
+        self, topic: str, group: str, consumer: str, *, min_idle: float, count: int
+    ) -> list[Entry]:
+        """Move deliveries pending longer than `min_idle` seconds to `consumer` (XAUTOCLAIM)."""
+        check_count(count)
+        storage = self._live()
+        with storage.lock:
+            t, g = storage.group(topic, group)
+            now = time.monotonic()
+            out: list[Entry] = []
+            for key in sorted(g.pending):
+                if len(out) >= count:
+                    break
+                p = g.pending[key]
+                if now - p.delivered_at < min_idle:
+                    continue
+                payload = t.find(key)
+                if payload is None:  # trimmed away: Redis 7 drops it from the pending list
+                    del g.pending[key]
+                    continue
+                p.consumer, p.deliveries, p.delivered_at = consumer, p.deliveries + 1, now
+                out.append(Entry(format_id(key), payload, p.deliveries))
+            return out
+
+    async def read(self, topic: str, after: str, *, count: int, block: float | None) -> list[Entry]:
+        """Read up to `count` entries after id `after` (BEGINNING, NOW or an id) without a group."""
+        check_count(count)
+        storage = self._live()
+        if after == NOW:
+            with storage.lock:
+                start = storage.topic(topic).last
+        else:
+            start = parse_id(after)
+
+        def attempt(t: _Topic) -> list[Entry]:
+            return [Entry(format_id(k), p) for k, p in t.after(start, count)]
+
+        return await self._wait_for(topic, attempt, block)
+
+    async def last_id(self, topic: str) -> str:
+        """Id of the newest entry in the topic, or "0-0" when it has none."""
+        storage = self._live()
+        with storage.lock:
+            t = storage.topics.get(topic)
+            return format_id(t.keys[-1]) if t is not None and t.keys else ZERO_ID
+
+    async def length(self, topic: str) -> int:
+        """Number of entries currently in the topic."""
+        storage = self._live()
+        with storage.lock:
+            t = storage.topics.get(topic)
+            return len(t.keys) if t is not None else 0
+
+    async def close(self) -> None:
+        """Mark this handle closed; other handles on the same name keep working."""
+        self._closed = True
+
+    def __repr__(self) -> str:
+        return f"InMemoryBus({self.name!r})"

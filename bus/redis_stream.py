@@ -1,0 +1,199 @@
+"""RedisStreamBus: bus.base.Bus on Redis Streams (one stream per topic) through redis.asyncio."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis import exceptions as rex
+
+from bus.base import BEGINNING, NOW, Entry
+from bus.codec import MAX_ENVELOPE_BYTES
+from bus.errors import BusAuthError, BusError, BusUnavailable, InvalidURL, UnknownGroup
+from bus.stream_ids import ZERO_ID
+from bus.urls import redact
+from bus.validate import check_count, check_maxlen, check_payloads
+
+# The one field of a stream entry; its value is the msgpack envelope (docs/protocol.md).
+FIELD = b"env"
+
+# Margin kept between a blocking read and the client's socket timeout, so that a long BLOCK
+# is never mistaken for a dead server.
+_BLOCK_MARGIN = 0.5
+
+
+def _entries(rows: Any, deliveries: int = 1) -> list[Entry]:
+    out = []
+    for entry_id, fields in rows or ():
+        if entry_id is None or fields is None:  # deleted entry (Redis < 7 reports it as nil)
+            continue
+        eid = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        # An entry written by some other tool without our field yields an empty payload, which
+        # the consumer dead-letters as undecodable instead of crashing.
+        out.append(Entry(eid, fields.get(FIELD, b""), deliveries))
+    return out
+
+
+def _stream_rows(reply: Any) -> Any:
+    """The entry rows of a one-stream XREAD/XREADGROUP reply (RESP2 list or RESP3 map)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return next(iter(reply.values()))[0] if reply else []
+    return reply[0][1]
+
+
+class RedisStreamBus:
+    """A bus on a Redis server: each topic is a stream whose entries carry one `env` field.
+
+    `url` is any redis-py URL: `redis://[user:password@]host:port/db` or `rediss://` for TLS
+    (TLS options such as `ssl_ca_certs` or `ssl_cert_reqs` go in the query string or in
+    `options`). `options` are passed to `redis.asyncio.from_url`.
+    """
+
+    def __init__(self, url: str, *, max_payload: int = MAX_ENVELOPE_BYTES, **options: Any) -> None:
+        scheme = urlsplit(url).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise InvalidURL(f"{redact(url)!r} is not a redis://, rediss:// or unix:// URL")
+        self.url = url
+        self.max_payload = max_payload
+        options["decode_responses"] = False  # payloads are binary msgpack
+        try:
+            self._redis = aioredis.from_url(url, **options)
+        except ValueError as exc:
+            raise InvalidURL(f"cannot use Redis URL {redact(url)!r}: {exc}") from exc
+        timeout = self._redis.connection_pool.connection_kwargs.get("socket_timeout")
+        self._max_block = None if timeout is None else max(0.001, timeout - _BLOCK_MARGIN)
+
+    @asynccontextmanager
+    async def _errors(self, what: str, topic: str) -> AsyncIterator[None]:
+        """Translate redis-py errors into bus errors that name the command, topic and server."""
+        where = f"{what} on topic {topic!r} at {redact(self.url)}"
+        try:
+            yield
+        except (rex.AuthenticationError, rex.AuthorizationError, rex.NoPermissionError) as exc:
+            raise BusAuthError(f"{where}: {exc}") from exc
+        except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+            raise BusUnavailable(f"{where}: {type(exc).__name__}: {exc}") from exc
+        except rex.ResponseError as exc:
+            if str(exc).startswith("NOGROUP"):
+                raise UnknownGroup(f"{where}: {exc}") from exc
+            raise BusError(f"{where}: {exc}") from exc
+
+    def _block_ms(self, block: float | None) -> int | None:
+        if not block or block <= 0:
+            return None  # no BLOCK: return at once (BLOCK 0 would mean forever in Redis)
+        if self._max_block is not None:
+            block = min(block, self._max_block)
+        return max(1, round(block * 1000))
+
+    async def append(
+        self, topic: str, payloads: Sequence[bytes], *, maxlen: int | None = None
+    ) -> list[str]:
+        """Append payloads in order in one pipelined round trip; return their entry ids."""
+        data = check_payloads(topic, payloads, self.max_payload)
+        if not data:
+            return []
+        check_maxlen(topic, maxlen)
+        async with self._errors("XADD", topic):
+            if len(data) == 1:
+                ids = [await self._redis.xadd(topic, {FIELD: data[0]}, maxlen=maxlen)]
+            else:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for payload in data:
+                        pipe.xadd(topic, {FIELD: payload}, maxlen=maxlen)
+                    ids = await pipe.execute()
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    async def ensure_group(self, topic: str, group: str, start: str = BEGINNING) -> None:
+        """Create the consumer group (and the stream) if absent; an existing group is kept."""
+        async with self._errors("XGROUP CREATE", topic):
+            try:
+                await self._redis.xgroup_create(topic, group, id=start, mkstream=True)
+            except rex.ResponseError as exc:
+                if not str(exc).startswith("BUSYGROUP"):
+                    raise
+
+    async def read_group(
+        self, topic: str, group: str, consumer: str, *, count: int, block: float | None
+    ) -> list[Entry]:
+        """Deliver up to `count` new entries to `consumer`, waiting up to `block` seconds."""
+        check_count(count)
+        async with self._errors("XREADGROUP", topic):
+            reply = await self._redis.xreadgroup(
+                group, consumer, {topic: ">"}, count=count, block=self._block_ms(block)
+            )
+        return _entries(_stream_rows(reply))
+
+    async def ack(self, topic: str, group: str, ids: Sequence[str]) -> None:
+        """Mark deliveries as handled, removing them from the group's pending list."""
+        if ids:
+            async with self._errors("XACK", topic):
+                await self._redis.xack(topic, group, *ids)
+
+    async def claim_stale(
+        self, topic: str, group: str, consumer: str, *, min_idle: float, count: int
+    ) -> list[Entry]:
+        """Move deliveries pending longer than `min_idle` seconds to `consumer` (XAUTOCLAIM)."""
+        check_count(count)
+        idle_ms = max(0, round(min_idle * 1000))
+        claimed: list[Entry] = []
+        cursor: Any = ZERO_ID
+        async with self._errors("XAUTOCLAIM", topic):
+            # XAUTOCLAIM scans a bounded part of the pending list per call: follow its cursor.
+            while len(claimed) < count:
+                reply = await self._redis.xautoclaim(
+                    topic, group, consumer, idle_ms, start_id=cursor, count=count - len(claimed)
+                )
+                cursor = reply[0]
+                claimed.extend(_entries(reply[1]))
+                if cursor in (b"0-0", ZERO_ID):
+                    break
+            if not claimed:
+                return []
+            # XAUTOCLAIM does not report delivery counts; the dead-letter rule needs them.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for e in claimed:
+                    pipe.xpending_range(topic, group, e.id, e.id, 1, consumername=consumer)
+                rows = await pipe.execute()
+        out = []
+        for e, row in zip(claimed, rows, strict=True):
+            if row:  # empty: acked or claimed by another consumer in between
+                out.append(Entry(e.id, e.payload, int(row[0]["times_delivered"])))
+        return out
+
+    async def read(self, topic: str, after: str, *, count: int, block: float | None) -> list[Entry]:
+        """Read up to `count` entries after id `after` (BEGINNING, NOW or an id) without a group."""
+        check_count(count)
+        async with self._errors("XREAD", topic):
+            reply = await self._redis.xread(
+                {topic: NOW if after == NOW else after}, count=count, block=self._block_ms(block)
+            )
+        return _entries(_stream_rows(reply))
+
+    async def last_id(self, topic: str) -> str:
+        """Id of the newest entry in the topic, or "0-0" when it has none."""
+        async with self._errors("XREVRANGE", topic):
+            rows = await self._redis.xrevrange(topic, count=1)
+        entries = _entries(rows)
+        return entries[0].id if entries else ZERO_ID
+
+    async def length(self, topic: str) -> int:
+        """Number of entries currently in the topic."""
+        async with self._errors("XLEN", topic):
+            return int(await self._redis.xlen(topic))
+
+    async def ping(self) -> None:
+        """Check that the server answers and accepts the credentials."""
+        async with self._errors("PING", "-"):
+            await self._redis.ping()
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._redis.aclose()
+
+    def __repr__(self) -> str:
+        return f"RedisStreamBus({redact(self.url)!r})"
