@@ -1,0 +1,294 @@
+"""Consumer: the one group-consumer runtime of both buses (ack, reclaim, retry, dead letters)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import secrets
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bus.base import BEGINNING, Bus, Entry
+from bus.codec import decode, encode
+from bus.dead_letter import dead_letter_envelope
+from bus.envelope import Envelope
+from bus.errors import BusUnavailable, DecodeError, UnknownGroup
+from bus.topics import Topics
+
+log = logging.getLogger(__name__)
+
+# A handler takes the decoded envelope; it may be a plain function or an async one.
+Handler = Callable[[Envelope], Any]
+
+
+def default_consumer_name() -> str:
+    """A consumer name unique to this process: host, pid and a random suffix."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class RecentIds:
+    """The most recent `size` ids seen, oldest forgotten first (bounded memory for dedup)."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"dedup size must be >= 1, got {size}")
+        self.size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._ids
+
+    def add(self, key: str) -> None:
+        """Remember `key`, forgetting the oldest id when full."""
+        self._ids[key] = None
+        self._ids.move_to_end(key)
+        while len(self._ids) > self.size:
+            self._ids.popitem(last=False)
+
+
+@dataclass
+class ConsumerStats:
+    """Counts of what a consumer did with the deliveries it got."""
+
+    handled: int = 0
+    duplicates: int = 0
+    failures: int = 0
+    dead_lettered: int = 0
+    claimed: int = 0
+
+
+class Consumer:
+    """Consume a topic through a consumer group: at-least-once, acked after the handler returns.
+
+    Each delivery is decoded and given to `handler` (sync or async); on success it is acked.
+    A failing delivery stays pending and is retried when reclaimed (by this or another consumer
+    of the group) after `claim_idle` seconds; once it has been delivered `max_deliveries` times
+    it goes to the dead-letter topic and is acked. Undecodable entries are dead-lettered at once.
+    Envelope ids already handled by this consumer are acked without calling the handler again.
+
+    `claim_idle` must exceed the time it takes to handle one batch, or a live consumer's work
+    may be claimed by a replica and handled twice.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        topic: str,
+        group: str,
+        handler: Handler,
+        *,
+        name: str | None = None,
+        start: str = BEGINNING,
+        max_deliveries: int = 5,
+        claim_idle: float = 30.0,
+        claim_every: float | None = None,
+        batch: int = 32,
+        block: float = 1.0,
+        dead_letter_topic: str | None = None,
+        dead_letter_maxlen: int | None = None,
+        dedup_size: int = 10_000,
+        retry_delay: float = 0.5,
+    ) -> None:
+        if max_deliveries < 1:
+            raise ValueError(f"max_deliveries must be >= 1, got {max_deliveries}")
+        if claim_idle < 0:
+            raise ValueError(f"claim_idle must be >= 0 seconds, got {claim_idle}")
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.bus = bus
+        self.topic = topic
+        self.group = group
+        self.handler = handler
+        self.name = name or default_consumer_name()
+        self.start_from = start
+        self.max_deliveries = max_deliveries
+        self.claim_idle = claim_idle
+        self.claim_every = max(0.01, claim_idle / 2 if claim_every is None else claim_every)
+        self.batch = batch
+        self.block = block
+        self.dead_letter_topic = dead_letter_topic or Topics().dead_letter()
+        self.dead_letter_maxlen = dead_letter_maxlen
+        self.retry_delay = retry_delay
+        self.stats = ConsumerStats()
+        self._seen = RecentIds(dedup_size)
+        self._next_claim = 0.0
+        self._stop = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- one round ------------------------------------------------------------------------
+
+    async def ensure_group(self) -> None:
+        """Create the group on the topic if it does not exist yet (at `start`)."""
+        await self.bus.ensure_group(self.topic, self.group, self.start_from)
+
+    async def poll_once(self, block: float | None = None) -> int:
+        """Reclaim stale deliveries if due, then read one batch; return how many were handled."""
+        handled = 0
+        if time.monotonic() >= self._next_claim:
+            stale = await self.bus.claim_stale(
+                self.topic, self.group, self.name, min_idle=self.claim_idle, count=self.batch
+            )
+            self._next_claim = time.monotonic() + self.claim_every
+            self.stats.claimed += len(stale)
+            handled += await self._handle_batch(stale)
+        if block is not None:
+            block = min(block, max(0.0, self._next_claim - time.monotonic()))
+        entries = await self._read_unless_stopped(block)
+        return handled + await self._handle_batch(entries)
+
+    async def _read_unless_stopped(self, block: float | None) -> list[Entry]:
+        read = self.bus.read_group(self.topic, self.group, self.name, count=self.batch, block=block)
+        if not block:
+            return await read
+        # Race the blocking read against stop() so that stopping never waits a whole block.
+        reader = asyncio.ensure_future(read)
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not reader.done():
+                reader.cancel()
+                # Entries a server delivered before the cancel stay pending and get reclaimed.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+        return [] if reader.cancelled() else reader.result()
+
+    async def _handle_batch(self, entries: list[Entry]) -> int:
+        done: list[str] = []
+        handled = 0
+        try:
+            for entry in entries:
+                outcome = await self._handle(entry)
+                if outcome is not None:
+                    done.append(entry.id)
+                    handled += outcome
+        finally:
+            if done:
+                await self.bus.ack(self.topic, self.group, done)
+        return handled
+
+    async def _handle(self, entry: Entry) -> int | None:
+        """Handle one delivery; return 1 if handled, 0 if settled otherwise, None to retry."""
+        try:
+            env = decode(entry.payload)
+        except DecodeError as exc:
+            await self._dead_letter(entry, f"undecodable: {exc.reason}", None)
+            return 0
+        if env.id in self._seen:
+            self.stats.duplicates += 1
+            return 0
+        if entry.deliveries > self.max_deliveries:
+            # Delivered that often without an ack: it probably kills the consumers handling it.
+            reason = (
+                f"delivered {entry.deliveries} times without being acked "
+                f"(max_deliveries={self.max_deliveries})"
+            )
+            await self._dead_letter(entry, reason, env)
+            return 0
+        try:
+            result = self.handler(env)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            self.stats.failures += 1
+            failure = f"{type(exc).__name__}: {exc}"
+            if entry.deliveries >= self.max_deliveries:
+                reason = f"handler failed on all {entry.deliveries} deliveries, last: {failure}"
+                await self._dead_letter(entry, reason, env)
+                return 0
+            log.warning(
+                "handler of group %r failed on %s entry %s (%s, delivery %d of %d); it will "
+                "be retried after %.3g s",
+                self.group,
+                env.type,
+                entry.id,
+                failure,
+                entry.deliveries,
+                self.max_deliveries,
+                self.claim_idle,
+            )
+            return None
+        self._seen.add(env.id)
+        self.stats.handled += 1
+        return 1
+
+    async def _dead_letter(self, entry: Entry, reason: str, original: Envelope | None) -> None:
+        log.warning(
+            "dead-lettering entry %s of topic %r for group %r: %s",
+            entry.id,
+            self.topic,
+            self.group,
+            reason,
+        )
+        env = dead_letter_envelope(
+            entry,
+            reason=reason,
+            topic=self.topic,
+            group=self.group,
+            source=self.name,
+            original=original,
+        )
+        await self.bus.append(self.dead_letter_topic, [encode(env)], maxlen=self.dead_letter_maxlen)
+        self.stats.dead_lettered += 1
+
+    # -- running --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume until stop(); ride out an unreachable bus, recreate a vanished group."""
+        self._stop.clear()
+        need_group = True
+        while not self._stop.is_set():
+            try:
+                if need_group:
+                    await self.ensure_group()
+                    need_group = False
+                    self._ready.set()
+                await self.poll_once(self.block)
+            except BusUnavailable as exc:
+                log.warning("bus unavailable for group %r: %s; retrying", self.group, exc)
+                await self._sleep(self.retry_delay)
+            except UnknownGroup as exc:
+                # The server lost the group (e.g. restarted without persistence): recreate it.
+                log.warning("%s; recreating group %r", exc, self.group)
+                need_group = True
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def start(self) -> None:
+        """Run in a background task; return once the group exists (or the task has failed)."""
+        if self._task is not None and not self._task.done():
+            raise RuntimeError(f"consumer {self.name!r} of group {self.group!r} already runs")
+        self._ready.clear()
+        self._task = asyncio.create_task(self.run(), name=f"consumer:{self.group}:{self.name}")
+        ready = asyncio.ensure_future(self._ready.wait())
+        try:
+            await asyncio.wait({self._task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+        if self._task.done():
+            self._task.result()  # raises what made it fail
+
+    async def stop(self) -> None:
+        """Stop once the batch being handled is done; wait for the background task if any."""
+        self._stop.set()
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            await task
+
+    async def __aenter__(self) -> Consumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
