@@ -63,7 +63,7 @@ class RemovableHandle:
 
 
 def _name(obj: object) -> str:
-    return getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or repr(obj)
+    return getattr(obj, "__name__", None) or repr(obj)
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -245,8 +245,9 @@ class Engine:
         if n_leading == 2 and what != "process_function":
             leading = "engine, exception"
         extra = "".join(f", {a!r}" for a in args) + "".join(f", {k}=..." for k in kwargs)
+        params = signature.replace(return_annotation=inspect.Signature.empty)
         raise TypeError(
-            f"{what} {_name(fn)}{signature} cannot be called as {_name(fn)}({leading}{extra})"
+            f"{what} {_name(fn)}{params} cannot be called as {_name(fn)}({leading}{extra})"
         )
 
     def _compile(
