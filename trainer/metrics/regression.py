@@ -1,7 +1,10 @@
 """Regression metrics: MeanSquaredError, MeanAbsoluteError, RootMeanSquaredError, R2Score.
 
-y_pred and y must have the same shape: (N,) or (N, D) for D outputs, which are averaged
-uniformly as scikit-learn's default `multioutput="uniform_average"` does. Sums are float64.
+y_pred and y must have the same shape. MSE, MAE and RMSE take any shape and average over all
+elements, which for (N, D) targets equals scikit-learn's `multioutput="uniform_average"` for MSE
+and MAE; RMSE is the square root of that MSE (as in Ignite), whereas scikit-learn's
+`root_mean_squared_error` averages per-output RMSEs. R2Score takes (N,) or (N, D) and averages
+per-output scores uniformly, as scikit-learn does. Sums are float64.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ class MeanAbsoluteError(_MeanOfErrors):
 
 
 class RootMeanSquaredError(MeanSquaredError):
-    """Square root of the mean squared error (sklearn's `root_mean_squared_error`)."""
+    """Square root of the mean squared error over all elements."""
 
     def compute(self) -> float:
         """Return the RMSE as a float."""
