@@ -294,7 +294,11 @@ class Engine:
     # ----------------------------------------------------------------------------- metrics
 
     def add_metric(self, metric: Any, name: str) -> None:
-        """Attach a metric: reset per epoch, updated per iteration, computed into state.metrics."""
+        """Attach a metric: reset per epoch, updated per iteration, computed into state.metrics.
+
+        The Engine calls `metric.started(engine)`, `metric.iteration_completed(engine, name)` and
+        `metric.completed(engine, name)` before any other handler of the same event.
+        """
         for hook in ("started", "iteration_completed", "completed"):
             if not callable(getattr(metric, hook, None)):
                 raise TypeError(
@@ -304,7 +308,7 @@ class Engine:
         # Infinite priority: metrics are ready before any user handler of the same event.
         self.add_event_handler(Events.EPOCH_STARTED, metric.started, priority=math.inf)
         self.add_event_handler(
-            Events.ITERATION_COMPLETED, metric.iteration_completed, priority=math.inf
+            Events.ITERATION_COMPLETED, metric.iteration_completed, name, priority=math.inf
         )
         self.add_event_handler(Events.EPOCH_COMPLETED, metric.completed, name, priority=math.inf)
 
