@@ -1,0 +1,47 @@
+"""scikit-learn's bundled digits (8x8 images, 10 classes) as train/validation DataLoaders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from trainer.tasks.registry import DataBundle
+from trainer.tasks.sampling import EpochShuffleSampler
+
+PIXEL_MAX = 16.0  # digits pixels are integers 0..16
+
+
+def digits_tensors(
+    val_fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_train, y_train, x_val, y_val): pixels scaled to [0, 1], a stratified seeded split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x_train, x_val, y_train, y_val = train_test_split(
+        x, y, test_size=val_fraction, random_state=seed, stratify=y
+    )
+
+    def features(a: Any) -> torch.Tensor:
+        return torch.as_tensor(a / PIXEL_MAX, dtype=torch.float32)
+
+    def labels(a: Any) -> torch.Tensor:
+        return torch.as_tensor(a, dtype=torch.long)
+
+    return features(x_train), labels(y_train), features(x_val), labels(y_val)
+
+
+def build(cfg: Any, epoch_fn: Callable[[], int]) -> DataBundle:
+    """The `data.name: digits` builder: loaders batched by `data.batch_size`."""
+    x_train, y_train, x_val, y_val = digits_tensors(cfg.data.val_fraction, cfg.run.seed)
+    train_set = TensorDataset(x_train, y_train)
+    sampler = (
+        EpochShuffleSampler(len(train_set), cfg.run.seed, epoch_fn) if cfg.data.shuffle else None
+    )
+    train = DataLoader(train_set, batch_size=cfg.data.batch_size, sampler=sampler)
+    val = DataLoader(TensorDataset(x_val, y_val), batch_size=max(cfg.data.batch_size, 256))
+    return DataBundle(train=train, val=val, in_features=x_train.shape[1], num_classes=10)

@@ -1,0 +1,24 @@
+"""A multilayer perceptron classifier built from config."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+from typing import Any
+
+from torch import nn
+
+
+def mlp(in_features: int, hidden: Sequence[int], num_classes: int) -> nn.Sequential:
+    """Linear layers of the given hidden widths with ReLU between, ending in class logits."""
+    widths = [in_features, *hidden]
+    layers: list[nn.Module] = []
+    for width_in, width_out in pairwise(widths):
+        layers += [nn.Linear(width_in, width_out), nn.ReLU()]
+    layers.append(nn.Linear(widths[-1], num_classes))
+    return nn.Sequential(*layers)
+
+
+def build(cfg: Any, in_features: int, num_classes: int) -> nn.Module:
+    """The `model.name: mlp` builder: widths from `model.hidden`."""
+    return mlp(in_features, list(cfg.model.hidden), num_classes)

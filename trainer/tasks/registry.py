@@ -1,0 +1,85 @@
+"""Data sets, models and optimizers the CLI can build by their config name.
+
+A name is either registered here (`register_data`, `register_model`) or an import path
+`"package.module:function"`, so your own task plugs in without touching this package.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from trainer.config import ConfigError
+
+# Builders are imported on first use: the CLI must not pay for scikit-learn unless it trains.
+_DATA: dict[str, Callable[..., DataBundle] | str] = {"digits": "trainer.tasks.digits:build"}
+_MODELS: dict[str, Callable[..., nn.Module] | str] = {"mlp": "trainer.tasks.mlp:build"}
+_OPTIMIZERS: dict[str, Callable[[Iterable[Any], Any], torch.optim.Optimizer]] = {
+    "adam": lambda params, o: torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay),
+    "adamw": lambda params, o: torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay),
+    "sgd": lambda params, o: torch.optim.SGD(
+        params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+    ),
+}
+
+
+@dataclass
+class DataBundle:
+    """What a data builder returns: loaders and the sizes a model builder needs."""
+
+    train: DataLoader
+    val: DataLoader
+    in_features: int
+    num_classes: int
+
+
+def register_data(name: str, builder: Callable[..., DataBundle]) -> None:
+    """Make `data.name: <name>` build with `builder(cfg, epoch_fn) -> DataBundle`."""
+    _DATA[name] = builder
+
+
+def register_model(name: str, builder: Callable[..., nn.Module]) -> None:
+    """Make `model.name: <name>` build with `builder(cfg, in_features, num_classes)`."""
+    _MODELS[name] = builder
+
+
+def build_data(cfg: Any, epoch_fn: Callable[[], int]) -> DataBundle:
+    """The data set named by `data.name`; `epoch_fn` gives the current epoch for shuffling."""
+    bundle = _resolve(_DATA, cfg.data.name, "data.name")(cfg, epoch_fn)
+    if not isinstance(bundle, DataBundle):
+        raise TypeError(f"data builder {cfg.data.name!r} returned {type(bundle).__name__}")
+    return bundle
+
+
+def build_model(cfg: Any, in_features: int, num_classes: int) -> nn.Module:
+    """The model named by `model.name`, sized for the data."""
+    return _resolve(_MODELS, cfg.model.name, "model.name")(cfg, in_features, num_classes)
+
+
+def build_optimizer(cfg: Any, params: Iterable[Any]) -> torch.optim.Optimizer:
+    """The optimizer named by `optim.name` over `params`."""
+    return _resolve(_OPTIMIZERS, cfg.optim.name, "optim.name")(params, cfg.optim)
+
+
+def _resolve(registry: dict[str, Any], name: str, key: str) -> Callable[..., Any]:
+    target = registry.get(name, name if ":" in name else None)
+    if target is None:
+        known = ", ".join(sorted(registry))
+        raise ConfigError(
+            f"unknown {key} {name!r}: use one of {known} or 'package.module:function'", key=key
+        )
+    if isinstance(target, str):
+        module_name, _, attr = target.partition(":")
+        try:
+            target = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"{key} {name!r} cannot be imported: {exc}", key=key) from exc
+        if name in registry:
+            registry[name] = target
+    return target
