@@ -7,10 +7,13 @@ they are written, across topics too. While the bus is unreachable the batch in f
 and retried with capped exponential backoff; the outbox is bounded and a producer that finds it
 full waits (nothing is dropped).
 
-Delivery is at-least-once: if the transport dies after applying a batch but before confirming
-it, the retry writes that batch again. Consumers are idempotent by envelope id (see
-docs/protocol.md), so a duplicate is harmless; it can only repeat envelopes of the one batch
-that was in flight, and never reorders first occurrences.
+A failed append is ambiguous: the server may have applied some or all of the batch before the
+connection dropped. Before retrying, the publisher reads the topic after its last confirmed
+entry and leaves out what is already there, so a server crash or restart does not duplicate
+envelopes. Delivery remains at-least-once in the corner cases (the transport's own client
+retried a write internally, other writers buried our entries under more than 10,000 of theirs,
+or the bus has no `last_id`); consumers are idempotent by envelope id (docs/protocol.md), and
+first occurrences are never reordered.
 
 `Publisher` lives in the caller's event loop; `ThreadedPublisher` owns a loop in a thread, for
 synchronous callers.
@@ -24,7 +27,7 @@ import inspect
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +76,7 @@ class PublisherStats:
     bytes: int  # payload bytes confirmed
     outages: int  # times the bus became unreachable
     blocked: int  # times a producer had to wait for room in the outbox
+    recovered: int  # envelopes of a failed batch found already written, so not repeated
     connected: bool  # False while the bus is unreachable
 
 
@@ -128,6 +132,12 @@ class Publisher:
         self._outbox: deque[tuple[str, bytes]] = deque()
         self._inflight: list[bytes] = []
         self._inflight_topic = ""
+        # Our newest confirmed entry per topic, and whether the batch in flight may have been
+        # applied by the server without the confirmation reaching us.
+        self._last_ids: dict[str, str] = {}
+        self._unsure = False
+        self._can_reconcile = callable(getattr(bus, "last_id", None))
+        self._recovered = 0
         self._enqueued = 0
         self._published = 0
         self._retried = 0
@@ -165,6 +175,7 @@ class Publisher:
             bytes=self._bytes,
             outages=self._outages,
             blocked=self._blocked,
+            recovered=self._recovered,
             connected=self._connected,
         )
 
@@ -372,7 +383,7 @@ class Publisher:
                 self._take_batch()
             batch = self._inflight
             try:
-                await self.bus.append(self._inflight_topic, batch, maxlen=self.maxlen)
+                await self._write(self._inflight_topic, batch)
             except TRANSIENT_ERRORS as exc:
                 self._retried += 1
                 if self._connected:
@@ -402,6 +413,56 @@ class Publisher:
             self._batches += 1
             self._bytes += sum(map(len, batch))
             self._progress()
+
+    async def _write(self, topic: str, batch: list[bytes]) -> None:
+        """Append `batch`, minus what an earlier failed attempt turned out to have written."""
+        last = self._last_ids.get(topic)
+        if last is None and self._can_reconcile:
+            # Where our entries will start, so that after a failed append we can look there.
+            last = self._last_ids[topic] = await self.bus.last_id(topic)
+        todo = batch
+        if self._unsure and last is not None:
+            todo = await self._unwritten(topic, last, batch)
+        self._unsure = False
+        if todo:
+            self._unsure = True  # until the bus confirms: a reply lost in transit is ambiguous
+            ids = await self.bus.append(topic, todo, maxlen=self.maxlen)
+            self._unsure = False
+            if ids:
+                self._last_ids[topic] = ids[-1]
+
+    async def _unwritten(self, topic: str, last: str, batch: list[bytes]) -> list[bytes]:
+        """Return `batch` minus the payloads already in `topic` after entry `last`."""
+        missing = Counter(batch)
+        scanned = 0
+        # Our entries follow `last` closely; give up (and accept duplicates) if other writers
+        # have buried them under more than this.
+        while scanned < max(10_000, 4 * self.max_batch):
+            entries = await self.bus.read(topic, last, count=1000, block=None)
+            if not entries:
+                break
+            for entry in entries:
+                if missing[entry.payload] > 0:
+                    missing[entry.payload] -= 1
+            last = entries[-1].id
+            scanned += len(entries)
+        self._last_ids[topic] = last
+        todo = []
+        for payload in reversed(batch):  # keep the last copies: missing counts are per payload
+            if missing[payload] > 0:
+                missing[payload] -= 1
+                todo.append(payload)
+        todo.reverse()
+        self._recovered += len(batch) - len(todo)
+        if len(todo) < len(batch):
+            log.info(
+                "%d of %d envelopes of the failed batch for %r had been written; not repeating "
+                "them",
+                len(batch) - len(todo),
+                len(batch),
+                topic,
+            )
+        return todo
 
     def _progress(self) -> None:
         if self._room_waiters:

@@ -43,6 +43,8 @@ class Spy:
         self.appends: list[tuple[str, list[int], int | None]] = []
         self.down = False  # while True, appends fail as if the server were gone
         self.failures = 0
+        # Set to k: the next append writes its first k payloads, then the reply is "lost".
+        self.apply_then_fail: int | None = None
 
     async def append(
         self, topic: str, payloads: Sequence[bytes], *, maxlen: int | None = None
@@ -50,6 +52,11 @@ class Spy:
         if self.down:
             self.failures += 1
             raise BusUnavailable(f"test outage on topic {topic!r}")
+        if self.apply_then_fail is not None:
+            applied, self.apply_then_fail = self.apply_then_fail, None
+            await self.bus.append(topic, payloads[:applied], maxlen=maxlen)
+            self.failures += 1
+            raise BusUnavailable(f"connection lost before the reply on topic {topic!r}")
         ids = await self.bus.append(topic, payloads, maxlen=maxlen)
         self.appends.append((topic, [decode(p).iteration for p in payloads], maxlen))
         return ids
@@ -153,6 +160,38 @@ async def test_outage_keeps_the_outbox_and_flushes_it_in_order_on_recovery(bus, 
     assert sum("unreachable" in m for m in messages) == 1
     assert sum("reachable again" in m for m in messages) == 1
     await pub.close()
+
+
+@pytest.mark.parametrize("applied", [0, 3, 6])
+async def test_a_batch_applied_before_its_reply_was_lost_is_not_written_twice(
+    bus, applied: int
+) -> None:
+    spy = Spy(bus)
+    pub = Publisher(spy, max_batch=6, flush_interval=0, **FAST)
+    await pub.publish(EVENTS, env(0))
+    await pub.flush()
+    await bus.append(EVENTS, [encode(env(100))])  # another writer's entry in between
+
+    spy.apply_then_fail = applied
+    for i in range(1, 7):
+        pub.publish_nowait(EVENTS, env(i))
+    await pub.flush()
+
+    assert await iterations(bus, EVENTS) == [0, 100, 1, 2, 3, 4, 5, 6]
+    stats = pub.stats()
+    assert (stats.published, stats.retried, stats.recovered) == (7, 1, applied)
+
+
+async def test_the_very_first_batch_is_not_written_twice_either(bus) -> None:
+    await bus.append(EVENTS, [encode(env(100))])  # the topic has history from before
+    spy = Spy(bus)
+    spy.apply_then_fail = 2
+    pub = Publisher(spy, flush_interval=0, **FAST)
+    for i in range(4):
+        pub.publish_nowait(EVENTS, env(i))
+    await pub.flush()
+    assert await iterations(bus, EVENTS) == [100, 0, 1, 2, 3]
+    assert pub.stats().recovered == 2
 
 
 async def test_full_outbox_blocks_the_producer_until_there_is_room(bus, caplog) -> None:
