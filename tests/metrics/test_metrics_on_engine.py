@@ -61,9 +61,14 @@ def test_metrics_reset_each_epoch_and_are_ready_for_user_handlers() -> None:
         assert metrics["loss"] == pytest.approx(np.mean(batch_losses))
 
 
-def test_running_average_is_in_state_metrics_after_every_iteration() -> None:
+@pytest.mark.parametrize("how", ["attach", "add_metric"])
+def test_running_average_is_in_state_metrics_after_every_iteration(how: str) -> None:
     engine = Engine(lambda engine, batch: {"loss": float(batch)})
-    RunningAverage(output_transform=lambda out: out["loss"], alpha=0.5).attach(engine, "avg")
+    metric = RunningAverage(output_transform=lambda out: out["loss"], alpha=0.5)
+    if how == "attach":
+        metric.attach(engine, "avg")
+    else:
+        engine.add_metric(metric, "avg")
     shown: list[float] = []
     engine.on(Events.ITERATION_COMPLETED, lambda e: shown.append(e.state.metrics["avg"]))
 

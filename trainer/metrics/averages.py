@@ -84,7 +84,6 @@ class RunningAverage(Metric):
         self.src = src
         self.alpha = alpha
         self.epoch_bound = epoch_bound
-        self._name: str | None = None
         self.add_state("total", 0.0, "sum")
         self.add_state("count", 0, "sum", torch.int64)
 
@@ -106,11 +105,6 @@ class RunningAverage(Metric):
             raise NotComputableError("RunningAverage needs at least one update")
         return _as_result(self._state["total"] / self._state["count"])
 
-    def attach(self, engine: Engine, name: str) -> None:
-        """Attach to an Engine under `name`."""
-        self._name = name
-        super().attach(engine, name)
-
     def started(self, engine: Engine) -> None:
         """EPOCH_STARTED hook: reset if epoch-bound."""
         if self.epoch_bound:
@@ -119,14 +113,8 @@ class RunningAverage(Metric):
     def iteration_completed(self, engine: Engine, name: str | None = None) -> None:
         """ITERATION_COMPLETED hook: update and publish the value under the metric's name."""
         super().iteration_completed(engine)
-        name = name or self._name
         if name is not None:
             engine.state.metrics[name] = self.compute()
-
-    def completed(self, engine: Engine, name: str) -> None:
-        """EPOCH_COMPLETED hook: publish the value (and remember the name)."""
-        self._name = name
-        super().completed(engine, name)
 
     def __repr__(self) -> str:
         return f"RunningAverage(src={self.src!r}, alpha={self.alpha})"

@@ -107,7 +107,11 @@ class Metric(ABC):
         self.reset()
 
     def iteration_completed(self, engine: Engine, name: str | None = None) -> None:
-        """ITERATION_COMPLETED hook: update with the transformed step output."""
+        """ITERATION_COMPLETED hook: update with the transformed step output.
+
+        `name` is the metric's name on the engine; metrics that publish a value every
+        iteration (RunningAverage) use it, the others ignore it.
+        """
         self.update(self.output_transform(engine.state.output))
 
     def completed(self, engine: Engine, name: str) -> None:

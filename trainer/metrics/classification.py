@@ -133,18 +133,19 @@ class _PrecisionRecallBase(_PerClassCounts):
                 )
             self._ensure_classes(classes)
             s = self._state
-            s["tp"] += (pred * true).sum(dim=0)
-            s["pred_pos"] += pred.sum(dim=0)
-            s["true_pos"] += true.sum(dim=0)
+            # Reduce on the inputs' device, then add the small per-class sums to the CPU state.
+            s["tp"] += (pred * true).sum(dim=0).cpu()
+            s["pred_pos"] += pred.sum(dim=0).cpu()
+            s["true_pos"] += true.sum(dim=0).cpu()
             s["samples"] += int(pred.shape[0])
             return
         pred, true, implied = class_labels(name, y_pred, y, self.threshold)
         seen = int(max(pred.max(), true.max())) + 1 if pred.numel() else 0
         size = self._ensure_classes(max(implied, seen))
         s = self._state
-        s["tp"] += torch.bincount(true[pred == true], minlength=size)
-        s["pred_pos"] += torch.bincount(pred, minlength=size)
-        s["true_pos"] += torch.bincount(true, minlength=size)
+        s["tp"] += torch.bincount(true[pred == true], minlength=size).cpu()
+        s["pred_pos"] += torch.bincount(pred, minlength=size).cpu()
+        s["true_pos"] += torch.bincount(true, minlength=size).cpu()
         s["samples"] += int(pred.numel())
 
     def _score(
@@ -251,7 +252,7 @@ class ConfusionMatrix(_PerClassCounts):
         seen = int(max(pred.max(), true.max())) + 1 if pred.numel() else 0
         size = self._ensure_classes(max(implied, seen))
         pairs = torch.bincount(true * size + pred, minlength=size * size)
-        self._state["matrix"] += pairs.reshape(size, size)
+        self._state["matrix"] += pairs.reshape(size, size).cpu()
         self._state["samples"] += int(pred.numel())
 
     def compute(self) -> torch.Tensor:

@@ -111,7 +111,7 @@ class R2Score(_Regression):
 
         def per_output(x: torch.Tensor) -> float | torch.Tensor:
             # 1-D targets keep plain-number state; (N, D) targets keep one sum per output.
-            return float(x.sum()) if y.ndim == 1 else x.sum(dim=0)
+            return float(x.sum()) if y.ndim == 1 else x.sum(dim=0).cpu()
 
         s = self._state
         s["n"] += int(y.shape[0])

@@ -57,7 +57,11 @@ def as_tensor(value: Any, what: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach()
     if isinstance(value, np.ndarray | np.generic):
-        return torch.from_numpy(np.asarray(value))
+        array = np.asarray(value)
+        if array.dtype == object:
+            raise TypeError(f"{what} is a numpy array of Python objects, not of numbers")
+        # torch warns about read-only arrays (e.g. broadcast views): hand it a copy instead.
+        return torch.from_numpy(array if array.flags.writeable else array.copy())
     if isinstance(value, (bool, int, float, list, tuple)):
         try:
             return torch.as_tensor(value)
