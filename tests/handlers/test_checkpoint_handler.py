@@ -12,6 +12,7 @@ import torch
 from trainer import Engine, Events
 from trainer.checkpoint_store import CheckpointError, RNGState
 from trainer.handlers import Checkpoint, DiskSaver, global_step_from_engine
+from trainer.retention import RetentionPolicy
 
 from .toy import make_toy, scripted
 
@@ -139,12 +140,16 @@ def test_require_empty_refuses_a_directory_with_checkpoints(tmp_path: Path) -> N
     (tmp_path / "old.pt").write_bytes(b"")
     with pytest.raises(ValueError, match=r"old\.pt.*require_empty"):
         DiskSaver(tmp_path)
+    with pytest.raises(ValueError, match=r"old\.pt.*require_empty"):
+        Checkpoint({"model": torch.nn.Linear(1, 1)}, tmp_path)
     DiskSaver(tmp_path, require_empty=False)
 
 
 def test_objects_without_state_dict_are_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="'data'"):
         Checkpoint({"data": [1, 2, 3]}, tmp_path)
+    with pytest.raises(ValueError, match="keeps no checkpoint"):
+        Checkpoint({"model": torch.nn.Linear(1, 1)}, tmp_path, retention=RetentionPolicy(0, 0))
     with pytest.raises(TypeError, match="global_step_transform"):
         Checkpoint({"model": torch.nn.Linear(1, 1)}, tmp_path, global_step_transform=lambda e, n: 0)
 
@@ -212,7 +217,8 @@ def test_retention_carries_on_after_the_checkpointer_state_is_restored(tmp_path:
 
     resumed = make_toy(n_batches=2)
     resumed.trainer.load_state_dict(toy.trainer.state_dict())
-    again = Checkpoint({"model": resumed.model}, tmp_path, n_saved=2)
+    saver = DiskSaver(tmp_path, require_empty=False)
+    again = Checkpoint({"model": resumed.model}, saver, n_saved=2)
     again.load_state_dict(handler.state_dict())
     resumed.trainer.add_event_handler(Events.EPOCH_COMPLETED, again)
     resumed.trainer.run(resumed.data, max_epochs=3)

@@ -7,6 +7,7 @@ import torch
 
 from trainer import Engine, Events
 from trainer.handlers import EarlyStopping
+from trainer.metrics import MeanSquaredError
 
 from .toy import make_toy, scripted
 
@@ -53,25 +54,24 @@ def test_min_mode_follows_a_loss() -> None:
 
 
 def test_attached_to_an_evaluator_it_stops_the_trainer() -> None:
-    """A frozen model (lr=0) has a constant validation loss: patience 2 stops after epoch 3."""
+    """A frozen model (lr=0) has a constant validation MSE: patience 2 stops after epoch 3."""
     toy = make_toy(lr=0.0)
-    evaluator = Engine(lambda engine, batch: None)
 
-    @evaluator.on(Events.COMPLETED)
-    def validate(engine: Engine) -> None:
+    def predict(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple:
         with torch.no_grad():
-            losses = [torch.nn.functional.mse_loss(toy.model(x), y) for x, y in toy.data]
-        engine.state.metrics["loss"] = torch.stack(losses).mean().item()
+            return toy.model(batch[0]), batch[1]
 
-    handler = EarlyStopping(2, lambda e: -e.state.metrics["loss"], toy.trainer)
+    evaluator = Engine(predict)
+    MeanSquaredError().attach(evaluator, "mse")
+    handler = EarlyStopping(2, lambda e: -e.state.metrics["mse"], toy.trainer)
     evaluator.add_event_handler(Events.COMPLETED, handler)
-    toy.trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: evaluator.run([0]))
+    toy.trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda: evaluator.run(toy.data))
     terminated = []
     toy.trainer.add_event_handler(Events.TERMINATE, lambda: terminated.append(True))
     state = toy.trainer.run(toy.data, max_epochs=10)
     assert state.epoch == 2 and state.iteration == 3 * len(toy.data)
     assert terminated == [True]
-    assert handler.counter == 2
+    assert handler.counter == 2 and handler.best_score < 0
 
 
 def test_state_dict_resumes_the_count() -> None:

@@ -121,7 +121,7 @@ class Checkpoint:
                         f"to_save[{key!r}] ({type(obj).__name__}) has no {method}() method"
                     )
         if isinstance(save_handler, (str, os.PathLike)):
-            save_handler = DiskSaver(save_handler, require_empty=False)
+            save_handler = DiskSaver(save_handler)
         if not callable(save_handler) or not callable(getattr(save_handler, "remove", None)):
             raise TypeError(
                 f"save_handler must be a directory or have __call__(checkpoint, filename) and "
@@ -142,6 +142,8 @@ class Checkpoint:
                 retention = RetentionPolicy(keep_last=n_saved, keep_best=0)
             else:
                 retention = RetentionPolicy(keep_last=0, keep_best=n_saved)
+        if retention.keep_last == 0 and retention.keep_best == 0:
+            raise ValueError(f"{retention} keeps no checkpoint at all")
         self.to_save = dict(to_save)
         self.save_handler = save_handler
         self.filename_prefix = filename_prefix

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -9,6 +10,8 @@ from trainer.patience import Patience
 
 if TYPE_CHECKING:
     from trainer.engine import Engine
+
+logger = logging.getLogger(__name__)
 
 
 class EarlyStopping:
@@ -50,7 +53,7 @@ class EarlyStopping:
         """Score ``engine`` and stop the trainer if patience has run out."""
         score = self.score_function(engine)
         if self.rule.step(score):
-            self.trainer.logger.info(
+            logger.info(
                 "EarlyStopping: no improvement in %d evaluations, stopping", self.rule.counter
             )
             self.trainer.terminate()
