@@ -91,3 +91,18 @@ def test_async_run_updates_metrics_too() -> None:
     MeanSquaredError().attach(engine, "mse")
     state = engine.run(range(3))
     assert state.metrics["mse"] == pytest.approx(skm.mean_squared_error(y, y_pred))
+
+
+def test_running_average_not_epoch_bound_carries_over_epochs() -> None:
+    engine = Engine(lambda engine, batch: float(batch))
+    RunningAverage(output_transform=float, alpha=0.5, epoch_bound=False).attach(engine, "avg")
+    shown: list[float] = []
+    engine.on(Events.ITERATION_COMPLETED, lambda e: shown.append(e.state.metrics["avg"]))
+
+    engine.run([4.0, 2.0], max_epochs=2)
+
+    expected, average = [], None
+    for value in [4.0, 2.0, 4.0, 2.0]:
+        average = value if average is None else 0.5 * average + 0.5 * value
+        expected.append(average)
+    assert shown == pytest.approx(expected)
