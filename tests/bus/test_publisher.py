@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
 
-from bus.base import BEGINNING
+from bus import open_bus
+from bus.base import BEGINNING, Bus
 from bus.codec import MAX_ENVELOPE_BYTES, decode, encode
 from bus.envelope import Envelope
 from bus.errors import BusUnavailable, EnvelopeTooLarge
@@ -21,7 +22,6 @@ from bus.publisher import (
     PublisherFailed,
     ThreadedPublisher,
 )
-from bus.redis_stream import RedisStreamBus
 
 EVENTS = "t:run:r1:events"
 CONTROL = "t:run:r1:control"
@@ -37,7 +37,7 @@ def env(i: int, kind: str = "ITERATION_COMPLETED") -> Envelope:
 class Spy:
     """A real bus behind a switch: records each confirmed append and can play unreachable."""
 
-    def __init__(self, bus: InMemoryBus | RedisStreamBus) -> None:
+    def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.url = bus.url
         self.appends: list[tuple[str, list[int], int | None]] = []
@@ -65,25 +65,10 @@ class Spy:
         return getattr(self.bus, name)
 
 
-@pytest.fixture(params=["memory", "redis"])
-def bus_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "memory":
-        return InMemoryBus().url  # the name stays usable while some handle is alive
-    return request.getfixturevalue("redis_url")
+# The `bus` and `bus_url` fixtures (tests/bus/conftest.py) give each test both buses.
 
 
-def open_bus(url: str) -> InMemoryBus | RedisStreamBus:
-    return InMemoryBus.from_url(url) if url.startswith("memory") else RedisStreamBus(url)
-
-
-@pytest.fixture
-async def bus(bus_url: str) -> AsyncIterator[InMemoryBus | RedisStreamBus]:
-    real = open_bus(bus_url)
-    yield real
-    await real.close()
-
-
-async def iterations(bus: InMemoryBus | RedisStreamBus, topic: str) -> list[int]:
+async def iterations(bus: Bus, topic: str) -> list[int]:
     entries = await bus.read(topic, BEGINNING, count=100_000, block=None)
     return [decode(e.payload).iteration for e in entries]
 
@@ -276,7 +261,7 @@ async def test_a_write_the_bus_refuses_for_good_stops_the_publisher_loudly(redis
     raw = aioredis.from_url(redis_url)
     await raw.set(EVENTS, "not a stream")  # XADD on it fails with WRONGTYPE, retrying is futile
     await raw.aclose()
-    bus = RedisStreamBus(redis_url)
+    bus = open_bus(redis_url)
     pub = Publisher(bus, **FAST)
     await pub.publish(EVENTS, env(0))
     with pytest.raises(PublisherFailed, match="WRONGTYPE"):
