@@ -11,7 +11,7 @@ from bus.base import BEGINNING, NOW, Bus, Entry
 from bus.codec import decode
 from bus.envelope import Envelope
 from bus.errors import BusUnavailable, DecodeError
-from bus.stream_ids import parse_id
+from bus.stream_ids import Key, parse_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,6 +57,8 @@ class Tail:
         self.retry_delay = retry_delay
         self.last_id: str | None = None
         self.skipped = 0
+        self._after: str | None = None
+        self._end: Key | None = None
 
     def __aiter__(self) -> AsyncIterator[Envelope]:
         return self._envelopes()
@@ -69,27 +71,37 @@ class Tail:
                 log.warning("bus unavailable while tailing %r: %s; retrying", self.topic, exc)
                 await asyncio.sleep(self.retry_delay)
 
+    async def open(self) -> Tail:
+        """Fix where reading starts (NOW becomes the newest id) and, without follow, ends.
+
+        Iterating opens the tail if needed; await this first when entries appended right
+        after this point must not be missed by a tail from NOW.
+        """
+        if self._after is None:
+            # NOW is resolved once: re-reading "$" on every call would miss entries in between.
+            start = self.start
+            if start == NOW:
+                start = await self._retrying(lambda: self.bus.last_id(self.topic))
+            if not self.follow:
+                self._end = parse_id(await self._retrying(lambda: self.bus.last_id(self.topic)))
+            self._after = start
+        return self
+
     async def _envelopes(self) -> AsyncIterator[Envelope]:
-        after = self.start
-        if after == NOW:
-            # Resolved once: re-reading "$" on every call would miss entries between calls.
-            after = await self._retrying(lambda: self.bus.last_id(self.topic))
-        end = (
-            None
-            if self.follow
-            else parse_id(await self._retrying(lambda: self.bus.last_id(self.topic)))
-        )
-        while end is None or parse_id(after) < end:
-            block = self.block if end is None else None
+        await self.open()
+        end = self._end
+        while end is None or parse_id(self._after) < end:
             entries = await self._retrying(
-                lambda a=after, b=block: self.bus.read(self.topic, a, count=self.batch, block=b)
+                lambda a=self._after: self.bus.read(
+                    self.topic, a, count=self.batch, block=self.block if end is None else None
+                )
             )
             if not entries and end is not None:
                 return  # the rest was trimmed away meanwhile
             for entry in entries:
                 if end is not None and parse_id(entry.id) > end:
-                    return  # appended after the iteration began: not part of the history
-                after = self.last_id = entry.id
+                    return  # appended after the tail was opened: not part of the history
+                self._after = self.last_id = entry.id
                 try:
                     env = decode(entry.payload)
                 except DecodeError as exc:
