@@ -22,9 +22,6 @@ from trainer.metrics.transforms import check_same_shape, default_output_transfor
 class _Regression(Metric):
     """Reads a same-shape float64 `(y_pred, y)` pair from each batch."""
 
-    def __init__(self, output_transform: Callable[[Any], Any]) -> None:
-        super().__init__(output_transform)
-
     def _pair(self, output: Any) -> tuple[torch.Tensor, torch.Tensor]:
         name = type(self).__name__
         y_pred, y = pair_as_tensors(name, output)
@@ -35,7 +32,7 @@ class _Regression(Metric):
 class _MeanOfErrors(_Regression):
     """Mean over all elements of an elementwise error."""
 
-    def __init__(self, output_transform: Callable[[Any], Any]) -> None:
+    def __init__(self, output_transform: Callable[[Any], Any] = default_output_transform) -> None:
         super().__init__(output_transform)
         self.add_state("sum_errors", 0.0, "sum")
         self.add_state("count", 0, "sum", torch.int64)
@@ -59,18 +56,12 @@ class _MeanOfErrors(_Regression):
 class MeanSquaredError(_MeanOfErrors):
     """Mean of (y_pred - y)^2 (sklearn's `mean_squared_error`)."""
 
-    def __init__(self, output_transform: Callable[[Any], Any] = default_output_transform) -> None:
-        super().__init__(output_transform)
-
     def _errors(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return (y_pred - y).square()
 
 
 class MeanAbsoluteError(_MeanOfErrors):
     """Mean of |y_pred - y| (sklearn's `mean_absolute_error`)."""
-
-    def __init__(self, output_transform: Callable[[Any], Any] = default_output_transform) -> None:
-        super().__init__(output_transform)
 
     def _errors(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return (y_pred - y).abs()
