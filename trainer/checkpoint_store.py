@@ -184,15 +184,17 @@ class RNGState:
         restore_rng_state(state)
 
 
-def _check_stateful(objects: Mapping[str, Any], method: str) -> None:
+def check_stateful(objects: Mapping[str, Any], *methods: str) -> None:
+    """Raise TypeError naming the first object that lacks one of ``methods``."""
     for key, obj in objects.items():
-        if not callable(getattr(obj, method, None)):
-            raise TypeError(f"object {key!r} ({type(obj).__name__}) has no {method}() method")
+        for method in methods:
+            if not callable(getattr(obj, method, None)):
+                raise TypeError(f"object {key!r} ({type(obj).__name__}) has no {method}() method")
 
 
 def collect_state(to_save: Mapping[str, Any]) -> dict[str, Any]:
     """``{name: obj.state_dict()}`` for every object in ``to_save``."""
-    _check_stateful(to_save, "state_dict")
+    check_stateful(to_save, "state_dict")
     return {key: obj.state_dict() for key, obj in to_save.items()}
 
 
@@ -203,7 +205,7 @@ def restore_state(to_load: Mapping[str, Any], checkpoint: Mapping[str, Any], **k
     ``to_load`` has a single object and ``checkpoint`` lacks its name, ``checkpoint`` is taken
     to be that object's state itself (how single-object checkpoints are saved).
     """
-    _check_stateful(to_load, "load_state_dict")
+    check_stateful(to_load, "load_state_dict")
     if len(to_load) == 1:
         ((key, obj),) = to_load.items()
         if key not in checkpoint:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from trainer.checkpoint_store import (
     SavedFile,
+    check_stateful,
     collect_state,
     load_checkpoint,
     restore_state,
@@ -114,12 +115,7 @@ class Checkpoint:
             raise TypeError(
                 f"to_save must be a non-empty mapping of name -> object, got {to_save!r}"
             )
-        for key, obj in to_save.items():
-            for method in ("state_dict", "load_state_dict"):
-                if not callable(getattr(obj, method, None)):
-                    raise TypeError(
-                        f"to_save[{key!r}] ({type(obj).__name__}) has no {method}() method"
-                    )
+        check_stateful(to_save, "state_dict", "load_state_dict")
         if isinstance(save_handler, (str, os.PathLike)):
             save_handler = DiskSaver(save_handler)
         if not callable(save_handler) or not callable(getattr(save_handler, "remove", None)):
