@@ -79,7 +79,11 @@ class RedisStreamBus:
         except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
             raise BusUnavailable(f"{where}: {type(exc).__name__}: {exc}") from exc
         except rex.ResponseError as exc:
-            if str(exc).startswith("NOGROUP"):
+            message = str(exc)
+            # UNBLOCKED: the stream or group was deleted while this client was blocked on it.
+            if message.startswith("NOGROUP") or (
+                message.startswith("UNBLOCKED") and "no longer exists" in message
+            ):
                 raise UnknownGroup(f"{where}: {exc}") from exc
             raise BusError(f"{where}: {exc}") from exc
 

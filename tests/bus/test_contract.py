@@ -242,6 +242,16 @@ async def test_without_maxlen_nothing_is_trimmed(bus: Bus) -> None:
     assert await bus.length(TOPIC) == 300
 
 
+async def test_a_pending_entry_trimmed_away_is_dropped_instead_of_claimed(bus: Bus) -> None:
+    [first] = await put(bus, 0)
+    await bus.ensure_group(TOPIC, "g")
+    await bus.read_group(TOPIC, "g", "crashed", count=1, block=None)
+    for _ in range(3):  # enough for Redis to drop whole nodes holding the first entry
+        await bus.append(TOPIC, [encode(env(i)) for i in range(100)], maxlen=10)
+    assert (await bus.read(TOPIC, BEGINNING, count=1, block=None))[0].id != first
+    assert await bus.claim_stale(TOPIC, "g", "live", min_idle=0, count=10) == []
+
+
 async def test_oversized_envelopes_are_refused_with_a_clear_error(bus: Bus) -> None:
     big = env(0, data={"blob": b"x" * MAX_ENVELOPE_BYTES})
     with pytest.raises(EnvelopeTooLarge, match="over the limit of 1048576 bytes"):
