@@ -39,9 +39,8 @@ class RunSection:
     name: str = "digits"
     dir: str = "runs"  # run directories go to <dir>/<name>-<timestamp>-<id>/
     seed: int = field(default=0, metadata=limits(ge=0))
-    threads: int | None = field(
-        default=None, metadata=limits(ge=1)
-    )  # torch intra-op threads; null keeps torch's
+    # torch intra-op threads; null keeps torch's default
+    threads: int | None = field(default=None, metadata=limits(ge=1))
 
 
 @dataclass
@@ -77,9 +76,8 @@ class TrainSection:
     """Length of training and how often progress is reported."""
 
     epochs: int = field(default=5, metadata=limits(ge=1))
-    epoch_length: int | None = field(
-        default=None, metadata=limits(ge=1)
-    )  # null: one pass over the training data
+    # iterations per epoch; null: one pass over the training data
+    epoch_length: int | None = field(default=None, metadata=limits(ge=1))
     log_every: int = field(default=10, metadata=limits(ge=1))  # progress bar refresh, in iterations
     progress_bar: bool = True
 
@@ -91,10 +89,10 @@ class CheckpointSection:
     every: int | None = field(default=1, metadata=limits(ge=1))  # null: no checkpoints
     unit: str = field(default="epoch", metadata=limits(choices=("epoch", "iteration")))
     n_saved: int | None = field(default=2, metadata=limits(ge=1))  # last n kept; null keeps all
+    n_best: int = field(default=1, metadata=limits(ge=0))  # and the best k by `score`
     score: str | None = "accuracy"  # validation metric ranking the best; null: no best
-    mode: str = field(
-        default="max", metadata=limits(choices=("max", "min"))
-    )  # whether a higher score is better
+    # whether a higher score is better
+    mode: str = field(default="max", metadata=limits(choices=("max", "min")))
 
 
 @dataclass
