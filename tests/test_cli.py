@@ -220,3 +220,23 @@ def test_config_command_prints_yaml_that_loads_back(capsys, tmp_path):
     path = tmp_path / "printed.yaml"
     path.write_text(out)
     assert config.load(path) == config.load(EXAMPLE, ["optim.lr=0.5"])
+
+
+def test_resume_latest_and_best_read_the_manifest(tmp_path):
+    from trainer.run_dir import resolve_resume, write_manifest
+
+    run_dir = tmp_path / "runs" / "exp-20240101-000000-abcd"
+    checkpoints = run_dir / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("")
+    saved = [("a.pt", 10, 0.9), ("b.pt", 20, 0.7), ("c.pt", 30, None)]
+    for name, _, _ in saved:
+        (checkpoints / name).write_bytes(b"")
+    write_manifest(checkpoints, saved, {"a.pt": "aa"}, best="a.pt")
+
+    best = resolve_resume("best", None, tmp_path / "runs", "exp")
+    assert (best.checkpoint, best.sha256, best.run_dir) == (checkpoints / "a.pt", "aa", run_dir)
+    assert resolve_resume("latest", run_dir, "elsewhere", "x").checkpoint == checkpoints / "c.pt"
+    assert resolve_resume(str(run_dir), None, "", "").checkpoint == checkpoints / "c.pt"
+    by_path = resolve_resume(str(checkpoints / "b.pt"), None, "", "")
+    assert (by_path.checkpoint, by_path.run_dir) == (checkpoints / "b.pt", run_dir)

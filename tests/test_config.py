@@ -201,3 +201,13 @@ def test_schema_extends_with_a_new_section(tmp_path):
     assert err.value.key == "bus.batch"
     with pytest.raises(ConfigError, match="unknown key 'bus'"):
         config.from_dotlist(["bus.batch=8"])  # the default schema has no bus section
+
+
+def test_copies_stay_configs():
+    import copy
+
+    cfg = config.from_dotlist(["train.epochs=4"])
+    clone = copy.deepcopy(cfg)
+    assert isinstance(clone, config.Config) and clone == cfg
+    clone.train.epochs = 6
+    assert cfg.train.epochs == 4

@@ -65,10 +65,16 @@ class Config:
         return self._node
 
     def __getattr__(self, name: str) -> Any:
+        # Dunders and our own slots (unset while copy or pickle rebuild us) are not config keys.
+        if name.startswith("__") or name in Config.__slots__:
+            raise AttributeError(name)
         return getattr(self._node, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._node, name, value)
+        if name in Config.__slots__:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._node, name, value)
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value at a dotted key (`"train.lr"`), or `default` if it is absent."""
@@ -106,7 +112,12 @@ class Config:
     # -- building ---------------------------------------------------------------------------
 
     def merge(self, *others: Config | Mapping[str, Any] | DictConfig) -> Config:
-        """A new config with `others` merged on top of this one (later wins), validated."""
+        """A new config with `others` merged on top of this one (later wins), validated.
+
+        A `Config` contributes the layers it was loaded from (files, overrides, mappings), not
+        its schema defaults, so merging never resets a value to its default; edits made to it
+        in place after loading are not part of those layers.
+        """
         layers = list(self._layers)
         for i, other in enumerate(others, start=1):
             if isinstance(other, Config):

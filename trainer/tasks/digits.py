@@ -18,8 +18,14 @@ def digits_tensors(
     val_fraction: float, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_train, y_train, x_val, y_val): pixels scaled to [0, 1], a stratified seeded split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as exc:
+        raise ImportError(
+            f"data.name 'digits' needs scikit-learn, which ships the data set: "
+            f"pip install scikit-learn ({exc})"
+        ) from exc
 
     x, y = load_digits(return_X_y=True)
     x_train, x_val, y_train, y_val = train_test_split(
