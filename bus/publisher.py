@@ -96,7 +96,7 @@ class Publisher:
         *,
         max_batch: int = 1000,
         max_outbox: int = 100_000,
-        flush_interval: float = 0.001,
+        flush_interval: float = 0.0,
         backoff_initial: float = 0.05,
         backoff_max: float = 5.0,
         maxlen: int | None = None,
