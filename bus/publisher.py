@@ -326,7 +326,7 @@ class Publisher:
             return
         if self._failure is not None:
             self._check_usable()
-        if self._task is None:
+        if self._task is None or self._task.done():
             raise PublisherClosed(f"publisher stopped with {self.depth} envelopes unwritten")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiter = (target, future)
