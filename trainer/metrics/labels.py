@@ -9,12 +9,22 @@ from trainer.metrics.transforms import check_same_shape, is_integral
 
 def integer_labels(metric: str, y: torch.Tensor, what: str) -> torch.Tensor:
     """Return `y` as int64 labels, refusing non-integer floats and negative values."""
-    if not is_integral(y) and not torch.equal(y, y.round()):
-        raise ValueError(f"{metric}: {what} must hold integer class labels, got fractional values")
-    labels = y.long()
-    if labels.numel() and int(labels.min()) < 0:
-        raise ValueError(f"{metric}: {what} must hold class labels >= 0, got {int(labels.min())}")
-    return labels
+    if y.dtype is not torch.int64:  # int64 labels (the usual case) need no conversion
+        if not is_integral(y) and not torch.equal(y, y.round()):
+            raise ValueError(
+                f"{metric}: {what} must hold integer class labels, got fractional values"
+            )
+        y = y.long()
+    if y.numel():
+        lowest = int(y.min())
+        if lowest < 0:
+            raise ValueError(f"{metric}: {what} must hold class labels >= 0, got {lowest}")
+    return y
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """`t` as one dim; 1-d tensors are returned as they are (reshape costs a view per batch)."""
+    return t if t.ndim == 1 else t.reshape(-1)
 
 
 def _check_binary(metric: str, labels: torch.Tensor, what: str) -> None:
@@ -46,28 +56,32 @@ def class_labels(
     y's shape.
     """
     if y_pred.ndim == y.ndim + 1:
-        if y_pred.shape[0] != y.shape[0] or y_pred.shape[2:] != y.shape[1:]:
+        shape = y_pred.shape
+        # Plain size comparisons first; the trailing dims only matter beyond (N, C) with (N,).
+        if shape[0] != y.shape[0] or (y.ndim > 1 and shape[2:] != y.shape[1:]):
             raise ValueError(
-                f"{metric}: scores y_pred of shape {tuple(y_pred.shape)} do not fit labels y of "
+                f"{metric}: scores y_pred of shape {tuple(shape)} do not fit labels y of "
                 f"shape {tuple(y.shape)}: expected y_pred (N, C, ...) for y (N, ...)"
             )
-        if y_pred.shape[1] == 1:
+        num_classes = shape[1]
+        if num_classes == 1:
             y_pred = y_pred.squeeze(1)
         else:
-            num_classes = int(y_pred.shape[1])
-            true = integer_labels(metric, y, "y").reshape(-1)
-            if true.numel() and int(true.max()) >= num_classes:
-                raise ValueError(
-                    f"{metric}: y has label {int(true.max())} but y_pred scores only "
-                    f"{num_classes} classes (shape {tuple(y_pred.shape)})"
-                )
-            return y_pred.argmax(dim=1).reshape(-1), true, num_classes
+            true = _flat(integer_labels(metric, y, "y"))
+            if true.numel():
+                highest = int(true.max())
+                if highest >= num_classes:
+                    raise ValueError(
+                        f"{metric}: y has label {highest} but y_pred scores only "
+                        f"{num_classes} classes (shape {tuple(shape)})"
+                    )
+            return _flat(y_pred.argmax(dim=1)), true, num_classes
     check_same_shape(metric, y_pred, y)
-    true = integer_labels(metric, y, "y").reshape(-1)
+    true = _flat(integer_labels(metric, y, "y"))
     if is_integral(y_pred):
-        return integer_labels(metric, y_pred, "y_pred").reshape(-1), true, 0
+        return _flat(integer_labels(metric, y_pred, "y_pred")), true, 0
     _check_binary(metric, true, "y")
-    return _threshold(metric, y_pred, threshold).reshape(-1), true, 2
+    return _flat(_threshold(metric, y_pred, threshold)), true, 2
 
 
 def multilabel_indicators(

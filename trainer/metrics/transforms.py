@@ -13,16 +13,23 @@ TARGET_KEYS: tuple[str, ...] = ("y", "label", "labels", "target", "targets")
 
 
 def _pick(output: Mapping[str, Any], keys: tuple[str, ...], role: str) -> Any:
-    found = [k for k in keys if k in output]
-    if not found:
+    # A plain loop: this runs for every metric on every batch, so no list is built unless the
+    # output turns out to be ambiguous.
+    found = None
+    for key in keys:
+        if key in output:
+            if found is not None:
+                several = [k for k in keys if k in output]
+                raise KeyError(
+                    f"output dict has several {role} keys {several}: keep one or pass an "
+                    "output_transform"
+                )
+            found = key
+    if found is None:
         raise KeyError(
             f"output dict has no {role}: expected one of {list(keys)}, got keys {sorted(output)}"
         )
-    if len(found) > 1:
-        raise KeyError(
-            f"output dict has several {role} keys {found}: keep one or pass an output_transform"
-        )
-    return output[found[0]]
+    return output[found]
 
 
 def default_output_transform(output: Any) -> tuple[Any, Any]:
@@ -55,7 +62,8 @@ def identity(output: Any) -> Any:
 def as_tensor(value: Any, what: str) -> torch.Tensor:
     """Convert a tensor, numpy array, list or number to a detached tensor; `what` names it."""
     if isinstance(value, torch.Tensor):
-        return value.detach()
+        # detach() only where there is a graph to cut: it costs a new tensor per batch.
+        return value.detach() if value.requires_grad else value
     if isinstance(value, np.ndarray | np.generic):
         array = np.asarray(value)
         if array.dtype == object:
@@ -91,8 +99,15 @@ def check_same_shape(metric: str, y_pred: torch.Tensor, y: torch.Tensor) -> None
 
 def pair_as_tensors(metric: str, output: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Unpack a `(y_pred, y)` pair (or a dict) into two tensors, 0-d ones as one sample."""
-    y_pred, y = default_output_transform(output)
-    tp = as_tensor(y_pred, f"{metric}: y_pred")
-    ty = as_tensor(y, f"{metric}: y")
+    # Every batch of every classification metric passes here, so the usual input (a pair of
+    # tensors outside autograd, as the default output transform returns it) takes no calls.
+    if type(output) is tuple and len(output) == 2:
+        tp, ty = output
+    else:
+        tp, ty = default_output_transform(output)
+    if not isinstance(tp, torch.Tensor) or tp.requires_grad:
+        tp = as_tensor(tp, f"{metric}: y_pred")
+    if not isinstance(ty, torch.Tensor) or ty.requires_grad:
+        ty = as_tensor(ty, f"{metric}: y")
     # A plain number is one sample, so that scalars go through the same batched code.
     return (tp.reshape(1) if tp.ndim == 0 else tp), (ty.reshape(1) if ty.ndim == 0 else ty)
