@@ -12,6 +12,11 @@ from trainer.metrics.transforms import as_tensor, default_output_transform, loss
 
 
 def _scalar(value: Any, what: str) -> float:
+    """`value` as a float: a Python number as it is, else a one-element tensor's value."""
+    # The usual loss is `loss.item()`: no tensor round trip for it (which would also round a
+    # float64 Python float to float32, torch's default dtype).
+    if type(value) is float or type(value) is int:
+        return float(value)
     t = as_tensor(value, what)
     if t.numel() != 1:
         raise ValueError(f"{what} must be a single number, got shape {tuple(t.shape)}")
