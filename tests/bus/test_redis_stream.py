@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 import redis
-from redis_server import free_port
+from redis_server import RedisServer, free_port
 
 from bus import (
     BEGINNING,
@@ -105,3 +106,15 @@ async def test_an_unreachable_server_raises_bus_unavailable_naming_the_topic() -
         assert "hunter2" not in str(info.value)
     finally:
         await bus.close()
+
+
+async def test_a_unix_socket_url_works(tmp_path: Path) -> None:
+    sock = tmp_path / "redis.sock"
+    server = RedisServer(extra=["--unixsocket", str(sock)]).start()
+    bus = open_bus(f"unix://{sock}?db=0")
+    try:
+        await bus.append(TOPIC, [encode(env(0))])
+        assert await bus.length(TOPIC) == 1
+    finally:
+        await bus.close()
+        server.close()
