@@ -215,6 +215,7 @@ class Consumer:
                 entry.deliveries,
                 self.max_deliveries,
                 self.claim_idle,
+                exc_info=True,
             )
             return None
         self._seen.add(env.id)
@@ -244,7 +245,6 @@ class Consumer:
 
     async def run(self) -> None:
         """Consume until stop(); ride out an unreachable bus, recreate a vanished group."""
-        self._stop.clear()
         need_group = True
         while not self._stop.is_set():
             try:
@@ -270,6 +270,7 @@ class Consumer:
         if self._task is not None and not self._task.done():
             raise RuntimeError(f"consumer {self.name!r} of group {self.group!r} already runs")
         self._ready.clear()
+        self._stop.clear()  # here, not in run(): a stop() right after start() must not be lost
         self._task = asyncio.create_task(self.run(), name=f"consumer:{self.group}:{self.name}")
         ready = asyncio.ensure_future(self._ready.wait())
         try:

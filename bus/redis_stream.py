@@ -13,7 +13,7 @@ from redis import exceptions as rex
 from bus.base import BEGINNING, NOW, Entry
 from bus.codec import MAX_ENVELOPE_BYTES
 from bus.errors import BusAuthError, BusError, BusUnavailable, InvalidURL, UnknownGroup
-from bus.stream_ids import ZERO_ID
+from bus.stream_ids import ZERO_ID, parse_id
 from bus.urls import redact
 from bus.validate import check_count, check_maxlen, check_payloads
 
@@ -114,6 +114,8 @@ class RedisStreamBus:
 
     async def ensure_group(self, topic: str, group: str, start: str = BEGINNING) -> None:
         """Create the consumer group (and the stream) if absent; an existing group is kept."""
+        if start != NOW:
+            parse_id(start)  # refuse a malformed id as InMemoryBus does, naming it
         async with self._errors("XGROUP CREATE", topic):
             try:
                 await self._redis.xgroup_create(topic, group, id=start, mkstream=True)
@@ -172,9 +174,11 @@ class RedisStreamBus:
     async def read(self, topic: str, after: str, *, count: int, block: float | None) -> list[Entry]:
         """Read up to `count` entries after id `after` (BEGINNING, NOW or an id) without a group."""
         check_count(count)
+        if after != NOW:
+            parse_id(after)
         async with self._errors("XREAD", topic):
             reply = await self._redis.xread(
-                {topic: NOW if after == NOW else after}, count=count, block=self._block_ms(block)
+                {topic: after}, count=count, block=self._block_ms(block)
             )
         return _entries(_stream_rows(reply))
 

@@ -131,6 +131,13 @@ async def test_non_bytes_payloads_are_refused(bus: Bus) -> None:
         await bus.read(TOPIC, BEGINNING, count=0, block=None)
 
 
+async def test_malformed_ids_are_refused_naming_them(bus: Bus) -> None:
+    with pytest.raises(ValueError, match="'12-abc'"):
+        await bus.ensure_group(TOPIC, "g", "12-abc")
+    with pytest.raises(ValueError, match="'later'"):
+        await bus.read(TOPIC, "later", count=1, block=None)
+
+
 # -- consumer groups --------------------------------------------------------------------------
 
 
