@@ -147,6 +147,7 @@ class Publisher:
         self._blocked = 0
         self._connected = True
         self._closing = False
+        self._abort = False  # close() gave up waiting: the writer stops at its next step
         self._failure: BaseException | None = None
 
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -227,7 +228,10 @@ class Publisher:
         try:
             await self._written(self._enqueued, timeout)
         except BaseException:
-            # Timed out, failed or cancelled: the writer must not outlive close().
+            # Timed out, failed or cancelled: the writer must not outlive close(). The flag is
+            # what stops it for sure: on Python 3.11 redis-py can swallow a cancel() (its
+            # asyncio.wait_for around socket writes), and the writer would then retry forever.
+            self._abort = True
             task.cancel()
             await asyncio.wait({task})
             raise
@@ -367,7 +371,7 @@ class Publisher:
     async def _run(self) -> None:
         backoff = self.backoff_initial
         outage_start = 0.0
-        while True:
+        while not self._abort:
             if not self._inflight:
                 if not self._outbox:
                     if self._closing:
