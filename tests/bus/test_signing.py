@@ -121,3 +121,29 @@ def test_unusable_secrets_are_refused(secret: object, error: type[Exception]) ->
         Verifier(secret)  # type: ignore[arg-type]
     with pytest.raises(error, match="secret"):
         sign(vote(), secret)  # type: ignore[arg-type]
+
+
+def test_the_documented_test_vector_of_docs_protocol_md() -> None:
+    # Pinned from docs/protocol.md section 4, which clients in other languages implement.
+    env = Envelope(
+        v=1,
+        id="01HZX3K6Y0ABCDEFGHJKMNPQRS",
+        run_id="r1",
+        type="EPOCH_COMPLETED",
+        source="trainer:0",
+        ts=1700000000.5,
+        epoch=2,
+        iteration=300,
+        data={"b": 1, "a": [1, 2], "aa": {"z": 1, "y": b"x"}},
+    )
+    canonical = bytes.fromhex(
+        "89a17601a26964ba3031485a58334b36593041424344454647484a4b4d4e50515253a27473cb41d954fc40200000"
+        "a46461746183a161920102a16201a2616182a179c40178a17a01a474797065af45504f43485f434f4d504c455445"
+        "44a565706f636802a672756e5f6964a27231a6736f75726365a9747261696e65723a30a9697465726174696f6ecd"
+        "012c"
+    )
+    documented_sig = "6725e5bed721ace0eccddb845a52b8f037cfc7d8109a11fa72386619337ec7cc"
+    assert canonical_bytes(env) == canonical
+    assert hmac.new(b"secret", canonical, hashlib.sha256).hexdigest() == documented_sig
+    assert sign(env, "secret").sig == documented_sig
+    assert verify(env.with_sig(documented_sig), "secret")
