@@ -261,6 +261,12 @@ class Engine:
         """Build the cheapest callable that invokes `handler` as registered."""
         if takes_engine and not args and not kwargs:
             call = handler
+        elif takes_engine and not kwargs:
+            # Positional extras only (a metric's name, say): skip the kwargs unpacking.
+
+            def call(engine: Engine, *event_args: Any) -> Any:
+                return handler(engine, *event_args, *args)
+
         elif takes_engine:
 
             def call(engine: Engine, *event_args: Any) -> Any:

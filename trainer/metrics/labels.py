@@ -7,8 +7,13 @@ import torch
 from trainer.metrics.transforms import check_same_shape, is_integral
 
 
-def integer_labels(metric: str, y: torch.Tensor, what: str) -> torch.Tensor:
-    """Return `y` as int64 labels, refusing non-integer floats and negative values."""
+def integer_labels(
+    metric: str, y: torch.Tensor, what: str, scores_shape: torch.Size | None = None
+) -> torch.Tensor:
+    """Return `y` as int64 labels, refusing non-integer floats and labels outside [0, C).
+
+    C is `scores_shape[1]` when the labels go with scores of that shape, else unbounded.
+    """
     if y.dtype is not torch.int64:  # int64 labels (the usual case) need no conversion
         if not is_integral(y) and not torch.equal(y, y.round()):
             raise ValueError(
@@ -16,9 +21,15 @@ def integer_labels(metric: str, y: torch.Tensor, what: str) -> torch.Tensor:
             )
         y = y.long()
     if y.numel():
-        lowest = int(y.min())
+        # One pass for both bounds: this check runs on every batch.
+        lowest, highest = (int(v) for v in torch.aminmax(y))
         if lowest < 0:
             raise ValueError(f"{metric}: {what} must hold class labels >= 0, got {lowest}")
+        if scores_shape is not None and highest >= scores_shape[1]:
+            raise ValueError(
+                f"{metric}: {what} has label {highest} but y_pred scores only "
+                f"{scores_shape[1]} classes (shape {tuple(scores_shape)})"
+            )
     return y
 
 
@@ -67,14 +78,7 @@ def class_labels(
         if num_classes == 1:
             y_pred = y_pred.squeeze(1)
         else:
-            true = _flat(integer_labels(metric, y, "y"))
-            if true.numel():
-                highest = int(true.max())
-                if highest >= num_classes:
-                    raise ValueError(
-                        f"{metric}: y has label {highest} but y_pred scores only "
-                        f"{num_classes} classes (shape {tuple(shape)})"
-                    )
+            true = _flat(integer_labels(metric, y, "y", shape))
             return _flat(y_pred.argmax(dim=1)), true, num_classes
     check_same_shape(metric, y_pred, y)
     true = _flat(integer_labels(metric, y, "y"))
