@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -9,6 +10,8 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions as rex
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from bus.base import BEGINNING, NOW, Entry
 from bus.codec import MAX_ENVELOPE_BYTES
@@ -23,6 +26,44 @@ FIELD = b"env"
 # Margin kept between a blocking read and the client's socket timeout, so that a long BLOCK
 # is never mistaken for a dead server.
 _BLOCK_MARGIN = 0.5
+
+# Appends several payloads with one command: one XADD per payload, in order, like the pipeline
+# it replaces, but parsed by the server as a single command instead of one per entry (redis-py
+# spends far more time packing and parsing N commands than Redis spends adding N entries).
+# KEYS[1] is the topic, ARGV[1] the MAXLEN ~ bound or "" for none, ARGV[2..] the payloads.
+_APPEND_SCRIPT = f"""
+local key, maxlen, ids = KEYS[1], ARGV[1], {{}}
+if maxlen == '' then
+  for i = 2, #ARGV do
+    ids[i - 1] = redis.call('XADD', key, '*', '{FIELD.decode()}', ARGV[i])
+  end
+else
+  for i = 2, #ARGV do
+    ids[i - 1] = redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', '{FIELD.decode()}', ARGV[i])
+  end
+end
+return ids
+"""
+_APPEND_SHA = hashlib.sha1(_APPEND_SCRIPT.encode()).hexdigest()
+
+# Batches with more payload bytes than this go through the pipeline: a script is one command,
+# so Redis buffers it whole (client-query-buffer-limit) and runs it without serving others.
+SCRIPT_MAX_BYTES = 4 << 20
+
+
+def _refuses_scripts(exc: rex.ResponseError) -> bool:
+    """Whether an error of the scripted append means "no scripts here", not a bad request.
+
+    An ACL user without EVAL/EVALSHA gets NOPERM for the command; one without XADD gets a
+    script error (NOPERM from Redis 7.2 on); a server may have renamed the commands away.
+    Each fails before anything is written, so the pipeline may then do the append instead.
+    """
+    message = str(exc)
+    return (
+        isinstance(exc, rex.NoPermissionError)
+        or "can't run this command" in message
+        or "unknown command" in message
+    )
 
 
 def _entries(rows: Any, deliveries: int = 1) -> list[Entry]:
@@ -52,6 +93,11 @@ class RedisStreamBus:
     `url` is any redis-py URL: `redis://[user:password@]host:port/db` or `rediss://` for TLS
     (TLS options such as `ssl_ca_certs` or `ssl_cert_reqs` go in the query string or in
     `options`). `options` are passed to `redis.asyncio.from_url`.
+
+    The client does not retry failed commands itself (unless `options` has a `retry`): the
+    callers (Publisher, Consumer, Tail) own retrying, so an outage reaches them at once, and
+    a write whose reply was lost is not blindly resent (the publisher first checks what the
+    server kept).
     """
 
     def __init__(self, url: str, *, max_payload: int = MAX_ENVELOPE_BYTES, **options: Any) -> None:
@@ -61,12 +107,15 @@ class RedisStreamBus:
         self.url = url
         self.max_payload = max_payload
         options["decode_responses"] = False  # payloads are binary msgpack
+        options.setdefault("retry", Retry(NoBackoff(), 0))
         try:
             self._redis = aioredis.from_url(url, **options)
         except ValueError as exc:
             raise InvalidURL(f"cannot use Redis URL {redact(url)!r}: {exc}") from exc
         timeout = self._redis.connection_pool.connection_kwargs.get("socket_timeout")
         self._max_block = None if timeout is None else max(0.001, timeout - _BLOCK_MARGIN)
+        # Cleared for good once the server refuses the append script (ACL, renamed commands).
+        self._scripting = True
 
     @asynccontextmanager
     async def _errors(self, what: str, topic: str) -> AsyncIterator[None]:
@@ -97,7 +146,7 @@ class RedisStreamBus:
     async def append(
         self, topic: str, payloads: Sequence[bytes], *, maxlen: int | None = None
     ) -> list[str]:
-        """Append payloads in order in one pipelined round trip; return their entry ids."""
+        """Append payloads in order in one round trip; return their entry ids."""
         data = check_payloads(topic, payloads, self.max_payload)
         if not data:
             return []
@@ -105,12 +154,42 @@ class RedisStreamBus:
         async with self._errors("XADD", topic):
             if len(data) == 1:
                 ids = [await self._redis.xadd(topic, {FIELD: data[0]}, maxlen=maxlen)]
+            elif self._scripting and sum(map(len, data)) <= SCRIPT_MAX_BYTES:
+                ids = await self._append_scripted(topic, data, maxlen)
+                if ids is None:
+                    ids = await self._append_pipelined(topic, data, maxlen)
             else:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for payload in data:
-                        pipe.xadd(topic, {FIELD: payload}, maxlen=maxlen)
-                    ids = await pipe.execute()
+                ids = await self._append_pipelined(topic, data, maxlen)
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    async def _append_scripted(
+        self, topic: str, data: list[bytes], maxlen: int | None
+    ) -> list[Any] | None:
+        """XADD every payload from one server-side script; None if scripts are refused."""
+        args = (topic, "" if maxlen is None else maxlen, *data)
+        try:
+            try:
+                return await self._redis.evalsha(_APPEND_SHA, 1, *args)
+            except rex.NoScriptError:
+                # Not cached (yet, or any more after a restart or SCRIPT FLUSH): EVAL runs it
+                # and caches it, and needs no SCRIPT LOAD permission.
+                return await self._redis.eval(_APPEND_SCRIPT, 1, *args)
+        except rex.ResponseError as exc:
+            if not _refuses_scripts(exc):
+                raise
+            message = str(exc).lower()
+            if "eval" in message or "unknown command" in message:
+                self._scripting = False  # for good: this user or server has no scripting
+            return None
+
+    async def _append_pipelined(
+        self, topic: str, data: list[bytes], maxlen: int | None
+    ) -> list[Any]:
+        """XADD every payload in one pipeline (no transaction)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for payload in data:
+                pipe.xadd(topic, {FIELD: payload}, maxlen=maxlen)
+            return await pipe.execute()
 
     async def ensure_group(self, topic: str, group: str, start: str = BEGINNING) -> None:
         """Create the consumer group (and the stream) if absent; an existing group is kept."""

@@ -48,6 +48,18 @@ def configure(server: RedisServer) -> None:
     client.acl_setuser(
         "special", enabled=True, passwords=[f"+{SPECIAL}"], keys=["*"], commands=["+@all"]
     )
+    # May write streams but run no scripts (EVAL, EVALSHA, SCRIPT, FCALL...).
+    client.acl_setuser(
+        "noscript",
+        enabled=True,
+        passwords=["+n0script"],
+        keys=["*"],
+        commands=["+@all", "-@scripting"],
+    )
+    # May run scripts but not XADD, so a script cannot write for it either.
+    client.acl_setuser(
+        "noxadd", enabled=True, passwords=["+n0xadd"], keys=["*"], commands=["+@all", "-xadd"]
+    )
     client.config_set("requirepass", PASSWORD)
     client.close()
 
@@ -151,6 +163,43 @@ async def test_a_read_only_acl_user_can_tail_but_not_publish(secured: RedisServe
     finally:
         await writer.close()
         await monitor.close()
+
+
+async def test_a_user_without_scripting_rights_still_publishes_batches_in_order(
+    secured: RedisServer,
+) -> None:
+    assert await round_trip(url(secured, "noscript", "n0script")) == [0, 1]
+    bus = open_bus(url(secured, "noscript", "n0script"))
+    reader = open_bus(url(secured))
+    try:
+        ids: list[str] = []
+        for chunk in range(3):
+            batch = [encode(env(i)) for i in range(chunk * 100, chunk * 100 + 100)]
+            ids += await bus.append(TOPIC, batch)
+        entries = await reader.read(TOPIC, BEGINNING, count=1000, block=None)
+        # The round trip's two envelopes come first.
+        assert [decode(e.payload).data["i"] for e in entries[2:]] == list(range(300))
+        assert [e.id for e in entries[2:]] == ids
+        await bus.append(TOPIC, [encode(env(i)) for i in range(300)], maxlen=50)
+        assert 50 <= await reader.length(TOPIC) < 602
+    finally:
+        await bus.close()
+        await reader.close()
+
+
+@pytest.mark.parametrize("user", [("monitor", "m0n"), ("noxadd", "n0xadd")])
+async def test_a_user_who_may_not_xadd_cannot_publish_a_batch_either(
+    secured: RedisServer, user: tuple[str, str]
+) -> None:
+    bus = open_bus(url(secured, *user))
+    writer = open_bus(url(secured))
+    try:
+        with pytest.raises(BusAuthError, match="XADD"):
+            await bus.append(TOPIC, [encode(env(i)) for i in range(10)])
+        assert await writer.length(TOPIC) == 0
+    finally:
+        await bus.close()
+        await writer.close()
 
 
 # -- TLS --------------------------------------------------------------------------------------

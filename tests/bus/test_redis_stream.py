@@ -11,6 +11,7 @@ from redis_server import RedisServer, free_port
 
 from bus import (
     BEGINNING,
+    BusError,
     BusUnavailable,
     Consumer,
     Envelope,
@@ -19,6 +20,7 @@ from bus import (
     encode,
     open_bus,
 )
+from bus.redis_stream import SCRIPT_MAX_BYTES
 
 TOPIC = Topics("test").events("run1")
 DLQ = Topics("test").dead_letter()
@@ -118,3 +120,143 @@ async def test_a_unix_socket_url_works(tmp_path: Path) -> None:
     finally:
         await bus.close()
         server.close()
+
+
+# -- appending a batch --------------------------------------------------------------------------
+
+
+async def append_and_read_back(bus_url: str, batches: list[list[bytes]]) -> None:
+    """Append each batch, then check the topic holds exactly them, in order, under their ids."""
+    bus = open_bus(bus_url)
+    try:
+        ids: list[str] = []
+        for batch in batches:
+            ids += await bus.append(TOPIC, batch)
+        entries = await bus.read(TOPIC, BEGINNING, count=10_000, block=None)
+        assert [e.payload for e in entries] == [p for batch in batches for p in batch]
+        assert [e.id for e in entries] == ids
+    finally:
+        await bus.close()
+
+
+async def test_a_batch_is_appended_even_after_the_server_forgot_its_scripts(
+    redis_url: str,
+) -> None:
+    payloads = [encode(env(i)) for i in range(30)]
+    raw = redis.Redis.from_url(redis_url)
+    bus = open_bus(redis_url)
+    try:
+        await bus.append(TOPIC, payloads[:10])
+        raw.script_flush()  # as a restart does
+        await bus.append(TOPIC, payloads[10:20])
+        await bus.append(TOPIC, payloads[20:])
+        assert [e.payload for e in await bus.read(TOPIC, BEGINNING, count=100, block=None)] == (
+            payloads
+        )
+    finally:
+        raw.close()
+        await bus.close()
+
+
+async def test_a_server_without_scripting_commands_still_takes_batches(tmp_path: Path) -> None:
+    renamed = ["--rename-command", "EVAL", "", "--rename-command", "EVALSHA", ""]
+    server = RedisServer(extra=renamed).start()
+    try:
+        payloads = [encode(env(i)) for i in range(100)]
+        await append_and_read_back(server.url, [payloads[:50], payloads[50:]])
+    finally:
+        server.close()
+
+
+async def test_a_batch_larger_than_one_script_call_takes_is_appended_in_order(
+    redis_url: str,
+) -> None:
+    big = Envelope(type="BLOB", run_id="run1", source="t", data={"blob": b"x" * 300_000})
+    n = SCRIPT_MAX_BYTES // 300_000 + 2
+    payloads = [encode(big) for _ in range(n)]
+    assert sum(map(len, payloads)) > SCRIPT_MAX_BYTES
+    await append_and_read_back(redis_url, [payloads, payloads[:2]])
+
+
+async def test_a_script_error_other_than_a_refusal_is_reported(redis_url: str) -> None:
+    raw = redis.Redis.from_url(redis_url)
+    raw.set(TOPIC, "not a stream")
+    raw.close()
+    bus = open_bus(redis_url)
+    try:
+        with pytest.raises(BusError, match="WRONGTYPE"):
+            await bus.append(TOPIC, [encode(env(i)) for i in range(5)])
+    finally:
+        await bus.close()
+
+
+class ReplyCutter:
+    """A TCP proxy to a Redis server that, once armed, cuts the connection instead of passing
+    the next reply on: the server has run the command, the client never hears of it."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.armed = False
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._handlers: list[asyncio.Future[object]] = []
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}/0"
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await asyncio.gather(*self._handlers)
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self._writers += [client_w, up_w]
+
+        async def upstream() -> None:
+            while data := await client_r.read(1 << 16):
+                up_w.write(data)
+                await up_w.drain()
+            up_w.close()
+
+        async def downstream() -> None:
+            while data := await up_r.read(1 << 16):
+                if self.armed:
+                    self.armed = False
+                    client_w.transport.abort()
+                    up_w.close()
+                    return
+                client_w.write(data)
+                await client_w.drain()
+            client_w.close()
+
+        handler = asyncio.gather(upstream(), downstream(), return_exceptions=True)
+        self._handlers.append(handler)
+        await handler
+
+
+@pytest.mark.parametrize("size", [1, 20])
+async def test_a_write_whose_reply_is_lost_is_reported_and_not_resent_by_the_client(
+    redis_server: RedisServer, redis_url: str, size: int
+) -> None:
+    # Resending it blindly would duplicate the entries; the Publisher instead looks at what
+    # the server kept before retrying (tests/bus/test_faults.py).
+    cutter = ReplyCutter(redis_server.port)
+    bus = open_bus(await cutter.start())
+    try:
+        # Connected through the proxy, and with whatever a first append sets up in the server.
+        await bus.append(TOPIC + ":warm-up", [encode(env(i)) for i in range(size)])
+        cutter.armed = True
+        with pytest.raises(BusUnavailable, match="XADD"):
+            await bus.append(TOPIC, [encode(env(i)) for i in range(size)])
+        assert cutter.connections == 1
+        assert await bus.length(TOPIC) == size  # applied once; and the bus works again
+    finally:
+        await bus.close()
+        await cutter.close()
