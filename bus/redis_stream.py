@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -22,6 +23,11 @@ from bus.validate import check_count, check_maxlen, check_payloads
 
 # The one field of a stream entry; its value is the msgpack envelope (docs/protocol.md).
 FIELD = b"env"
+
+# Seconds a socket read or write may take before the server is deemed unreachable (redis-py 8
+# defaults to 5 s, earlier versions to none). Set here so that the bus always knows the bound
+# that its blocking reads must stay under; `socket_timeout` in the URL or options overrides it.
+SOCKET_TIMEOUT = 5.0
 
 # Margin kept between a blocking read and the client's socket timeout, so that a long BLOCK
 # is never mistaken for a dead server.
@@ -66,6 +72,36 @@ def _refuses_scripts(exc: rex.ResponseError) -> bool:
     )
 
 
+def _translated(exc: Exception, where: str) -> BusError:
+    """The bus error for a redis-py error raised by the command described by `where`."""
+    if isinstance(exc, (rex.AuthenticationError, rex.AuthorizationError, rex.NoPermissionError)):
+        return BusAuthError(f"{where}: {exc}")
+    if isinstance(exc, (rex.ConnectionError, rex.TimeoutError, OSError)):
+        return BusUnavailable(f"{where}: {type(exc).__name__}: {exc}")
+    message = str(exc)
+    # UNBLOCKED: the stream or group was deleted while this client was blocked on it.
+    if message.startswith("NOGROUP") or (
+        message.startswith("UNBLOCKED") and "no longer exists" in message
+    ):
+        return UnknownGroup(f"{where}: {exc}")
+    return BusError(f"{where}: {exc}")
+
+
+def _raise_lost_cancel(cause: BaseException | None) -> None:
+    """Raise CancelledError if the current task was cancelled but a command returned anyway.
+
+    On Python 3.11 redis-py writes through asyncio.wait_for (whenever a socket timeout is
+    set, as by default), which returns normally when the cancel arrives as the write
+    completes: the task would go on as if never cancelled, e.g. a cancelled Tail would keep
+    following its topic. The task still counts the request (Task.cancelling(), Python 3.11+),
+    so the cancel takes effect here, once the command is over.
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    if cancelling is not None and cancelling():
+        raise asyncio.CancelledError("cancelled during a Redis command") from cause
+
+
 def _entries(rows: Any, deliveries: int = 1) -> list[Entry]:
     out = []
     for entry_id, fields in rows or ():
@@ -108,6 +144,7 @@ class RedisStreamBus:
         self.max_payload = max_payload
         options["decode_responses"] = False  # payloads are binary msgpack
         options.setdefault("retry", Retry(NoBackoff(), 0))
+        options.setdefault("socket_timeout", SOCKET_TIMEOUT)
         try:
             self._redis = aioredis.from_url(url, **options)
         except ValueError as exc:
@@ -119,22 +156,25 @@ class RedisStreamBus:
 
     @asynccontextmanager
     async def _errors(self, what: str, topic: str) -> AsyncIterator[None]:
-        """Translate redis-py errors into bus errors that name the command, topic and server."""
+        """Translate redis-py errors into bus errors that name the command, topic and server.
+
+        Also re-raises a cancellation that redis-py swallowed (see `_raise_lost_cancel`).
+        """
         where = f"{what} on topic {topic!r} at {redact(self.url)}"
         try:
             yield
-        except (rex.AuthenticationError, rex.AuthorizationError, rex.NoPermissionError) as exc:
-            raise BusAuthError(f"{where}: {exc}") from exc
-        except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
-            raise BusUnavailable(f"{where}: {type(exc).__name__}: {exc}") from exc
-        except rex.ResponseError as exc:
-            message = str(exc)
-            # UNBLOCKED: the stream or group was deleted while this client was blocked on it.
-            if message.startswith("NOGROUP") or (
-                message.startswith("UNBLOCKED") and "no longer exists" in message
-            ):
-                raise UnknownGroup(f"{where}: {exc}") from exc
-            raise BusError(f"{where}: {exc}") from exc
+        except (
+            rex.AuthenticationError,
+            rex.AuthorizationError,
+            rex.NoPermissionError,
+            rex.ConnectionError,
+            rex.TimeoutError,
+            OSError,
+            rex.ResponseError,
+        ) as exc:
+            _raise_lost_cancel(exc)
+            raise _translated(exc, where) from exc
+        _raise_lost_cancel(None)
 
     def _block_ms(self, block: float | None) -> int | None:
         if not block or block <= 0:

@@ -19,8 +19,9 @@ from bus import (
     decode,
     encode,
     open_bus,
+    tail,
 )
-from bus.redis_stream import SCRIPT_MAX_BYTES
+from bus.redis_stream import SCRIPT_MAX_BYTES, SOCKET_TIMEOUT
 
 TOPIC = Topics("test").events("run1")
 DLQ = Topics("test").dead_letter()
@@ -96,6 +97,63 @@ async def test_a_block_longer_than_the_socket_timeout_just_returns_nothing(
         await bus.ensure_group(TOPIC, "g")
         assert await bus.read_group(TOPIC, "g", "c", count=1, block=2.0) == []
         assert await bus.read(TOPIC, BEGINNING, count=1, block=2.0) == []
+    finally:
+        await bus.close()
+
+
+async def test_a_block_longer_than_the_default_socket_timeout_just_returns_nothing(
+    redis_url: str,
+) -> None:
+    bus = open_bus(redis_url)  # redis-py's own default socket timeout is 5 s
+    try:
+        assert await bus.read(TOPIC, BEGINNING, count=1, block=SOCKET_TIMEOUT + 1) == []
+    finally:
+        await bus.close()
+
+
+# Cancel each call after a different number of loop steps, so that some cancels arrive while
+# redis-py is writing the command (where Python 3.11's asyncio.wait_for can swallow them).
+CANCEL_STEPS = range(12)
+
+
+async def test_a_cancelled_bus_call_is_never_left_running(redis_url: str) -> None:
+    bus = open_bus(redis_url)
+    try:
+        await bus.ensure_group(TOPIC, "g")
+        outcomes = []
+        for steps in CANCEL_STEPS:
+            for call in (
+                bus.read(TOPIC, BEGINNING, count=1, block=0.05),
+                bus.read_group(TOPIC, "g", "c", count=1, block=0.05),
+            ):
+                task = asyncio.ensure_future(call)
+                for _ in range(steps):
+                    await asyncio.sleep(0)
+                task.cancel()
+                await asyncio.wait({task})
+                outcomes.append("cancelled" if task.cancelled() else repr(task.result()))
+        assert set(outcomes) == {"cancelled"}
+    finally:
+        await bus.close()
+
+
+async def test_cancelling_a_task_that_follows_a_quiet_topic_ends_it(redis_url: str) -> None:
+    bus = open_bus(redis_url)
+    seen: list[Envelope] = []
+
+    async def monitor() -> None:
+        async for e in tail(bus, TOPIC, block=0.05):
+            seen.append(e)
+
+    try:
+        for steps in CANCEL_STEPS:
+            task = asyncio.create_task(monitor())
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.wait({task}, timeout=10)
+            assert task.cancelled(), f"the tail went on after a cancel {steps} steps in"
+        assert seen == []
     finally:
         await bus.close()
 
