@@ -27,6 +27,9 @@ _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "sig": ((str,), False),
 }
 
+# Tells an absent `sig` from one present as nil (which is invalid).
+_ABSENT = object()
+
 
 def to_native(value: Any) -> Any:
     """Convert tensors, numpy values, tuples and sets into msgpack-native values."""
@@ -95,6 +98,47 @@ def decode(raw: bytes) -> Envelope:
         wire = msgpack.unpackb(raw, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise DecodeError(f"not msgpack: {type(exc).__name__}: {exc}") from exc
+    # Fast path for a well-formed envelope, the common case by far: msgpack yields exact
+    # builtin types, so exact type tests suffice (and exclude bool for int). Whatever fails
+    # them, even a valid envelope with an int `ts`, takes the full checks, which also say
+    # what is wrong.
+    if type(wire) is dict:
+        get = wire.get
+        v, sig, ts = get("v"), get("sig", _ABSENT), get("ts")
+        epoch, iteration = get("epoch"), get("iteration")
+        id_, run_id, type_, source = get("id"), get("run_id"), get("type"), get("source")
+        data = get("data")
+        if (
+            v == SCHEMA_VERSION
+            and type(v) is int
+            and type(id_) is str
+            and type(run_id) is str
+            and type(type_) is str
+            and type(source) is str
+            and type(ts) is float
+            and -math.inf < ts < math.inf
+            and type(epoch) is int
+            and type(iteration) is int
+            and type(data) is dict
+            and (sig is _ABSENT or type(sig) is str)
+        ):
+            return Envelope(
+                v=v,
+                id=id_,
+                run_id=run_id,
+                type=type_,
+                source=source,
+                ts=ts,
+                epoch=epoch,
+                iteration=iteration,
+                data=data,
+                sig=None if sig is _ABSENT else sig,
+            )
+    return _checked(wire)
+
+
+def _checked(wire: Any) -> Envelope:
+    """Check every rule of an unpacked envelope, raising DecodeError at the first broken one."""
     if not isinstance(wire, dict):
         raise DecodeError(f"envelope must be a msgpack map, got {type(wire).__name__}")
     version = wire.get("v")
