@@ -66,6 +66,29 @@ async def test_each_entry_is_one_env_field_readable_and_writable_by_any_client(
         await bus.close()
 
 
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_entries_with_other_fields_are_read_by_their_env_field_in_resp2_and_resp3(
+    redis_url: str, protocol: int
+) -> None:
+    raw = redis.Redis.from_url(redis_url)
+    bus = open_bus(f"{redis_url}?protocol={protocol}")
+    try:
+        raw.xadd(TOPIC, {"env": encode(env(0))})
+        raw.xadd(TOPIC, {"trace": "abc", "env": encode(env(1)), "z": "1"})
+        raw.xadd(TOPIC, {"something": "else"})
+        raw.xadd(TOPIC, {"env": encode(env(3))})
+        assert [e.data["i"] async for e in tail(bus, TOPIC, follow=False)] == [0, 1, 3]
+        seen: list[int] = []
+        c = Consumer(bus, TOPIC, "g", lambda e: seen.append(e.data["i"]), dead_letter_topic=DLQ)
+        await c.ensure_group()
+        await drain(c, 4)
+        assert seen == [0, 1, 3]
+        assert c.stats.dead_lettered == 1
+    finally:
+        raw.close()
+        await bus.close()
+
+
 async def test_a_consumer_recreates_its_group_when_the_server_lost_it(redis_url: str) -> None:
     bus = open_bus(redis_url)
     seen: list[int] = []
