@@ -38,14 +38,14 @@ _BLOCK_MARGIN = 0.5
 # spends far more time packing and parsing N commands than Redis spends adding N entries).
 # KEYS[1] is the topic, ARGV[1] the MAXLEN ~ bound or "" for none, ARGV[2..] the payloads.
 _APPEND_SCRIPT = f"""
-local key, maxlen, ids = KEYS[1], ARGV[1], {{}}
+local call, key, maxlen, ids = redis.call, KEYS[1], ARGV[1], {{}}
 if maxlen == '' then
   for i = 2, #ARGV do
-    ids[i - 1] = redis.call('XADD', key, '*', '{FIELD.decode()}', ARGV[i])
+    ids[i - 1] = call('XADD', key, '*', '{FIELD.decode()}', ARGV[i])
   end
 else
   for i = 2, #ARGV do
-    ids[i - 1] = redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', '{FIELD.decode()}', ARGV[i])
+    ids[i - 1] = call('XADD', key, 'MAXLEN', '~', maxlen, '*', '{FIELD.decode()}', ARGV[i])
   end
 end
 return ids
