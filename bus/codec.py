@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +30,19 @@ _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
 
 # Tells an absent `sig` from one present as nil (which is invalid).
 _ABSENT = object()
+
+# One reusable Packer per thread: msgpack.packb builds a new one per call, which costs about a
+# third of encoding an event. A Packer is not safe to share between threads; after an error
+# it starts afresh.
+_local = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    try:
+        return _local.packer
+    except AttributeError:
+        _local.packer = msgpack.Packer(use_bin_type=True)
+        return _local.packer
 
 
 def to_native(value: Any) -> Any:
@@ -75,7 +89,7 @@ def _as_map(env: Envelope, with_sig: bool) -> dict[str, Any]:
 def encode(env: Envelope, max_bytes: int = MAX_ENVELOPE_BYTES) -> bytes:
     """Encode an envelope to msgpack bytes, refusing one larger than `max_bytes`."""
     try:
-        raw = msgpack.packb(_as_map(env, with_sig=True), use_bin_type=True)
+        raw = _packer().pack(_as_map(env, with_sig=True))
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(
             f"envelope {env.type!r} (id {env.id}) has data that is not msgpack-native: {exc}; "

@@ -1,9 +1,11 @@
-"""decode: what it accepts and the DecodeError message for each rule of docs/protocol.md §3."""
+"""encode and decode: the bytes written, what is accepted, and the DecodeError message for each
+rule of docs/protocol.md §3."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgpack
@@ -11,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bus.codec import decode
+from bus.codec import decode, encode
 from bus.envelope import Envelope
 from bus.errors import DecodeError
 
@@ -47,6 +49,27 @@ def changed(**fields: Any) -> dict[str, Any]:
     """WIRE with some fields replaced; a value of `...` removes the field."""
     wire = {**WIRE, **fields}
     return {k: v for k, v in wire.items() if v is not ...}
+
+
+def test_encode_writes_the_documented_map() -> None:
+    assert encode(ENVELOPE) == packed(WIRE)
+    assert encode(dataclasses.replace(ENVELOPE, sig="s")) == packed({**WIRE, "sig": "s"})
+
+
+def test_encode_is_right_after_refusing_data_that_is_not_native() -> None:
+    for bad in ({"x": object()}, {"x": 2**70}):
+        with pytest.raises(TypeError, match="not msgpack-native"):
+            encode(dataclasses.replace(ENVELOPE, data={"ok": 1, **bad}))
+        assert encode(ENVELOPE) == packed(WIRE)
+
+
+def test_encode_from_many_threads_at_once_gives_each_its_own_bytes() -> None:
+    envelopes = [
+        dataclasses.replace(ENVELOPE, iteration=i, data={"i": [i] * 50}) for i in range(4000)
+    ]
+    expected = [packed({**WIRE, "iteration": i, "data": {"i": [i] * 50}}) for i in range(4000)]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(encode, envelopes, chunksize=10)) == expected
 
 
 def test_a_well_formed_envelope_decodes_to_its_fields() -> None:
