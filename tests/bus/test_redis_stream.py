@@ -181,6 +181,21 @@ async def test_cancelling_a_task_that_follows_a_quiet_topic_ends_it(redis_url: s
         await bus.close()
 
 
+async def test_stop_ends_a_consumer_whatever_it_was_doing(redis_url: str) -> None:
+    bus = open_bus(redis_url)
+    try:
+        for steps in CANCEL_STEPS:
+            c = Consumer(bus, TOPIC, "g", lambda e: None, block=0.05, claim_every=0.01)
+            await c.start()
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            stopping = asyncio.ensure_future(c.stop())
+            done, _ = await asyncio.wait({stopping}, timeout=10)
+            assert done, f"stop() {steps} steps in did not return"
+    finally:
+        await bus.close()
+
+
 async def test_an_unreachable_server_raises_bus_unavailable_naming_the_topic() -> None:
     bus = open_bus(f"redis://user:hunter2@127.0.0.1:{free_port()}/0")
     try:
