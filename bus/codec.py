@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections.abc import Mapping
@@ -30,6 +31,14 @@ _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
 
 # Tells an absent `sig` from one present as nil (which is invalid).
 _ABSENT = object()
+
+# The order of Envelope's fields, in which decode passes them.
+_POSITIONAL = ("type", "run_id", "source", "data", "epoch", "iteration", "id", "ts", "v", "sig")
+if tuple(f.name for f in dataclasses.fields(Envelope)) != _POSITIONAL:
+    raise RuntimeError(
+        f"bus.codec.decode passes Envelope's fields in the order {_POSITIONAL}, but Envelope "
+        f"now has {tuple(f.name for f in dataclasses.fields(Envelope))}: update decode"
+    )
 
 # One reusable Packer per thread: msgpack.packb builds a new one per call, which costs about a
 # third of encoding an event. A Packer is not safe to share between threads; after an error
@@ -136,17 +145,18 @@ def decode(raw: bytes) -> Envelope:
             and type(data) is dict
             and (sig is _ABSENT or type(sig) is str)
         ):
+            # Positional: a third cheaper than by keyword (the order is checked at import).
             return Envelope(
-                v=v,
-                id=id_,
-                run_id=run_id,
-                type=type_,
-                source=source,
-                ts=ts,
-                epoch=epoch,
-                iteration=iteration,
-                data=data,
-                sig=None if sig is _ABSENT else sig,
+                type_,
+                run_id,
+                source,
+                data,
+                epoch,
+                iteration,
+                id_,
+                ts,
+                v,
+                None if sig is _ABSENT else sig,
             )
     return _checked(wire)
 
