@@ -145,7 +145,8 @@ class RedisStreamBus:
     The client does not retry failed commands itself (unless `options` has a `retry`): the
     callers (Publisher, Consumer, Tail) own retrying, so an outage reaches them at once, and
     a write whose reply was lost is not blindly resent (the publisher first checks what the
-    server kept).
+    server kept). A read or write that takes over `socket_timeout` seconds (default
+    SOCKET_TIMEOUT) fails as BusUnavailable; blocking reads are capped below it.
     """
 
     def __init__(self, url: str, *, max_payload: int = MAX_ENVELOPE_BYTES, **options: Any) -> None:
