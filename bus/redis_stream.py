@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,16 +22,20 @@ from bus.stream_ids import ZERO_ID, parse_id
 from bus.urls import redact
 from bus.validate import check_count, check_maxlen, check_payloads
 
+if sys.version_info >= (3, 11, 3):
+    from asyncio import timeout as _deadline
+else:  # as redis-py does: asyncio.timeout misbehaves before 3.11.3, async-timeout comes with it
+    from async_timeout import timeout as _deadline
+
 # The one field of a stream entry; its value is the msgpack envelope (docs/protocol.md).
 FIELD = b"env"
 
-# Seconds a socket read or write may take before the server is deemed unreachable (redis-py 8
-# defaults to 5 s, earlier versions to none). Set here so that the bus always knows the bound
-# that its blocking reads must stay under; `socket_timeout` in the URL or options overrides it.
+# Seconds a command may go unanswered (beyond its BLOCK time) before the server is deemed
+# unreachable; the `socket_timeout` option sets another bound, or None for none.
 SOCKET_TIMEOUT = 5.0
 
-# Margin kept between a blocking read and the client's socket timeout, so that a long BLOCK
-# is never mistaken for a dead server.
+# Margin kept between a blocking read and a socket timeout that redis-py enforces (one given
+# in the URL's query string), so that a long BLOCK is never mistaken for a dead server.
 _BLOCK_MARGIN = 0.5
 
 # Appends several payloads with one command: one XADD per payload, in order, like the pipeline
@@ -145,8 +150,8 @@ class RedisStreamBus:
     The client does not retry failed commands itself (unless `options` has a `retry`): the
     callers (Publisher, Consumer, Tail) own retrying, so an outage reaches them at once, and
     a write whose reply was lost is not blindly resent (the publisher first checks what the
-    server kept). A read or write that takes over `socket_timeout` seconds (default
-    SOCKET_TIMEOUT) fails as BusUnavailable; blocking reads are capped below it.
+    server kept). A command left unanswered for `socket_timeout` seconds (default
+    SOCKET_TIMEOUT) beyond the time it may block fails as BusUnavailable.
     """
 
     def __init__(self, url: str, *, max_payload: int = MAX_ENVELOPE_BYTES, **options: Any) -> None:
@@ -157,12 +162,22 @@ class RedisStreamBus:
         self.max_payload = max_payload
         options["decode_responses"] = False  # payloads are binary msgpack
         options.setdefault("retry", Retry(NoBackoff(), 0))
-        options.setdefault("socket_timeout", SOCKET_TIMEOUT)
+        # The bus bounds each command itself rather than letting redis-py bound each socket
+        # operation: redis-py puts every write through asyncio.wait_for when it has a socket
+        # timeout, which on Python 3.11 costs a task per command, lets other tasks run between
+        # queueing a command and sending it, and can swallow a cancel().
+        self.timeout: float | None = options.pop("socket_timeout", SOCKET_TIMEOUT)
+        options["socket_timeout"] = None
+        options.setdefault("socket_connect_timeout", self.timeout)
         try:
             self._redis = aioredis.from_url(url, **options)
         except ValueError as exc:
             raise InvalidURL(f"cannot use Redis URL {redact(url)!r}: {exc}") from exc
+        # A socket_timeout in the URL's query string overrides the option, and redis-py then
+        # enforces it on every read, blocking ones included: keep BLOCK under it.
         timeout = self._redis.connection_pool.connection_kwargs.get("socket_timeout")
+        if timeout is not None:
+            self.timeout = timeout
         self._max_block = None if timeout is None else max(0.001, timeout - _BLOCK_MARGIN)
         # The reads' replies are parsed here, straight from the server's nested lists: redis-py
         # would first turn every entry's fields into a dict, a cost paid per entry.
@@ -172,14 +187,20 @@ class RedisStreamBus:
         self._scripting = True
 
     @asynccontextmanager
-    async def _errors(self, what: str, topic: str) -> AsyncIterator[None]:
-        """Translate redis-py errors into bus errors that name the command, topic and server.
+    async def _errors(self, what: str, topic: str, block: int | None = None) -> AsyncIterator[None]:
+        """Bound a command's time and translate redis-py errors into bus errors that name the
+        command, topic and server; `block` is the command's BLOCK in ms, if any.
 
         Also re-raises a cancellation that redis-py swallowed (see `_raise_lost_cancel`).
         """
         where = f"{what} on topic {topic!r} at {redact(self.url)}"
+        limit = None if self.timeout is None else self.timeout + (block or 0) / 1000
         try:
-            yield
+            async with _deadline(limit):
+                yield
+        except asyncio.TimeoutError as exc:  # our deadline (redis-py raises its own type)
+            _raise_lost_cancel(exc)
+            raise BusUnavailable(f"{where}: no reply within {limit:g} s") from exc
         except (
             rex.AuthenticationError,
             rex.AuthorizationError,
@@ -264,9 +285,10 @@ class RedisStreamBus:
     ) -> list[Entry]:
         """Deliver up to `count` new entries to `consumer`, waiting up to `block` seconds."""
         check_count(count)
-        async with self._errors("XREADGROUP", topic):
+        block_ms = self._block_ms(block)
+        async with self._errors("XREADGROUP", topic, block_ms):
             reply = await self._redis.xreadgroup(
-                group, consumer, {topic: ">"}, count=count, block=self._block_ms(block)
+                group, consumer, {topic: ">"}, count=count, block=block_ms
             )
         return _entries(_stream_rows(reply))
 
@@ -314,10 +336,9 @@ class RedisStreamBus:
         check_count(count)
         if after != NOW:
             parse_id(after)
-        async with self._errors("XREAD", topic):
-            reply = await self._redis.xread(
-                {topic: after}, count=count, block=self._block_ms(block)
-            )
+        block_ms = self._block_ms(block)
+        async with self._errors("XREAD", topic, block_ms):
+            reply = await self._redis.xread({topic: after}, count=count, block=block_ms)
         return _entries(_stream_rows(reply))
 
     async def last_id(self, topic: str) -> str:

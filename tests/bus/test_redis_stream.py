@@ -21,7 +21,7 @@ from bus import (
     open_bus,
     tail,
 )
-from bus.redis_stream import SCRIPT_MAX_BYTES, SOCKET_TIMEOUT
+from bus.redis_stream import SCRIPT_MAX_BYTES
 
 TOPIC = Topics("test").events("run1")
 DLQ = Topics("test").dead_letter()
@@ -125,13 +125,39 @@ async def test_a_block_longer_than_the_socket_timeout_just_returns_nothing(
 
 
 async def test_a_block_longer_than_the_default_socket_timeout_just_returns_nothing(
-    redis_url: str,
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bus = open_bus(redis_url)  # redis-py's own default socket timeout is 5 s
+    monkeypatch.setattr("bus.redis_stream.SOCKET_TIMEOUT", 0.3)
+    bus = open_bus(redis_url)
     try:
-        assert await bus.read(TOPIC, BEGINNING, count=1, block=SOCKET_TIMEOUT + 1) == []
+        assert await bus.read(TOPIC, BEGINNING, count=1, block=0.6) == []
     finally:
         await bus.close()
+
+
+async def test_a_block_longer_than_a_socket_timeout_in_the_url_just_returns_nothing(
+    redis_url: str,
+) -> None:
+    bus = open_bus(f"{redis_url}?socket_timeout=0.8")
+    try:
+        await bus.ensure_group(TOPIC, "g")
+        assert await bus.read_group(TOPIC, "g", "c", count=1, block=1.5) == []
+    finally:
+        await bus.close()
+
+
+async def test_a_server_that_stops_answering_is_reported_unavailable() -> None:
+    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # accepts, never replies
+    port = silent.sockets[0].getsockname()[1]
+    bus = open_bus(f"redis://127.0.0.1:{port}/0", socket_timeout=0.3)
+    try:
+        with pytest.raises(BusUnavailable, match=r"XLEN on topic .* no reply within 0\.3 s"):
+            await asyncio.wait_for(bus.length(TOPIC), 10)  # (the 10 s only guard against a hang)
+        with pytest.raises(BusUnavailable, match=r"XREAD on topic .* no reply within 0\.4 s"):
+            await asyncio.wait_for(bus.read(TOPIC, BEGINNING, count=1, block=0.1), 10)
+    finally:
+        await bus.close()
+        silent.close()
 
 
 # Cancel each call after a different number of loop steps, so that some cancels arrive while
@@ -139,8 +165,10 @@ async def test_a_block_longer_than_the_default_socket_timeout_just_returns_nothi
 CANCEL_STEPS = range(12)
 
 
-async def test_a_cancelled_bus_call_is_never_left_running(redis_url: str) -> None:
-    bus = open_bus(redis_url)
+# With a socket timeout in the URL, redis-py bounds socket writes with asyncio.wait_for itself.
+@pytest.mark.parametrize("query", ["", "?socket_timeout=5"])
+async def test_a_cancelled_bus_call_is_never_left_running(redis_url: str, query: str) -> None:
+    bus = open_bus(redis_url + query)
     try:
         await bus.ensure_group(TOPIC, "g")
         outcomes = []
