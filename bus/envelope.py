@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-import os
+import random
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 SCHEMA_VERSION = 1
 
-# Crockford base32: ids stay sortable as plain strings and readable in redis-cli.
+# Crockford base32: ids stay sortable as plain strings and readable in redis-cli. Encoding
+# two characters (10 bits) per lookup halves the work of the hottest call on the publish path.
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+_SHIFTS = tuple(range(120, -1, -10))  # 13 pairs = 130 bits; the top two are always zero
 
 
 def new_id(now: float | None = None) -> str:
     """Return a new ULID: 26 characters, sortable by creation time, unique across processes."""
     ms = int((time.time() if now is None else now) * 1000)
-    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    # random reseeds itself in forked children, so workers started by fork never share ids.
+    value = (ms << 80) | random.getrandbits(80)
+    pairs = _PAIRS
+    return "".join([pairs[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 @dataclass(frozen=True, slots=True)
