@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -14,13 +15,16 @@ SCHEMA_VERSION = 1
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
 _SHIFTS = tuple(range(120, -1, -10))  # 13 pairs = 130 bits; the top two are always zero
+# A private generator, reseeded in forked children so that workers never share ids (and so
+# that ids never disturb the global `random` state a user may have seeded).
+_rng = random.Random()
+os.register_at_fork(after_in_child=_rng.seed)
 
 
 def new_id(now: float | None = None) -> str:
     """Return a new ULID: 26 characters, sortable by creation time, unique across processes."""
     ms = int((time.time() if now is None else now) * 1000)
-    # random reseeds itself in forked children, so workers started by fork never share ids.
-    value = (ms << 80) | random.getrandbits(80)
+    value = (ms << 80) | _rng.getrandbits(80)
     pairs = _PAIRS
     return "".join([pairs[(value >> shift) & 1023] for shift in _SHIFTS])
 

@@ -56,3 +56,13 @@ def test_forked_processes_do_not_repeat_each_others_ids() -> None:
         child.join()
     mine = [new_id(1.0) for _ in range(100)]
     assert len(set(batches[0]) | set(batches[1]) | set(mine)) == 300
+
+
+def test_making_ids_leaves_the_global_random_state_alone() -> None:
+    import random
+
+    random.seed(7)
+    expected = random.random()
+    random.seed(7)
+    new_id()
+    assert random.random() == expected
