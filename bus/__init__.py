@@ -21,6 +21,8 @@ from bus.errors import (
 )
 from bus.factory import open_bus
 from bus.memory import InMemoryBus
+from bus.publisher import Publisher, PublisherStats, ThreadedPublisher
+from bus.signing import InvalidSignature, Verifier, sign, verify
 from bus.tail import Tail, tail
 from bus.topics import DEFAULT_NAMESPACE, Topics
 
@@ -45,20 +47,27 @@ __all__ = [
     "Envelope",
     "EnvelopeTooLarge",
     "InMemoryBus",
+    "InvalidSignature",
     "InvalidTopic",
     "InvalidURL",
+    "Publisher",
+    "PublisherStats",
     "RedisStreamBus",
     "Tail",
+    "ThreadedPublisher",
     "Topics",
     "UnknownGroup",
+    "Verifier",
     "canonical_bytes",
     "dead_letter_envelope",
     "decode",
     "encode",
     "new_id",
     "open_bus",
+    "sign",
     "tail",
     "to_native",
+    "verify",
 ]
 
 

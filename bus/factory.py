@@ -16,8 +16,9 @@ SCHEMES = ("memory", "redis", "rediss", "unix")
 def open_bus(url: str, **options: Any) -> Bus:
     """Open the bus at `url`: memory://name, redis://[user:password@]host:port/db or rediss://.
 
-    `options` go to the bus class (e.g. `max_payload`) and, for Redis, on to
-    `redis.asyncio.from_url` (e.g. `socket_timeout`, `ssl_ca_certs`).
+    `options` go to the bus class (e.g. `max_payload`; for Redis `socket_timeout`, the most
+    seconds any command may wait for its reply) and, for Redis, on to `redis.asyncio.from_url`
+    (e.g. `ssl_ca_certs`).
     """
     if not isinstance(url, str) or "://" not in url:
         raise InvalidURL(

@@ -10,10 +10,9 @@ full waits (nothing is dropped).
 A failed append is ambiguous: the server may have applied some or all of the batch before the
 connection dropped. Before retrying, the publisher reads the topic after its last confirmed
 entry and leaves out what is already there, so a server crash or restart does not duplicate
-envelopes. Delivery remains at-least-once in the corner cases (the transport's own client
-retried a write internally, other writers buried our entries under more than 10,000 of theirs,
-or the bus has no `last_id`); consumers are idempotent by envelope id (docs/protocol.md), and
-first occurrences are never reordered.
+envelopes. Delivery remains at-least-once in the corner cases (other writers buried our
+entries under more than 10,000 of theirs, or the bus has no `last_id`); consumers are
+idempotent by envelope id (docs/protocol.md), and first occurrences are never reordered.
 
 `Publisher` lives in the caller's event loop; `ThreadedPublisher` owns a loop in a thread, for
 synchronous callers.
