@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,7 +98,7 @@ class Publisher:
         flush_interval: float = 0.0,
         backoff_initial: float = 0.05,
         backoff_max: float = 5.0,
-        maxlen: int | None = None,
+        maxlen: int | Mapping[str, int] | None = None,
     ) -> None:
         """Wrap `bus`; the caller keeps owning it (close() does not close the bus).
 
@@ -106,7 +106,8 @@ class Publisher:
         yet written before producers wait. `flush_interval`: seconds the writer lingers after
         waking so that envelopes published together share a batch (0 writes at once).
         `backoff_initial`/`backoff_max`: first and longest pause between retries, in seconds.
-        `maxlen`: approximate cap on each topic's length, passed to `Bus.append`.
+        `maxlen`: approximate cap on every topic's length, or a mapping topic -> cap for some
+        topics only (the others are never trimmed), passed to `Bus.append`. None: no trimming.
         """
         _positive("max_batch", max_batch, integer=True)
         _positive("max_outbox", max_outbox, integer=True)
@@ -116,7 +117,10 @@ class Publisher:
             raise ValueError(f"Publisher flush_interval must be a number, got {flush_interval!r}")
         if flush_interval < 0:
             raise ValueError(f"Publisher flush_interval must be >= 0, got {flush_interval!r}")
-        if maxlen is not None:
+        caps = maxlen if isinstance(maxlen, Mapping) else {}
+        for topic, cap in caps.items():
+            _positive(f"maxlen for topic {topic!r}", cap, integer=True)
+        if maxlen is not None and not isinstance(maxlen, Mapping):
             _positive("maxlen", maxlen, integer=True)
         self.bus = bus
         self.max_batch = max_batch
@@ -125,6 +129,9 @@ class Publisher:
         self.backoff_initial = float(backoff_initial)
         self.backoff_max = float(max(backoff_max, backoff_initial))
         self.maxlen = maxlen
+        self._maxlen_for: Callable[[str], int | None] = (
+            dict(maxlen).get if isinstance(maxlen, Mapping) else lambda topic: maxlen
+        )
 
         # Producers only append on the right; only the writer task pops on the left. Both are
         # atomic on a deque, which is what lets ThreadedPublisher's callers skip the loop.
@@ -429,7 +436,7 @@ class Publisher:
         self._unsure = False
         if todo:
             self._unsure = True  # until the bus confirms: a reply lost in transit is ambiguous
-            ids = await self.bus.append(topic, todo, maxlen=self.maxlen)
+            ids = await self.bus.append(topic, todo, maxlen=self._maxlen_for(topic))
             self._unsure = False
             if ids:
                 self._last_ids[topic] = ids[-1]

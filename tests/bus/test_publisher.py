@@ -114,6 +114,21 @@ async def test_maxlen_is_passed_to_every_append(bus) -> None:
     assert [maxlen for _, _, maxlen in spy.appends] == [500, 500]
 
 
+async def test_maxlen_per_topic_trims_only_the_topics_it_names(bus) -> None:
+    async with Publisher(bus, maxlen={EVENTS: 100}, max_batch=200) as pub:
+        for i in range(3000):
+            await pub.publish(EVENTS, env(i))
+            await pub.publish(CONTROL, env(i))
+    events, control = await bus.length(EVENTS), await bus.length(CONTROL)
+    assert 100 <= events < 3000  # approximate trimming keeps at least the cap
+    assert control == 3000  # no cap named: never trimmed
+
+
+def test_a_bad_per_topic_maxlen_names_the_topic() -> None:
+    with pytest.raises(ValueError, match="maxlen for topic 'x'"):
+        Publisher(InMemoryBus(), maxlen={"x": 0})
+
+
 async def test_outage_keeps_the_outbox_and_flushes_it_in_order_on_recovery(bus, caplog) -> None:
     caplog.set_level(logging.INFO, logger="bus.publisher")
     spy = Spy(bus)
