@@ -70,6 +70,21 @@ def test_best_k_by_score_with_global_step_transform(tmp_path: Path) -> None:
         assert torch.equal(saved["0.weight"], snapshots[epoch])
 
 
+def test_a_nan_score_stays_out_of_a_name_the_step_makes_unique(tmp_path: Path) -> None:
+    toy = make_toy(n_batches=2)
+    handler = Checkpoint(
+        {"model": toy.model},
+        tmp_path,
+        score_function=scripted([float("nan"), 0.5]),
+        score_name="acc",
+        retention=RetentionPolicy(keep_last=2, keep_best=1),
+        global_step_transform=lambda e: e.state.epoch + 1,
+    )
+    toy.trainer.add_event_handler(Events.EPOCH_COMPLETED, handler)
+    toy.trainer.run(toy.data, max_epochs=2)
+    assert pt_files(tmp_path) == ["model_1.pt", "model_2_acc=0.5000.pt"]
+
+
 def test_equal_scores_keep_the_newer_checkpoint(tmp_path: Path) -> None:
     toy = make_toy(n_batches=2)
     handler = Checkpoint(

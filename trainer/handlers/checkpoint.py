@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
 import os
 from collections.abc import Callable, Mapping
@@ -178,7 +179,9 @@ class Checkpoint:
         parts.append(name)
         if step is not None:
             parts.append(str(step))
-        if score is not None:
+        # A NaN score (no evaluation behind this checkpoint) is left out of a name that the
+        # step already makes unique.
+        if score is not None and not (step is not None and math.isnan(score)):
             shown = _format_score(score)
             parts.append(f"{self.score_name}={shown}" if self.score_name else shown)
         return "_".join(parts) + f".{self.ext}"
