@@ -36,7 +36,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the project, and tests/redis_
 from redis_server import RedisServer  # noqa: E402
 
 from bus import Consumer, Envelope, encode, open_bus  # noqa: E402
-from bus.publisher import Publisher, ThreadedPublisher  # noqa: E402
+from bus.publisher import Publisher  # noqa: E402
+from bus.threaded_publisher import ThreadedPublisher  # noqa: E402
 
 TOPIC = "bench:run:throughput:events"
 LATENCY_TOPIC = "bench:run:latency:events"

@@ -17,13 +17,17 @@ from bus.errors import (
     EnvelopeTooLarge,
     InvalidTopic,
     InvalidURL,
+    OutboxFull,
+    PublisherClosed,
+    PublisherFailed,
     UnknownGroup,
 )
 from bus.factory import open_bus
 from bus.memory import InMemoryBus
-from bus.publisher import Publisher, PublisherStats, ThreadedPublisher
+from bus.publisher import Publisher, PublisherStats
 from bus.signing import InvalidSignature, Verifier, sign, verify
 from bus.tail import Tail, tail
+from bus.threaded_publisher import ThreadedPublisher
 from bus.topics import DEFAULT_NAMESPACE, Topics
 
 if TYPE_CHECKING:
@@ -50,7 +54,10 @@ __all__ = [
     "InvalidSignature",
     "InvalidTopic",
     "InvalidURL",
+    "OutboxFull",
     "Publisher",
+    "PublisherClosed",
+    "PublisherFailed",
     "PublisherStats",
     "RedisStreamBus",
     "Tail",

@@ -37,3 +37,15 @@ class BusAuthError(BusError):
 
 class InvalidURL(BusError, ValueError):
     """A bus URL has an unsupported scheme or cannot be parsed."""
+
+
+class PublisherClosed(BusError):
+    """An envelope was published after the publisher was closed."""
+
+
+class PublisherFailed(BusError):
+    """The bus refused a write for a reason retrying cannot fix; the cause is attached."""
+
+
+class OutboxFull(BusError):
+    """`publish_nowait` found the outbox full; `await publish()` would have waited."""

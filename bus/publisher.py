@@ -14,27 +14,24 @@ envelopes. Delivery remains at-least-once in the corner cases (other writers bur
 entries under more than 10,000 of theirs, or the bus has no `last_id`); consumers are
 idempotent by envelope id (docs/protocol.md), and first occurrences are never reordered.
 
-`Publisher` lives in the caller's event loop; `ThreadedPublisher` owns a loop in a thread, for
-synchronous callers.
+`Publisher` lives in the caller's event loop; `bus.threaded_publisher.ThreadedPublisher` runs
+one in a thread of its own, for synchronous callers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import inspect
 import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from bus.base import Bus
 from bus.codec import encode
 from bus.envelope import Envelope
-from bus.errors import BusError, BusUnavailable
+from bus.errors import BusUnavailable, OutboxFull, PublisherClosed, PublisherFailed
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +46,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 # A producer that keeps finding the outbox full is told so at most this often.
 _FULL_WARNING_INTERVAL = 10.0
-
-
-class PublisherClosed(BusError):
-    """An envelope was published after the publisher was closed."""
-
-
-class PublisherFailed(BusError):
-    """The bus refused a write for a reason retrying cannot fix; the cause is attached."""
-
-
-class OutboxFull(BusError):
-    """`publish_nowait` found the outbox full; `await publish()` would have waited."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,110 +494,3 @@ class Publisher:
         self._room.set()
         with self._room_cv:
             self._room_cv.notify_all()
-
-
-BusSource = Bus | Callable[[], Bus | Awaitable[Bus]]
-
-
-class ThreadedPublisher:
-    """A Publisher running its own event loop in a daemon thread, for synchronous callers.
-
-    The bus is used only from that thread: pass a factory (e.g. `lambda: open_bus(url)`, sync
-    or async) so that it is created there; the publisher then closes it on close(). A Bus
-    instance is accepted too if nothing else uses it; the caller keeps owning it.
-    """
-
-    def __init__(self, bus: BusSource, **options: Any) -> None:
-        """Start the thread and the publisher; `options` are Publisher's keyword arguments."""
-        self._source = bus
-        self._options = options
-        self._owns_bus = not isinstance(bus, Bus) and callable(bus)
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
-        self._publisher: Publisher | None = None
-        self._closed = False
-        self._thread = threading.Thread(target=self._main, name="bus-publisher", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._startup_error is not None:
-            self._thread.join()
-            raise self._startup_error
-
-    @property
-    def publisher(self) -> Publisher:
-        """The underlying Publisher (lives in this object's thread)."""
-        assert self._publisher is not None
-        return self._publisher
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._setup())
-        except BaseException as exc:
-            self._startup_error = exc
-            self._ready.set()
-            self._loop.close()
-            return
-        self._ready.set()
-        try:
-            self._loop.run_forever()
-        finally:
-            self._loop.close()
-
-    async def _setup(self) -> None:
-        bus = self._source
-        if self._owns_bus:
-            made = bus()  # type: ignore[operator]
-            bus = await made if inspect.isawaitable(made) else made
-        self._publisher = Publisher(bus, **self._options)  # type: ignore[arg-type]
-        self._publisher._start()
-
-    def stats(self) -> PublisherStats:
-        """Return the current counters."""
-        return self.publisher.stats()
-
-    def publish(self, topic: str, env: Envelope, timeout: float | None = None) -> None:
-        """Queue `env` for `topic`; blocks only while the outbox is full (TimeoutError after)."""
-        pub = self.publisher
-        payload = pub._encode(topic, env)
-        pub._put_from_thread(topic, payload, timeout)
-
-    def flush(self, timeout: float | None = None) -> None:
-        """Block until everything published so far is written; TimeoutError after `timeout` s."""
-        pub = self.publisher
-        if self._closed:
-            return
-        target = pub._enqueued
-        self._call(pub._written(target, timeout))
-
-    def close(self, timeout: float | None = None) -> None:
-        """Flush, stop the publisher and its thread, and close the bus if it was made here."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._call(self._shutdown(timeout))
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-
-    async def _shutdown(self, timeout: float | None) -> None:
-        try:
-            await self.publisher.close(timeout)
-        finally:
-            if self._owns_bus:
-                await self.publisher.bus.close()
-
-    def _call(self, coro: Awaitable[None]) -> None:
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
-        try:
-            future.result()
-        except concurrent.futures.CancelledError:
-            raise PublisherClosed("publisher thread stopped") from None
-
-    def __enter__(self) -> ThreadedPublisher:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

@@ -13,15 +13,16 @@ from bus import open_bus
 from bus.base import BEGINNING, Bus
 from bus.codec import MAX_ENVELOPE_BYTES, decode, encode
 from bus.envelope import Envelope
-from bus.errors import BusUnavailable, EnvelopeTooLarge
-from bus.memory import InMemoryBus
-from bus.publisher import (
+from bus.errors import (
+    BusUnavailable,
+    EnvelopeTooLarge,
     OutboxFull,
-    Publisher,
     PublisherClosed,
     PublisherFailed,
-    ThreadedPublisher,
 )
+from bus.memory import InMemoryBus
+from bus.publisher import Publisher
+from bus.threaded_publisher import ThreadedPublisher
 
 EVENTS = "t:run:r1:events"
 CONTROL = "t:run:r1:control"
