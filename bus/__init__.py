@@ -20,6 +20,7 @@ from bus.errors import (
     OutboxFull,
     PublisherClosed,
     PublisherFailed,
+    Rejected,
     UnknownGroup,
 )
 from bus.factory import open_bus
@@ -60,6 +61,7 @@ __all__ = [
     "PublisherFailed",
     "PublisherStats",
     "RedisStreamBus",
+    "Rejected",
     "Tail",
     "ThreadedPublisher",
     "Topics",

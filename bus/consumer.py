@@ -19,7 +19,7 @@ from bus.base import BEGINNING, Bus, Entry
 from bus.codec import decode, encode
 from bus.dead_letter import dead_letter_envelope
 from bus.envelope import Envelope
-from bus.errors import BusUnavailable, DecodeError, UnknownGroup
+from bus.errors import BusUnavailable, DecodeError, Rejected, UnknownGroup
 from bus.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -207,6 +207,10 @@ class Consumer:
             result = self.handler(env)
             if result is not None and inspect.isawaitable(result):
                 await result
+        except Rejected as exc:
+            self.stats.failures += 1
+            await self._dead_letter(entry, f"rejected by the handler: {exc}", env)
+            return 0
         except Exception as exc:
             self.stats.failures += 1
             failure = f"{type(exc).__name__}: {exc}"

@@ -49,3 +49,10 @@ class PublisherFailed(BusError):
 
 class OutboxFull(BusError):
     """`publish_nowait` found the outbox full; `await publish()` would have waited."""
+
+
+class Rejected(BusError):
+    """Raised by a consumer's handler for an envelope it can never handle: dead-letter it now.
+
+    The message is the reason recorded in the dead letter; no retry is attempted.
+    """

@@ -21,6 +21,7 @@ from bus import (
     EnvelopeTooLarge,
     InvalidURL,
     RedisStreamBus,
+    Rejected,
     Topics,
     UnknownGroup,
     decode,
@@ -407,6 +408,25 @@ async def test_a_handler_that_keeps_failing_is_dead_lettered_after_max_deliverie
     assert "RuntimeError: boom on zero" in dl.data["reason"]
     assert dl.data["payload"] == poison
     assert dl.run_id == "run1"
+    assert await nothing_pending(bus, "g")
+
+
+async def test_a_handler_that_rejects_an_envelope_dead_letters_it_at_once(bus: Bus) -> None:
+    calls: list[int] = []
+
+    def handler(e: Envelope) -> None:
+        calls.append(e.data["i"])
+        if e.data["i"] == 0:
+            raise Rejected("no 'path' in CHECKPOINT_READY")
+
+    await put(bus, 0, 1)
+    async with consumer(bus, "g", handler, claim_idle=0.05, max_deliveries=3):
+        await eventually(lambda: 1 in calls)
+        await asyncio.sleep(0.2)  # several claim rounds: a retry would show up now
+    assert calls == [0, 1]
+    [dl] = await dead_letters(bus)
+    assert dl.data["reason"] == "rejected by the handler: no 'path' in CHECKPOINT_READY"
+    assert dl.data["deliveries"] == 1
     assert await nothing_pending(bus, "g")
 
 
