@@ -62,6 +62,10 @@ class Accuracy(_CorrectOverTotal):
             pred, true, _ = class_labels("Accuracy", y_pred, y, self.threshold)
             self._add(pred == true)
 
+    def settings(self) -> dict[str, Any]:
+        """is_multilabel and threshold."""
+        return {"is_multilabel": bool(self.is_multilabel), "threshold": float(self.threshold)}
+
     def __repr__(self) -> str:
         return f"Accuracy(is_multilabel={self.is_multilabel}, threshold={self.threshold})"
 
@@ -89,6 +93,10 @@ class TopKCategoricalAccuracy(_CorrectOverTotal):
         true = integer_labels("TopKCategoricalAccuracy", y, "y")
         top = y_pred.topk(min(self.k, y_pred.shape[1]), dim=1).indices
         self._add((top == true.unsqueeze(1)).any(dim=1))
+
+    def settings(self) -> dict[str, Any]:
+        """k."""
+        return {"k": int(self.k)}
 
     def __repr__(self) -> str:
         return f"TopKCategoricalAccuracy(k={self.k})"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -115,6 +115,17 @@ class RunningAverage(Metric):
         super().iteration_completed(engine)
         if name is not None:
             engine.state.metrics[name] = self.compute()
+
+    def settings(self) -> dict[str, Any]:
+        """alpha and epoch_bound; `src` stays home because merge/compute never use it."""
+        return {"alpha": float(self.alpha), "epoch_bound": bool(self.epoch_bound)}
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> RunningAverage:
+        """A twin fed raw values: its merge/compute are those of the original, src or not."""
+        # The constructor insists on a src or an output_transform; the twin is only merged and
+        # computed, for which the state (sum of averages, count) is all there is.
+        return cls(output_transform=identity, **settings)
 
     def __repr__(self) -> str:
         return f"RunningAverage(src={self.src!r}, alpha={self.alpha})"

@@ -73,6 +73,22 @@ class Metric(ABC):
     def compute(self) -> Any:
         """Return the metric's value for everything seen since the last reset."""
 
+    # --- identity: what another process needs to rebuild a mergeable twin -------------------
+
+    def settings(self) -> dict[str, Any] | None:
+        """The msgpack-native constructor kwargs that matter to merge/compute (None: cannot travel).
+
+        Callables (output transforms, loss functions, source metrics) never belong here: the
+        aggregator only merges and computes. A metric whose rebuilt twin would not compute the
+        same value from the same state returns None, and stays out of published metric states.
+        """
+        return {}
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> Metric:
+        """Build an instance whose merge/compute match those of the metric `settings` came from."""
+        return cls(**settings)
+
     # --- mergeable state ---------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, StateValue]:

@@ -180,6 +180,15 @@ class _PrecisionRecallBase(_PerClassCounts):
             present = (pred_pos + true_pos) > 0
         return float(per_class[present].mean()) if bool(present.any()) else 0.0
 
+    def settings(self) -> dict[str, Any]:
+        """average, num_classes, is_multilabel and threshold."""
+        return {
+            "average": self.average,
+            "num_classes": None if self.num_classes is None else int(self.num_classes),
+            "is_multilabel": bool(self.is_multilabel),
+            "threshold": float(self.threshold),
+        }
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(average={self.average!r}, num_classes={self.num_classes}, "
@@ -267,6 +276,14 @@ class ConfusionMatrix(_PerClassCounts):
         if self.normalize == "all":
             return _safe_div(matrix, matrix.sum().expand_as(matrix))
         return matrix
+
+    def settings(self) -> dict[str, Any]:
+        """num_classes, normalize and threshold."""
+        return {
+            "num_classes": None if self.num_classes is None else int(self.num_classes),
+            "normalize": self.normalize,
+            "threshold": float(self.threshold),
+        }
 
     def __repr__(self) -> str:
         return f"ConfusionMatrix(num_classes={self.num_classes}, normalize={self.normalize!r})"
