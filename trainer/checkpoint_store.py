@@ -19,7 +19,22 @@ from typing import Any
 import numpy as np
 import torch
 
-_HASH_CHUNK = 1 << 20
+# One hashing rule for writers and verifiers; kept importable from here.
+from trainer.manifest import file_sha256
+
+__all__ = [
+    "CheckpointError",
+    "RNGState",
+    "SavedFile",
+    "capture_rng_state",
+    "check_stateful",
+    "collect_state",
+    "file_sha256",
+    "load_checkpoint",
+    "restore_rng_state",
+    "restore_state",
+    "save_atomic",
+]
 
 
 class CheckpointError(Exception):
@@ -98,15 +113,6 @@ def save_atomic(obj: Any, path: str | os.PathLike[str]) -> SavedFile:
         raise
     _fsync_dir(directory)
     return SavedFile(path=path, size=writer.size, sha256=writer.digest.hexdigest())
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """The hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_checkpoint(

@@ -9,20 +9,35 @@ runs/<name>-<YYYYmmdd-HHMMSS>-<4 hex>/
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
-import tempfile
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The manifest's format, writes and lock live in trainer.manifest; the names stay importable here.
+from trainer.manifest import MANIFEST_FILE, ManifestError, write_json_atomic, write_manifest
+from trainer.manifest import read_manifest as _read_manifest
+
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
-MANIFEST_FILE = "manifest.json"
+
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "CONFIG_FILE",
+    "MANIFEST_FILE",
+    "METRICS_FILE",
+    "ResumeError",
+    "ResumePoint",
+    "latest_run_dir",
+    "new_run_dir",
+    "read_manifest",
+    "resolve_resume",
+    "write_json_atomic",
+    "write_manifest",
+]
 
 
 class ResumeError(ValueError):
@@ -50,50 +65,13 @@ def new_run_dir(root: str | Path, name: str) -> Path:
             continue
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write `data` as JSON so that readers see the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_manifest(
-    checkpoint_dir: Path,
-    saved: list[tuple[str, int, float | None]],
-    sha256: Mapping[str, str],
-    best: str | None,
-) -> None:
-    """Record the kept checkpoints (name, step, score), the latest and the best."""
-    entries = [
-        {"file": name, "step": step, "score": score, "sha256": sha256.get(name)}
-        for name, step, score in saved
-    ]
-    latest = max(entries, key=lambda e: e["step"])["file"] if entries else None
-    manifest = {"latest": latest, "best": best, "checkpoints": entries}
-    write_json_atomic(checkpoint_dir / MANIFEST_FILE, manifest)
-
-
 def read_manifest(checkpoint_dir: Path) -> dict[str, Any]:
     """The manifest of a checkpoint directory; ResumeError if there is none."""
-    path = checkpoint_dir / MANIFEST_FILE
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ResumeError(f"no checkpoint manifest at {path}: no checkpoint was saved") from None
-    except json.JSONDecodeError as exc:
-        raise ResumeError(f"checkpoint manifest {path} is not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict) or "checkpoints" not in manifest:
-        raise ResumeError(f"checkpoint manifest {path} has no 'checkpoints' list")
-    return manifest
+        return _read_manifest(checkpoint_dir)
+    except ManifestError as exc:
+        # What --resume reports; the manifest's own module stays free of resume concerns.
+        raise ResumeError(str(exc)) from None
 
 
 def latest_run_dir(root: str | Path, name: str) -> Path | None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import inspect
-import math
 import numbers
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from trainer.checkpoint_names import checkpoint_filename
 from trainer.checkpoint_store import (
     SavedFile,
     check_stateful,
@@ -79,10 +79,6 @@ def global_step_from_engine(
     if event in (Events.ITERATION_STARTED, Events.ITERATION_COMPLETED):
         return lambda _: engine.state.iteration
     return lambda _: engine.state.epoch + 1
-
-
-def _format_score(score: float) -> str:
-    return str(score) if isinstance(score, numbers.Integral) else f"{score:.4f}"
 
 
 class Checkpoint:
@@ -175,16 +171,9 @@ class Checkpoint:
         return newest.name
 
     def _filename(self, name: str, step: int | None, score: float | None) -> str:
-        parts = [self.filename_prefix] if self.filename_prefix else []
-        parts.append(name)
-        if step is not None:
-            parts.append(str(step))
-        # A NaN score (no evaluation behind this checkpoint) is left out of a name that the
-        # step already makes unique.
-        if score is not None and not (step is not None and math.isnan(score)):
-            shown = _format_score(score)
-            parts.append(f"{self.score_name}={shown}" if self.score_name else shown)
-        return "_".join(parts) + f".{self.ext}"
+        return checkpoint_filename(
+            name, step, score, prefix=self.filename_prefix, score_name=self.score_name, ext=self.ext
+        )
 
     def __call__(self, engine: Engine) -> None:
         """Save a checkpoint now if the retention rule keeps it, then prune what it drops."""
