@@ -1,0 +1,33 @@
+"""Fixtures of the bridge tests: a bus URL (in memory, or the session's private Redis) and a
+client of the test's own on that bus."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from ._bus import BusClient
+
+
+@pytest.fixture(params=["memory", "redis"])
+def bus_url(request: pytest.FixtureRequest) -> str:
+    """URL of an empty bus: a fresh in-memory name, or the session's private Redis, flushed."""
+    if request.param == "memory":
+        return f"memory://bridge-{uuid.uuid4().hex}"
+    return request.getfixturevalue("redis_url")
+
+
+@pytest.fixture
+def client(bus_url: str) -> Iterator[BusClient]:
+    """The test's own handle on the bus (it also keeps an in-memory bus alive to the end)."""
+    handle = BusClient(bus_url)
+    yield handle
+    handle.close()
+
+
+@pytest.fixture
+def run_id() -> str:
+    """A fresh run id."""
+    return f"run-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,101 @@
+"""EPOCH_COMPLETED's `metrics` and `metric_states`: an engine's metric values and states.
+
+`metric_states` needs the metric objects by name, which the Engine does not expose: the
+`add_metric` registrations are read back from its EPOCH_COMPLETED handlers (see
+`attached_metrics`). The message form of one metric's state is `metric_state`, the single
+switch point onto `trainer.metrics.registry.metric_state_message`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import bus
+from trainer.bridge.outputs import scalar
+from trainer.events import Events
+
+if TYPE_CHECKING:
+    from trainer.engine import Engine
+
+log = logging.getLogger(__name__)
+
+try:
+    from trainer.metrics.registry import metric_state_message as _registry_message
+except ImportError:  # the metric registry is not there yet: a class name, no settings
+    _registry_message = None
+
+
+def metric_state(metric: Any) -> dict[str, Any]:
+    """One metric as `{"class", "settings", "state"}` with msgpack-native values."""
+    if _registry_message is not None:
+        return _registry_message(metric)
+    return {
+        "class": type(metric).__name__,
+        "settings": {},
+        "state": bus.to_native(metric.state_dict()),
+    }
+
+
+def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The entries of `state.metrics` that are single numbers, as floats."""
+    found = {}
+    for name, value in metrics.items():
+        number = scalar(value)
+        if number is not None:
+            found[str(name)] = number
+    return found
+
+
+def attached_metrics(engine: Engine) -> dict[str, Any]:
+    """The metrics attached to `engine` with `add_metric`, by the name they were attached under.
+
+    `add_metric` registers `metric.completed` on EPOCH_COMPLETED with the name as its one extra
+    argument; the Engine keeps that argument only in the closure it compiles for the handler.
+    """
+    found: dict[str, Any] = {}
+    for registration in engine._registrations.get(Events.EPOCH_COMPLETED, ()):
+        handler = registration.handler
+        metric = getattr(handler, "__self__", None)
+        if getattr(handler, "__name__", None) != "completed" or not callable(
+            getattr(metric, "state_dict", None)
+        ):
+            continue
+        invoke = registration.invoke
+        cells = dict(
+            zip(
+                invoke.__code__.co_freevars,
+                (cell.cell_contents for cell in invoke.__closure__ or ()),
+                strict=True,
+            )
+        )
+        args = cells.get("args")
+        if isinstance(args, tuple) and len(args) == 1 and isinstance(args[0], str):
+            found[args[0]] = metric
+    return found
+
+
+class MetricStates:
+    """Builds `metric_states` for one engine, logging once each metric it has to leave out."""
+
+    def __init__(self, split: str) -> None:
+        self.split = split
+        self._left_out: set[str] = set()
+
+    def __call__(self, engine: Engine) -> dict[str, dict[str, Any]]:
+        """`metric_states` of `engine`'s attached metrics, by name."""
+        states = {}
+        for name, metric in attached_metrics(engine).items():
+            try:
+                states[name] = metric_state(metric)
+            except Exception as exc:  # a metric that cannot travel must not stop training
+                if name not in self._left_out:
+                    self._left_out.add(name)
+                    log.warning(
+                        "metric %r of split %r is left out of metric_states: %s",
+                        name,
+                        self.split,
+                        exc,
+                    )
+        return states

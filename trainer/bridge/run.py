@@ -1,0 +1,405 @@
+"""BusRun: one training process's run on the bus, publishing its engines and obeying control.
+
+```python
+run = BusRun("redis://localhost:6379/0", config=cfg)
+run.attach(trainer)                # the primary: its epoch/iteration stamp every envelope
+run.attach(evaluator, "val")
+run.checkpoint({"model": model, "optimizer": opt, "trainer": trainer}, directory="ckpt")
+with run:                          # RUN_STARTED ... RUN_FINISHED, on events and the registry
+    trainer.run(data, max_epochs=10)
+```
+
+Stop signals (TERMINATE, a vote tally, in barrier mode the barrier's tally) are applied only at
+the primary's iteration boundaries, by `engine.terminate()`; RUN_FINISHED then names the cause.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import bus
+from bus import ThreadedPublisher, Topics, Verifier, open_bus
+from trainer.bridge.barrier import BarrierResult
+from trainer.bridge.boundaries import Boundaries
+from trainer.bridge.checkpointer import Checkpointer, CheckpointStat
+from trainer.bridge.control import ControlReader, ControlState
+from trainer.bridge.lifecycle import EngineLink, RunNotStarted
+from trainer.bridge.sender import Sender
+from trainer.vote_tally import parse_policy
+
+if TYPE_CHECKING:
+    import concurrent.futures
+
+    from trainer.engine import Engine
+
+log = logging.getLogger(__name__)
+
+# Longest start() waits for the control reader to catch up with the topic's history.
+CATCH_UP_TIMEOUT = 30.0
+# Longest finish() waits for checkpoint writes, and then for the publisher to write it all.
+WRITE_TIMEOUT = 600.0
+FLUSH_TIMEOUT = 30.0
+SECRET_ENV = "TRAINER_BUS_SECRET"
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """How the run ended, as RUN_FINISHED says."""
+
+    status: str  # "completed", "terminated" or "failed"
+    reason: str
+    by: str | None  # the source of the signal that stopped the run, if one did
+    epochs: int  # epochs the primary engine completed
+    iteration: int
+
+
+def _number(name: str, value: object, *, minimum: float, integer: bool = False) -> Any:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
+        what = "an int" if integer else "a number"
+        raise ValueError(f"BusRun {name} must be {what} >= {minimum}, got {value!r}")
+    return value
+
+
+def _native_config(config: Any) -> dict[str, Any]:
+    if config is None:
+        return {}
+    if not isinstance(config, Mapping) and callable(getattr(config, "to_dict", None)):
+        config = config.to_dict()
+    if not isinstance(config, Mapping):
+        raise TypeError(f"BusRun config must be a mapping (or have to_dict()), got {config!r}")
+    try:
+        return bus.to_native(dict(config))
+    except TypeError as exc:
+        raise TypeError(f"BusRun config cannot travel on the bus: {exc}") from None
+
+
+class BusRun:
+    """A run on the bus: lifecycle events out, control signals in, checkpoints off-thread.
+
+    `policy` ("any", "majority", "all" or a quorum k) decides on stop votes of the registered
+    live voters; with `barrier` the primary waits at each EPOCH_COMPLETED, up to
+    `barrier_timeout` s, for every live voter's vote on that epoch. A voter silent for
+    `heartbeat_timeout` s is no longer counted. With a `secret` (default: the environment
+    variable TRAINER_BUS_SECRET) unsigned or forged control envelopes are ignored. Pass
+    `publisher` to share a ThreadedPublisher (the caller then closes it).
+    """
+
+    def __init__(
+        self,
+        bus_url: str,
+        run_id: str | None = None,
+        *,
+        namespace: str = bus.DEFAULT_NAMESPACE,
+        config: Mapping[str, Any] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        publish_every: int = 1,
+        policy: str | int = "any",
+        barrier: bool = False,
+        barrier_timeout: float = 30.0,
+        heartbeat_timeout: float = 10.0,
+        secret: str | None = None,
+        resumed_from: str | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        bus_options: Mapping[str, Any] | None = None,
+        publisher: ThreadedPublisher | None = None,
+    ) -> None:
+        self.rank = _number("rank", rank, minimum=0, integer=True)
+        self.world_size = _number("world_size", world_size, minimum=1, integer=True)
+        if rank >= world_size:
+            raise ValueError(f"BusRun rank {rank} must be below world_size {world_size}")
+        self.publish_every = _number("publish_every", publish_every, minimum=1, integer=True)
+        self.policy = parse_policy(policy, "BusRun policy")
+        self.barrier = bool(barrier)
+        self.barrier_timeout = float(_number("barrier_timeout", barrier_timeout, minimum=0))
+        self.heartbeat_timeout = float(
+            _number("heartbeat_timeout", heartbeat_timeout, minimum=1e-3)
+        )
+        self.bus_url = bus_url
+        self.run_id = run_id if run_id is not None else bus.new_id()
+        self.namespace = namespace
+        self.topics = Topics(namespace)
+        self.topics.events(self.run_id)  # refuses a run id unusable in a topic name, now
+        self.source = f"trainer:{rank}"
+        self.secret = secret if secret is not None else (os.environ.get(SECRET_ENV) or None)
+        self.config = _native_config(config)
+        self.resumed_from = None if resumed_from is None else str(resumed_from)
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir).resolve()
+        verifier = Verifier(self.secret)  # refuses an empty secret before any thread starts
+        options = dict(bus_options or {})
+        self._owns_publisher = publisher is None
+        self.publisher = publisher or ThreadedPublisher(lambda: open_bus(bus_url, **options))
+        self.sender = Sender(self.publisher, self.topics, self.run_id, self.source)
+        self.control = ControlState(
+            self.run_id,
+            policy=self.policy,
+            barrier=self.barrier,
+            heartbeat_timeout=self.heartbeat_timeout,
+            verifier=verifier,
+            can_checkpoint=lambda: self._checkpointer is not None,
+        )
+        self._reader = ControlReader(
+            self.control,
+            topic=self.topics.control(self.run_id),
+            dead_letter_topic=self.topics.dead_letter(),
+            source=self.source,
+        )
+        self._reader_future: concurrent.futures.Future[None] | None = None
+        self.links: list[EngineLink] = []
+        self._checkpointer: Checkpointer | None = None
+        self._boundaries = Boundaries(
+            self.run_id,
+            self.control,
+            barrier=self.barrier,
+            barrier_timeout=self.barrier_timeout,
+            checkpointer=lambda: self._checkpointer,
+        )
+        self._phase = "new"  # -> "started" -> "finished" -> "closed"
+        self._failure: BaseException | None = None  # what ended the primary's run, if anything
+        self._end: RunEnd | None = None
+
+    # ---- set-up -----------------------------------------------------------------------------
+
+    @property
+    def primary(self) -> Engine | None:
+        """The first engine attached: its progress stamps envelopes, stop signals stop it."""
+        return self.links[0].engine if self.links else None
+
+    @property
+    def barriers(self) -> list[BarrierResult]:
+        """One record per barrier passed (barrier mode): who was counted, waited for, tallied."""
+        return list(self._boundaries.barriers)
+
+    @property
+    def checkpoint_stats(self) -> list[CheckpointStat]:
+        """One record per checkpoint taken: loop-blocked seconds, write seconds, file."""
+        return [] if self._checkpointer is None else list(self._checkpointer.stats)
+
+    def attach(self, engine: Engine, split: str = "train") -> None:
+        """Publish `engine`'s lifecycle under `split`; the first engine attached is the primary."""
+        if not isinstance(split, str) or not split:
+            raise ValueError(f"attach split must be a non-empty str, got {split!r}")
+        for link in self.links:
+            if link.engine is engine:
+                raise ValueError(
+                    f"this engine is already attached to run {self.run_id} as {link.split!r}"
+                )
+            if link.split == split:
+                raise ValueError(
+                    f"split {split!r} of run {self.run_id} is already taken by another engine; "
+                    "give each attached engine its own split"
+                )
+        if self._phase not in ("new", "started"):
+            raise RuntimeError(f"run {self.run_id} has finished: attach engines before finish()")
+        is_primary = not self.links
+        link = EngineLink(
+            engine,
+            split,
+            self.sender,
+            self.publish_every,
+            rank=self.rank,
+            world_size=self.world_size,
+            before_run=self._check_running,
+            on_exception=self._primary_failed if is_primary else None,
+        )
+        link.attach()
+        self.links.append(link)
+        if is_primary:
+            self.sender.primary = engine
+            self._boundaries.attach(engine)
+            if self._checkpointer is not None:
+                self._checkpointer.attach(engine)
+
+    def checkpoint(
+        self,
+        to_save: Mapping[str, Any],
+        every: int = 1,
+        unit: str = "epoch",
+        directory: str | os.PathLike[str] | None = None,
+        name: str = "checkpoint",
+        *,
+        max_pending: int = 2,
+    ) -> None:
+        """Checkpoint `to_save` every `every` epochs (or iterations) of the primary, on request
+        (CHECKPOINT_REQUEST) and at finish(); written off the training thread."""
+        if self._checkpointer is not None:
+            raise RuntimeError(f"run {self.run_id} already checkpoints; call checkpoint() once")
+        if self._phase != "new":
+            raise RuntimeError(
+                "call checkpoint() before start(): RUN_STARTED announces the checkpoint directory"
+            )
+        chosen = directory if directory is not None else self.checkpoint_dir
+        if chosen is None:
+            raise ValueError(
+                "checkpoint() needs a directory: pass directory= or BusRun(checkpoint_dir=...)"
+            )
+        self.checkpoint_dir = Path(chosen).resolve()
+        self._checkpointer = Checkpointer(
+            self.sender,
+            to_save,
+            every=every,
+            unit=unit,
+            directory=self.checkpoint_dir,
+            name=name,
+            max_pending=max_pending,
+        )
+        if self.primary is not None:
+            self._checkpointer.attach(self.primary)
+
+    # ---- start and finish -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Announce the run (RUN_STARTED) and start obeying the control topic."""
+        if self._phase != "new":
+            raise RuntimeError(f"run {self.run_id} was already started")
+        self.control.started_at = time.time()
+        self._reader_future = self.publisher.submit(self._reader.run)
+        data = {
+            "config": self.config,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "resumed_from": self.resumed_from,
+            "checkpoint_dir": None if self.checkpoint_dir is None else str(self.checkpoint_dir),
+            "namespace": self.namespace,
+        }
+        self._announce("RUN_STARTED", data)
+        self._phase = "started"
+        # Voters that registered before this start must count from the first boundary on.
+        deadline = time.monotonic() + CATCH_UP_TIMEOUT
+        while not self._reader.caught_up.wait(0.05):
+            if self._reader_future.done():
+                self._reader_future.result()  # a reader that died raises its error here
+            if time.monotonic() > deadline:
+                log.warning(
+                    "run %s: the control reader has not caught up with %s after %.0f s; "
+                    "training starts anyway",
+                    self.run_id,
+                    self._reader.topic,
+                    CATCH_UP_TIMEOUT,
+                )
+                break
+
+    def finish(self, error: BaseException | None = None) -> RunEnd:
+        """End the run: final checkpoint, pending writes, RUN_FINISHED, publisher flushed."""
+        if self._end is not None:
+            return self._end
+        if self._phase == "new":
+            raise RuntimeError(f"finish() of run {self.run_id} before start()")
+        try:
+            end = self._outcome(error)
+            self._final_checkpoint(end)
+            data = {
+                "status": end.status,
+                "reason": end.reason,
+                "by": end.by,
+                "epochs": end.epochs,
+                "iteration": end.iteration,
+            }
+            self._announce("RUN_FINISHED", data)
+            self._end = end
+            try:
+                self.publisher.flush(FLUSH_TIMEOUT)
+            except (TimeoutError, bus.BusError) as exc:
+                log.error("run %s: RUN_FINISHED may not have reached the bus: %s", self.run_id, exc)
+        finally:
+            self._phase = "finished"
+            self._stop_reader()
+        return end
+
+    def close(self) -> None:
+        """Finish the run if that was not done (as failed), stop the threads, close the bus."""
+        if self._phase == "closed":
+            return
+        try:
+            if self._phase == "started":
+                self.finish(RuntimeError("the run was closed without finish()"))
+        finally:
+            self._phase = "closed"
+            self._stop_reader()
+            if self._checkpointer is not None:
+                self._checkpointer.close(WRITE_TIMEOUT)
+            if self._owns_publisher:
+                self.publisher.close(FLUSH_TIMEOUT)
+
+    def __enter__(self) -> BusRun:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        try:
+            self.finish(exc)
+        finally:
+            self.close()
+
+    # ---- internals --------------------------------------------------------------------------
+
+    def _announce(self, type: str, data: dict[str, Any], at: tuple[int, int] | None = None) -> None:
+        """Send the same envelope to the run's events topic and to the registry of runs."""
+        env = self.sender.envelope(type, data, at)
+        self.sender.publish(self.sender.events_topic, env)
+        self.sender.publish(self.sender.registry_topic, env)
+
+    def _check_running(self) -> None:
+        if self._phase != "started":
+            state = "before BusRun.start()" if self._phase == "new" else "after BusRun.finish()"
+            raise RunNotStarted(
+                f"an engine attached to run {self.run_id} was started {state}: call run.start() "
+                "(or enter `with run:`) before engine.run(), and finish() after it"
+            )
+
+    def _stop_reader(self) -> None:
+        self._reader.stop()
+        future = self._reader_future
+        if future is None or future.done():
+            return
+        try:
+            future.result(timeout=self._reader.block + FLUSH_TIMEOUT)
+        except Exception as exc:
+            log.error("run %s: the control reader ended with %r", self.run_id, exc)
+
+    def _outcome(self, error: BaseException | None) -> RunEnd:
+        primary = self.primary
+        epochs = primary.state_dict()["epochs_completed"] if primary is not None else 0
+        iteration = primary.state.iteration if primary is not None else 0
+        failure = error if error is not None else self._failure
+        if failure is not None:
+            message = str(failure)
+            reason = type(failure).__name__ + (f": {message}" if message else "")
+            return RunEnd("failed", reason, None, epochs, iteration)
+        if self._boundaries.terminated:
+            cause = self._boundaries.stop_cause
+            if cause is None:
+                return RunEnd("terminated", "terminated by the program", None, epochs, iteration)
+            return RunEnd("terminated", cause.reason, cause.by, epochs, iteration)
+        return RunEnd("completed", "completed", None, epochs, iteration)
+
+    def _final_checkpoint(self, end: RunEnd) -> None:
+        checkpointer, primary = self._checkpointer, self.primary
+        if checkpointer is None:
+            return
+        # A failed run's state is whatever the exception left; the last good one is on disk.
+        if end.status != "failed" and primary is not None and primary.state.iteration > 0:
+            # A run that ended with an epoch (not in the middle of one) ends after that epoch's
+            # EPOCH_COMPLETED, validation included: its metrics score this checkpoint too.
+            at_epoch_end = primary.state_dict()["epoch_iteration"] == 0
+            checkpointer.take(primary, "final", epoch_end=at_epoch_end)
+        if not checkpointer.wait(WRITE_TIMEOUT):
+            log.error(
+                "run %s: checkpoint writes still pending after %.0f s; RUN_FINISHED goes out "
+                "without them",
+                self.run_id,
+                WRITE_TIMEOUT,
+            )
+
+    def _primary_failed(self, engine: Engine, exc: BaseException) -> None:
+        self._failure = exc

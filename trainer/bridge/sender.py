@@ -1,0 +1,74 @@
+"""Sender: the trainer's envelopes, stamped with the primary engine's progress, onto the bus.
+
+Every envelope the trainer sends carries the epoch and iteration of the primary engine (the
+first one attached) at sending time, whichever engine the event is about. Publishing never
+raises into training: a publisher that has failed or closed loses the envelope, says so in the
+log (once) and counts it in `dropped`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from bus import Envelope, PublisherClosed, PublisherFailed, ThreadedPublisher, Topics
+
+if TYPE_CHECKING:
+    from trainer.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+class Sender:
+    """Builds and publishes the run's envelopes from any thread of the trainer process."""
+
+    def __init__(
+        self, publisher: ThreadedPublisher, topics: Topics, run_id: str, source: str
+    ) -> None:
+        self.publisher = publisher
+        self.run_id = run_id
+        self.source = source
+        self.events_topic = topics.events(run_id)
+        self.registry_topic = topics.registry()
+        self.primary: Engine | None = None
+        self.dropped = 0
+
+    def progress(self) -> tuple[int, int]:
+        """The primary engine's (epoch, iteration) now; (0, 0) before one is attached."""
+        primary = self.primary
+        if primary is None:
+            return 0, 0
+        state = primary.state
+        return state.epoch, state.iteration
+
+    def envelope(
+        self, type: str, data: dict[str, Any], at: tuple[int, int] | None = None
+    ) -> Envelope:
+        """An envelope of this run and source, stamped with `at` or the primary's progress."""
+        epoch, iteration = self.progress() if at is None else at
+        return Envelope(type, self.run_id, self.source, data, epoch, iteration)
+
+    def send(self, type: str, data: dict[str, Any]) -> None:
+        """Publish an event on the run's events topic (EnvelopeTooLarge is the caller's)."""
+        primary = self.primary
+        if primary is None:
+            env = Envelope(type, self.run_id, self.source, data)
+        else:
+            state = primary.state
+            env = Envelope(type, self.run_id, self.source, data, state.epoch, state.iteration)
+        self.publish(self.events_topic, env)
+
+    def publish(self, topic: str, env: Envelope) -> None:
+        """Queue `env` for `topic`; a failed or closed publisher drops it with a log line."""
+        try:
+            self.publisher.publish(topic, env)
+        except (PublisherClosed, PublisherFailed) as exc:
+            self.dropped += 1
+            if self.dropped == 1:
+                log.error(
+                    "run %s: the publisher cannot take envelopes any more (%s); %s and every "
+                    "later envelope of this run is lost (training goes on)",
+                    self.run_id,
+                    exc,
+                    env.type,
+                )
