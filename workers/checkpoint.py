@@ -1,0 +1,367 @@
+"""The checkpoint worker: verifies, scores, files and prunes the checkpoints a run announces.
+
+For each CHECKPOINT_READY: check the file's size and sha256 (a mismatch is dead-lettered),
+score it when a score metric is configured and the checkpoint was taken at an epoch end (the
+METRICS value of the score split for that epoch, awaited up to --score-timeout), file it into
+the run's checkpoint directory under the name the in-process Checkpoint handler would give it,
+keep the last `n_saved` and the best `n_best` (trainer.retention), delete the rest, write the
+manifest naming latest and best, and publish CHECKPOINT_SAVED (one per READY) and
+CHECKPOINT_PRUNED (one per deleted file).
+
+Replicas share a run's READYs through the consumer group. METRICS, though, may be delivered to
+another replica, so each replica reads the scores from a tail of the run's events topic of its
+own. Torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from bus import BEGINNING, Envelope, Rejected, tail
+from trainer.checkpoint_names import INCOMING_DIR
+from trainer.retention import RetentionPolicy
+from workers.base import Worker
+from workers.checkpoint_files import (
+    Filed,
+    Ready,
+    VerificationError,
+    file_checkpoint,
+    is_handled,
+    verify,
+)
+from workers.context import RunContext
+from workers.messages import METRICS
+
+CHECKPOINT_READY = "CHECKPOINT_READY"
+CHECKPOINT_SAVED = "CHECKPOINT_SAVED"
+CHECKPOINT_PRUNED = "CHECKPOINT_PRUNED"
+
+# Used when neither an option nor the run's config section `checkpoint` sets a value; the
+# counts are the config schema's defaults. No score unless one is named: waiting for a metric
+# that nobody publishes would only delay every checkpoint.
+DEFAULTS: dict[str, Any] = {"n_saved": 2, "n_best": 1, "score": None, "mode": "max"}
+SCORE_SPLIT = "val"
+SCORE_TIMEOUT = 60.0
+ALL = "all"  # --n-saved all / --n-best all: keep every checkpoint by that rule
+
+
+def _count(text: str) -> int | str:
+    """argparse type of --n-saved/--n-best: an integer >= 0, or "all"."""
+    if text == ALL:
+        return ALL
+    value = int(text) if text.isdigit() else -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'all', got {text!r}")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _keep_count(value: Any, what: str) -> int | None:
+    """A retention count from an option or the config: int >= 0, or None/"all" for keep-all."""
+    if value is None or value == ALL:
+        return None
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"{what} must be an integer >= 0 or 'all', got {value!r}")
+    return value
+
+
+class CheckpointWorker(Worker):
+    """Files each run's checkpoints, keeps the last n and the best k, and says what it did."""
+
+    kind: ClassVar[str] = "checkpoint"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """--n-saved, --n-best, --score, --mode, --dir, --score-split, --score-timeout."""
+        config = "default: the run's config, checkpoint.%s"
+        parser.add_argument(
+            "--n-saved",
+            type=_count,
+            default=None,
+            metavar="N|all",
+            help="keep the N most recent checkpoints; " + config % "n_saved",
+        )
+        parser.add_argument(
+            "--n-best",
+            type=_count,
+            default=None,
+            metavar="K|all",
+            help="and the K best by score; " + config % "n_best",
+        )
+        parser.add_argument(
+            "--score",
+            default=None,
+            metavar="METRIC",
+            help="metric ranking the best (a name in METRICS values); " + config % "score",
+        )
+        parser.add_argument(
+            "--mode",
+            choices=("max", "min"),
+            default=None,
+            help="whether a higher score is better; " + config % "mode",
+        )
+        parser.add_argument(
+            "--dir",
+            default=None,
+            metavar="PATH",
+            help="the run's checkpoint directory as this worker sees it; default: the 'dir' "
+            "of each CHECKPOINT_READY",
+        )
+        parser.add_argument(
+            "--score-split",
+            default=None,
+            metavar="SPLIT",
+            help=f"split whose METRICS score the checkpoints; default: {SCORE_SPLIT}",
+        )
+        parser.add_argument(
+            "--score-timeout",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="how long to wait for the score of a checkpoint before filing it without "
+            f"one; default: {SCORE_TIMEOUT:g}",
+        )
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Refuse counts, a mode or a timeout that can never work."""
+        _keep_count(options.get("n_saved"), "--n-saved")
+        _keep_count(options.get("n_best"), "--n-best")
+        mode = options.get("mode")
+        if mode not in (None, "max", "min"):
+            raise ValueError(f"--mode must be 'max' or 'min', got {mode!r}")
+        timeout = options.get("score_timeout")
+        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0):
+            raise ValueError(f"--score-timeout must be a number of seconds >= 0, got {timeout!r}")
+        if options.get("n_saved") == 0 and options.get("n_best") == 0:
+            raise ValueError("--n-saved 0 with --n-best 0 would keep no checkpoint at all")
+
+    def __init__(self, ctx: RunContext, options: Mapping[str, Any]) -> None:
+        super().__init__(ctx, options)
+        self.check_options(self.options)
+        self.score_split: str = self.options.get("score_split") or SCORE_SPLIT
+        timeout = self.options.get("score_timeout")
+        self.score_timeout: float = SCORE_TIMEOUT if timeout is None else float(timeout)
+        # (split, epoch) -> values of the per-epoch METRICS, filled by the side task.
+        self._metrics: dict[tuple[str, int], Mapping[str, Any]] = {}
+        self._metrics_arrived = asyncio.Event()
+        self._watching: asyncio.Task[None] | None = None
+
+    # --- settings ----------------------------------------------------------------------------
+
+    def _setting(self, name: str) -> Any:
+        return self.ctx.setting(self.options.get(name), f"checkpoint.{name}", DEFAULTS[name])
+
+    def retention(self) -> tuple[RetentionPolicy, str | None, str]:
+        """The retention policy, the score metric (or None) and the mode, as now configured."""
+        score = self._setting("score") or None  # an empty name names no metric
+        mode = self._setting("mode")
+        if score is not None and not isinstance(score, str):
+            raise Rejected(f"checkpoint score must be a metric name, got {score!r}")
+        if mode not in ("max", "min"):
+            raise Rejected(f"checkpoint mode must be 'max' or 'min', got {mode!r}")
+        try:
+            keep_last = _keep_count(self._setting("n_saved"), "checkpoint n_saved")
+            # As the in-process job does: without a score nothing ranks, so nothing is "best".
+            keep_best = _keep_count(self._setting("n_best"), "checkpoint n_best") if score else 0
+            if keep_last == 0 and keep_best == 0:
+                raise ValueError("n_saved 0 and no best kept would keep no checkpoint at all")
+        except ValueError as exc:
+            raise Rejected(f"{exc} (from the options or the run's config)") from None
+        return RetentionPolicy(keep_last=keep_last, keep_best=keep_best), score, mode
+
+    # --- handling ----------------------------------------------------------------------------
+
+    async def handle(self, env: Envelope) -> None:
+        """File each CHECKPOINT_READY; everything else is read by the side task, if at all."""
+        if env.type != CHECKPOINT_READY:
+            return
+        policy, score_name, mode = self.retention()
+        ready, directory, epoch_end = self._parse(env)
+        # Filed before (by this worker or a replica, then redelivered): nothing left to do,
+        # and the incoming file is gone, so it must not be verified.
+        if await asyncio.to_thread(is_handled, directory, ready.id):
+            self.ctx.log.info("already filed", extra={"ready": ready.id})
+            return
+        try:
+            await asyncio.to_thread(verify, ready)
+        except VerificationError as exc:
+            # A replica may be filing it right now (the file moved, the manifest not yet
+            # written): ask again once it holds the lock no more.
+            if await asyncio.to_thread(is_handled, directory, ready.id, locked=True):
+                return
+            raise Rejected(str(exc)) from None
+        score = None
+        if score_name is not None and epoch_end:
+            score = await self._score(score_name, mode, ready)
+        filed = await asyncio.to_thread(
+            file_checkpoint, directory, ready, score, policy, score_name
+        )
+        if filed is None:
+            self.ctx.log.info("already filed", extra={"ready": ready.id})
+            return
+        await self._report(directory, ready, filed)
+
+    def _parse(self, env: Envelope) -> tuple[Ready, Path, bool]:
+        """The READY's file, the directory to file it in and whether it ends an epoch."""
+        data = env.data
+        what = f"CHECKPOINT_READY {env.id}"
+        if isinstance(data.get("path"), str):
+            what += f" (path {data['path']})"
+        required = {"path": str, "size": int, "sha256": str, "epoch": int, "iteration": int}
+        missing = [key for key in required if key not in data]
+        wrong = [
+            f"{key}={data[key]!r} (not {kind.__name__})"
+            for key, kind in required.items()
+            if key in data
+            and (not isinstance(data[key], kind) or (kind is int and not _is_int(data[key])))
+        ]
+        if missing or wrong:
+            raise Rejected(f"{what}: missing keys {missing}, mistyped {wrong}")
+        name = data.get("name", "checkpoint")
+        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+            raise Rejected(f"{what}: 'name' must be a plain file base name, got {name!r}")
+        announced_dir = data.get("dir")
+        if announced_dir is not None and not isinstance(announced_dir, str):
+            raise Rejected(f"{what}: 'dir' must be a str, got {announced_dir!r}")
+        path = Path(data["path"])
+        directory = self._directory(announced_dir, path, what)
+        if self.options.get("dir") is not None and announced_dir is not None:
+            # The shared volume may be mounted elsewhere here than in the trainer's container.
+            try:
+                relative = path.relative_to(announced_dir)
+            except ValueError:
+                relative = None
+            if relative is not None and (not path.exists() or (directory / relative).exists()):
+                path = directory / relative
+        ready = Ready(
+            id=env.id,
+            path=path,
+            size=data["size"],
+            sha256=data["sha256"],
+            epoch=data["epoch"],
+            iteration=data["iteration"],
+            name=name,
+        )
+        return ready, directory, data.get("epoch_end") is True
+
+    def _directory(self, announced: str | None, path: Path, what: str) -> Path:
+        """--dir, else the READY's dir, else RUN_STARTED's checkpoint_dir, else the file's."""
+        chosen = self.options.get("dir") or announced
+        if chosen is None and self.ctx.started is not None:
+            chosen = self.ctx.started.data.get("checkpoint_dir")
+        if chosen is None and path.parent.name == INCOMING_DIR:
+            chosen = str(path.parent.parent)
+        if not isinstance(chosen, str) or not chosen:
+            raise Rejected(
+                f"{what}: no checkpoint directory to file it in (no 'dir' in it, no "
+                "checkpoint_dir in RUN_STARTED, not under .incoming/); pass --dir"
+            )
+        return Path(chosen)
+
+    # --- scores ------------------------------------------------------------------------------
+
+    async def _score(self, score_name: str, mode: str, ready: Ready) -> float | None:
+        """The checkpoint's higher-is-better score from the METRICS of its epoch, or None."""
+        key = (self.score_split, ready.epoch)
+        context = {"ready": ready.id, "split": key[0], "epoch": key[1], "metric": score_name}
+        values = await self._metrics_of(key)
+        if values is None:
+            self.ctx.log.warning(
+                "no score: filed without one",
+                extra={**context, "detail": f"no METRICS within {self.score_timeout:g} s"},
+            )
+            return None
+        value = values.get(score_name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            self.ctx.log.warning(
+                "no score: filed without one",
+                extra={**context, "detail": f"METRICS values have {sorted(values)}"},
+            )
+            return None
+        # Higher is better for the retention rule: a "min" metric (a loss) ranks negated, and
+        # the file name shows the negated value, as the in-process job names it.
+        score = float(value) if mode == "max" else -float(value)
+        return None if math.isnan(score) else score
+
+    async def _metrics_of(self, key: tuple[str, int]) -> Mapping[str, Any] | None:
+        """The values of METRICS `key`, waiting up to the score timeout; None if none came."""
+        if self._watching is None:
+            self._watching = self.ctx.spawn(self._watch_metrics())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.score_timeout
+        while (values := self._metrics.get(key)) is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            self._metrics_arrived.clear()
+            try:
+                await asyncio.wait_for(self._metrics_arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                return None
+        return values
+
+    async def _watch_metrics(self) -> None:
+        """Side task: record every per-epoch METRICS of the run, from its first event on."""
+        # A tail, not the group: METRICS delivered to another replica must reach this one too.
+        topic = self.ctx.topics.events(self.ctx.run_id)
+        async for env in tail(self.ctx.bus, topic, BEGINNING):
+            if env.type != METRICS or env.data.get("running") is True:
+                continue
+            split, epoch, values = (env.data.get(k) for k in ("split", "epoch", "values"))
+            if isinstance(split, str) and _is_int(epoch) and isinstance(values, Mapping):
+                self._metrics[(split, epoch)] = values
+                self._metrics_arrived.set()
+
+    # --- reports -----------------------------------------------------------------------------
+
+    async def _report(self, directory: Path, ready: Ready, filed: Filed) -> None:
+        saved = filed.saved
+        await self.ctx.publish(
+            CHECKPOINT_SAVED,
+            {
+                "path": str(directory / saved["file"]),
+                "sha256": saved["sha256"],
+                "epoch": ready.epoch,
+                "iteration": ready.iteration,
+                "aliases": filed.saved_aliases,
+                "score": saved["score"],
+                "ready_id": ready.id,
+            },
+            epoch=ready.epoch,
+            iteration=ready.iteration,
+        )
+        self.ctx.log.info(
+            "saved",
+            extra={"file": saved["file"], "aliases": ",".join(filed.saved_aliases) or None},
+        )
+        for entry in filed.pruned:
+            # -1: an entry written before epochs were recorded (an older in-process manifest).
+            epoch = entry.get("epoch", -1)
+            await self.ctx.publish(
+                CHECKPOINT_PRUNED,
+                {
+                    "path": str(directory / entry["file"]),
+                    "sha256": entry.get("sha256"),
+                    "epoch": epoch,
+                    "iteration": entry["step"],
+                    "aliases": [],
+                    "score": entry.get("score"),
+                    "ready_id": entry.get("ready_id"),
+                    "pruned_by": ready.id,
+                },
+                epoch=max(epoch, 0),
+                iteration=entry["step"],
+            )
+            self.ctx.log.info("pruned", extra={"file": entry["file"]})
+
+    async def close(self) -> None:
+        """Nothing to release: the runtime cancels the METRICS tail with the side tasks."""

@@ -1,0 +1,187 @@
+"""Filing checkpoints into a run's checkpoint directory: verify, move, retain, prune, manifest.
+
+Synchronous and torch-free: the checkpoint worker runs these functions in a thread (hashing
+and fsync must not stall its event loop). Every read-modify-write of the manifest happens
+under `trainer.manifest.manifest_lock`, so replicas of the worker filing checkpoints of one
+run into one directory never lose each other's updates, and the manifest's "handled" list
+makes filing a CHECKPOINT_READY that is delivered twice (reclaimed, replayed) a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.checkpoint_names import checkpoint_filename
+from trainer.manifest import (
+    file_sha256,
+    manifest_lock,
+    manifest_records,
+    read_manifest,
+    write_manifest_entries,
+)
+from trainer.retention import CheckpointRecord, RetentionPolicy, best, latest
+
+# How many CHECKPOINT_READY ids the manifest remembers; a redelivery comes long before
+# thousands of newer checkpoints, and the manifest is rewritten on every filing.
+HANDLED_KEPT = 1000
+
+
+class VerificationError(Exception):
+    """A checkpoint file does not match what its CHECKPOINT_READY says; the message says how."""
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The parts of a CHECKPOINT_READY that filing needs."""
+
+    id: str
+    path: Path  # the file as this worker sees it
+    size: int
+    sha256: str
+    epoch: int
+    iteration: int
+    name: str  # base name of the checkpoint file, e.g. "checkpoint"
+
+
+@dataclass(frozen=True)
+class Filed:
+    """What filing one checkpoint did: the entry saved (maybe already pruned) and the pruned."""
+
+    saved: dict[str, Any]
+    saved_aliases: list[str]
+    pruned: list[dict[str, Any]]
+    latest: str | None
+    best: str | None
+
+
+def verify(ready: Ready) -> None:
+    """Raise VerificationError unless `ready.path` exists with the announced size and sha256."""
+    where = f"checkpoint file {ready.path} (CHECKPOINT_READY {ready.id})"
+    try:
+        size = ready.path.stat().st_size
+    except FileNotFoundError:
+        raise VerificationError(
+            f"{where} does not exist: is the checkpoint directory shared with the trainer "
+            "and mounted at the same path? (--dir names it as this worker sees it)"
+        ) from None
+    if size != ready.size:
+        raise VerificationError(
+            f"{where} has {size} bytes but the trainer announced {ready.size}: the file is "
+            "incomplete or was replaced"
+        )
+    actual = file_sha256(ready.path)
+    if actual != ready.sha256.lower():
+        raise VerificationError(
+            f"{where} has sha256 {actual} but the trainer announced {ready.sha256}: the file "
+            "is corrupt or was replaced"
+        )
+
+
+def is_handled(directory: Path, ready_id: str, *, locked: bool = False) -> bool:
+    """Whether the manifest of `directory` records CHECKPOINT_READY `ready_id` as filed.
+
+    With `locked`, wait for the manifest lock first, so that a filing in progress elsewhere
+    (the file already moved, the manifest not yet written) has finished when this answers.
+    """
+    if not locked:
+        return ready_id in read_manifest(directory, missing_ok=True).get("handled", [])
+    with manifest_lock(directory):
+        return is_handled(directory, ready_id)
+
+
+def _move(source: Path, target: Path) -> None:
+    """Move `source` to `target` atomically, also across file systems (copy, fsync, rename)."""
+    try:
+        os.replace(source, target)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    # --dir on another file system than the trainer's directory: rename cannot cross it.
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    source.unlink()
+
+
+def _finite(score: float | None) -> float | None:
+    # NaN means "no score" to the retention rule; the manifest (JSON) says null instead.
+    return None if score is None or math.isnan(score) else score
+
+
+def file_checkpoint(
+    directory: Path,
+    ready: Ready,
+    score: float | None,
+    policy: RetentionPolicy,
+    score_name: str | None,
+) -> Filed | None:
+    """File a verified checkpoint into `directory` under the shared name rule; None if done before.
+
+    `score` is higher-is-better (already negated for a "min" metric) or None. Under the
+    manifest lock: skip a READY the manifest lists as handled, move the file to its final name,
+    let `policy` decide what stays, delete the rest, and write the manifest naming latest and
+    best. Files are pruned only after the new one is in place: a crash leaves extra files,
+    never fewer.
+    """
+    score = _finite(score)
+    with manifest_lock(directory):
+        manifest = read_manifest(directory, missing_ok=True)
+        handled = list(manifest.get("handled", []))
+        if ready.id in handled:
+            return None
+        filename = checkpoint_filename(ready.name, ready.iteration, score, score_name=score_name)
+        new = CheckpointRecord(filename, ready.iteration, score)
+        decision = policy.admit(manifest_records(manifest), new)
+        _move(ready.path, directory / filename)
+        entries = {e["file"]: e for e in manifest["checkpoints"]}
+        entries[filename] = saved = {
+            "file": filename,
+            "step": ready.iteration,
+            "score": score,
+            "sha256": ready.sha256.lower(),
+            "epoch": ready.epoch,
+            "iteration": ready.iteration,
+            "ready_id": ready.id,
+        }
+        pruned = [entries[rec.name] for rec in decision.prune]
+        for entry in pruned:
+            with contextlib.suppress(FileNotFoundError):  # already gone is what we want
+                (directory / entry["file"]).unlink()
+        kept = decision.keep
+        newest, top = latest(kept), best(kept)
+        handled = [*handled, ready.id][-HANDLED_KEPT:]
+        extra = {k: v for k, v in manifest.items() if k not in ("latest", "best", "checkpoints")}
+        write_manifest_entries(
+            directory,
+            [entries[rec.name] for rec in kept],
+            best=top.name if top is not None else None,
+            extra={**extra, "handled": handled},
+        )
+    aliases = []
+    if decision.new_kept:
+        aliases += ["latest"] if newest is not None and newest.name == filename else []
+        aliases += ["best"] if top is not None and top.name == filename else []
+    return Filed(
+        saved=saved,
+        saved_aliases=aliases,
+        pruned=pruned,
+        latest=newest.name if newest is not None else None,
+        best=top.name if top is not None else None,
+    )

@@ -1,0 +1,209 @@
+"""early-stop: a voter applying EarlyStopping's patience rule to a metric of a split's METRICS."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from bus import Envelope, Rejected
+from trainer.patience import Patience
+from workers.base import Worker
+from workers.context import RunContext
+from workers.messages import EPOCH_COMPLETED, METRICS, PRIMARY_SPLIT
+
+SECTION = "early_stopping"  # the run's config section the settings default to
+# Defaults when neither an option nor the run's config sets a key (trainer/config_schema.py).
+DEFAULTS: dict[str, Any] = {
+    "patience": None,  # None: early stopping is off
+    "metric": "accuracy",
+    "split": "val",
+    "mode": "max",
+    "min_delta": 0.0,
+    "cumulative_delta": False,
+}
+OFF = "early stopping is off"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The rule's settings for one run, each from an option, the run's config or the default."""
+
+    patience: int | None
+    metric: str
+    split: str
+    mode: str
+    min_delta: float
+    cumulative_delta: bool
+
+
+def _problem(key: str, value: Any) -> str | None:
+    """Why `value` cannot be setting `key`, or None if it can."""
+    if key == "patience":
+        ok = value is None or (type(value) is int and value >= 1)
+        return None if ok else "is not a positive int (or null to switch early stopping off)"
+    if key in ("metric", "split"):
+        return None if isinstance(value, str) and value else "is not a non-empty string"
+    if key == "mode":
+        return None if value in ("max", "min") else "is not 'max' or 'min'"
+    if key == "min_delta":
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = number and math.isfinite(value) and value >= 0
+        return None if ok else "is not a finite number >= 0"
+    if key == "cumulative_delta":
+        return None if isinstance(value, bool) else "is not true or false"
+    raise KeyError(key)
+
+
+def _option_flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+class EarlyStopWorker(Worker):
+    """Vote stop once a split's metric has not improved for `patience` epochs (EarlyStopping).
+
+    Votes on each epoch's METRICS (running false) of its split, with `trainer.patience.Patience`
+    (the in-process EarlyStopping's rule), so that under barrier mode the run stops at the epoch
+    where EarlyStopping with the same settings would. Settings not given as options come from
+    the run's config section `early_stopping`. With patience unset everywhere it votes continue
+    on each epoch of the primary split ("early stopping is off"): as a voter it must not hold a
+    barrier.
+    """
+
+    kind: ClassVar[str] = "early-stop"
+    votes: ClassVar[bool] = True
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add --metric, --split, --mode, --patience, --min-delta, --cumulative-delta."""
+        parser.add_argument("--metric", help="metric name in the split's METRICS (accuracy)")
+        parser.add_argument("--split", help="split whose METRICS are scored (val)")
+        parser.add_argument("--mode", choices=("max", "min"), help="max: higher is better (max)")
+        parser.add_argument(
+            "--patience", type=int, help="epochs without improvement before stopping (off)"
+        )
+        parser.add_argument(
+            "--min-delta", type=float, help="least change that counts as improvement (0)"
+        )
+        parser.add_argument(
+            "--cumulative-delta",
+            action=argparse.BooleanOptionalAction,
+            help="measure improvement from the last improvement, not the last score (false)",
+        )
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Raise ValueError naming an option value the patience rule cannot take."""
+        for key in DEFAULTS:
+            value = options.get(key)
+            problem = None if value is None else _problem(key, value)
+            if problem is not None:
+                raise ValueError(f"early-stop {_option_flag(key)} {value!r} {problem}")
+
+    def __init__(self, ctx: RunContext, options: Mapping[str, Any]) -> None:
+        self.check_options(options)
+        super().__init__(ctx, options)
+        self._settings: Settings | None = None
+        self._misconfigured: str | None = None
+        self._rule: Patience | None = None
+        self._voted: set[int] = set()
+
+    def settings(self) -> Settings:
+        """The settings for this run (options, then the run's config, then defaults)."""
+        if self._settings is None:
+            values = {}
+            for key, default in DEFAULTS.items():
+                option = self.options.get(key)
+                value = self.ctx.setting(option, f"{SECTION}.{key}", default)
+                problem = _problem(key, value)
+                if problem is not None:
+                    where = (
+                        _option_flag(key)
+                        if option is not None
+                        else f"{SECTION}.{key} in the run's config"
+                    )
+                    raise ValueError(
+                        f"{key} {value!r} from {where} {problem}; fix it there or pass "
+                        f"{_option_flag(key)} to the worker"
+                    )
+                values[key] = value
+            values["min_delta"] = float(values["min_delta"])
+            self._settings = Settings(**values)
+            s = self._settings
+            if s.patience is not None:
+                self._rule = Patience(s.patience, s.min_delta, s.cumulative_delta, s.mode)
+            self.ctx.log.info("settings", extra=vars(self._settings))
+        return self._settings
+
+    def _off_reason(self) -> str | None:
+        """Why this voter only votes continue (off or misconfigured), or None when it scores."""
+        if self._misconfigured is not None:
+            return self._misconfigured
+        try:
+            settings = self.settings()
+        except ValueError as exc:
+            # The run goes on without early stopping rather than waiting on a voter that
+            # cannot vote; the reason (in every vote and here) says what to fix.
+            self._misconfigured = f"early stopping is misconfigured: {exc}"
+            self.ctx.log.error("misconfigured", extra={"error": str(exc)})
+            return self._misconfigured
+        return OFF if settings.patience is None else None
+
+    async def handle(self, env: Envelope) -> None:
+        """Vote on each epoch's METRICS of the split (or, when off, on each primary epoch end)."""
+        if env.type == METRICS:
+            await self._metrics(env)
+        elif env.type == EPOCH_COMPLETED and env.data.get("split") == PRIMARY_SPLIT:
+            reason = self._off_reason()
+            if reason is not None and env.epoch not in self._voted:
+                await self.ctx.vote(False, reason, env.epoch, env.iteration)
+                self._voted.add(env.epoch)
+
+    async def _metrics(self, env: Envelope) -> None:
+        data = env.data
+        if data.get("running", False) or self._off_reason() is not None:
+            return
+        settings = self.settings()
+        if data.get("split") != settings.split:
+            return
+        epoch, values = data.get("epoch"), data.get("values")
+        if type(epoch) is not int or epoch < 0:
+            raise Rejected(f"METRICS data.epoch is {epoch!r}, not an epoch number (int >= 0)")
+        if not isinstance(values, Mapping):
+            raise Rejected(f"METRICS data.values is {type(values).__name__}, not a map")
+        if epoch in self._voted:
+            return  # this epoch's METRICS again (a redelivery or a second aggregation)
+        score = values.get(settings.metric)
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            reason = (
+                f"{settings.split} metric {settings.metric!r} is not in METRICS (has "
+                f"{', '.join(map(str, values)) or 'none'}): set --metric or "
+                f"{SECTION}.metric to one of them"
+            )
+            self.ctx.log.warning("metric missing", extra={"epoch": epoch, "detail": reason})
+            await self.ctx.vote(False, reason, epoch, env.iteration)
+            self._voted.add(epoch)
+            return
+        await self._score(float(score), epoch, env.iteration)
+
+    async def _score(self, score: float, epoch: int, iteration: int) -> None:
+        rule, settings = self._rule, self.settings()
+        assert rule is not None
+        before = rule.state_dict()
+        stop = rule.step(score)
+        reason = (
+            f"{settings.split} {settings.metric} {score:.6g}: best {_fmt(rule.best_score)}, "
+            f"{rule.counter} of {rule.patience} evaluations without improvement"
+        )
+        try:
+            await self.ctx.vote(stop, reason, epoch, iteration)
+        except BaseException:
+            rule.load_state_dict(before)  # the retry must score this epoch once, not twice
+            raise
+        self._voted.add(epoch)
+
+
+def _fmt(value: float | None) -> str:
+    return "none yet" if value is None else f"{value:.6g}"

@@ -1,0 +1,290 @@
+"""RunFollower: one worker kind on one run: join, consume the events topic, heartbeat, leave."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bus import (
+    BEGINNING,
+    NOW,
+    Bus,
+    BusUnavailable,
+    Consumer,
+    Envelope,
+    Publisher,
+    PublisherClosed,
+    PublisherFailed,
+    Topics,
+)
+from workers.base import Worker
+from workers.context import RunContext
+from workers.drain import DrainWatch
+from workers.logs import worker_log
+from workers.messages import HEARTBEAT, RUN_STARTED, WORKER_JOINED, WORKER_LEFT
+from workers.registry import RunInfo, read_registry
+
+# Seconds between attempts to create the consumer group while the bus is unreachable.
+RETRY_DELAY = 0.5
+
+
+@dataclass(frozen=True)
+class FollowerSetup:
+    """What every run follower of one worker process shares."""
+
+    kind: type[Worker]
+    kind_options: Mapping[str, Any]
+    bus: Bus
+    publisher: Publisher
+    topics: Topics
+    name: str  # worker name = consumer name = source of what it sends
+    group: str  # consumer group on each run's events topic
+    secret: str | None
+    heartbeat: float
+    linger: float
+    claim_idle: float
+    block: float
+    max_deliveries: int
+
+
+async def first_of(*aws: Awaitable[Any], timeout: float | None = None) -> None:
+    """Wait until the first of `aws` completes (or `timeout` s pass); cancel the futures it made."""
+    futures = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(futures, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future, given in zip(futures, aws, strict=True):
+            if future is not given:  # only what was made here: a caller's task stays theirs
+                future.cancel()
+
+
+class RunFollower:
+    """Drives one Worker instance on one run, from WORKER_JOINED to WORKER_LEFT.
+
+    The run's RUN_STARTED (from the registry, or the first one on the events topic) fills the
+    context's config before anything else is handed to the kind. The run is over for this
+    follower once every rank's RUN_FINISHED is on the registry and the consumer has then been
+    idle for `linger` seconds (so the reports other workers publish after it are handled too).
+    """
+
+    def __init__(self, setup: FollowerSetup, info: RunInfo, start: str) -> None:
+        self.setup = setup
+        self.info = info
+        run_id = info.run_id
+        kind = setup.kind
+        self.log = worker_log(f"workers.{kind.kind}", worker=setup.name, kind=kind.kind, run=run_id)
+        self.ctx = RunContext(
+            run_id=run_id,
+            kind=kind.kind,
+            name=setup.name,
+            topics=setup.topics,
+            bus=setup.bus,
+            publisher=setup.publisher,
+            log=self.log,
+            secret=setup.secret,
+        )
+        if info.started is not None:
+            self.ctx.learn_started(info.started)
+        self.worker = kind(self.ctx, setup.kind_options)
+        self._changed = asyncio.Event()
+        self._reads = DrainWatch(setup.bus, on_read=self._changed.set)
+        self.consumer = Consumer(
+            self._reads,  # type: ignore[arg-type]  # a Bus by delegation
+            setup.topics.events(run_id),
+            setup.group,
+            self._deliver,
+            name=setup.name,
+            start=start,
+            max_deliveries=setup.max_deliveries,
+            claim_idle=setup.claim_idle,
+            block=setup.block,
+            dead_letter_topic=setup.topics.dead_letter(),
+        )
+        self.started = asyncio.Event()  # set once joined and consuming
+        self.joined = False
+        self.error: BaseException | None = None
+        self._consuming: asyncio.Task[None] | None = None
+        self._heartbeats: asyncio.Task[None] | None = None
+        self._busy = False
+        self._last_activity = time.monotonic()
+        self._finished_at: float | None = None
+        self._looked_up = False
+
+    @property
+    def run_id(self) -> str:
+        """The followed run."""
+        return self.info.run_id
+
+    # -- delivery -------------------------------------------------------------------------
+
+    async def _deliver(self, env: Envelope) -> None:
+        self._busy = True
+        try:
+            if env.type == RUN_STARTED:
+                self._learn(env)
+            elif self.ctx.started is None and not self._looked_up:
+                # A replica may never get the run's RUN_STARTED (another one did): the
+                # registry has a copy, written before anything else of the run.
+                await self._look_up_started()
+            await self.worker.handle(env)
+        finally:
+            self._busy = False
+            self._last_activity = time.monotonic()
+            self._changed.set()
+
+    def _learn(self, env: Envelope) -> None:
+        if self.ctx.started is None:
+            self.ctx.learn_started(env)
+        if self.info.started is None:
+            self.info.started = env  # its world size counts the RUN_FINISHED to wait for
+
+    async def _look_up_started(self) -> None:
+        self._looked_up = True
+        runs, _ = await read_registry(self.setup.bus, self.setup.topics.registry(), self.run_id)
+        found = runs.get(self.run_id)
+        if found is not None and found.started is not None:
+            self._learn(found.started)
+            return
+        self.log.warning(
+            "config unknown",
+            extra={
+                "detail": f"no RUN_STARTED of run {self.run_id!r} on the events topic or the "
+                f"registry {self.setup.topics.registry()!r}; the kind's options and defaults "
+                "apply (is the trainer publishing to the same namespace?)"
+            },
+        )
+
+    # -- the registry says --------------------------------------------------------------
+
+    def on_registry(self, env: Envelope) -> None:
+        """Account for a RUN_STARTED / RUN_FINISHED of this run read from the registry."""
+        self.info.observe(env)
+        if env.type == RUN_STARTED and self.ctx.started is None:
+            self.ctx.learn_started(env)  # spares a replica the registry look-up
+        self._note_finish()
+
+    def _note_finish(self) -> None:
+        if self.info.finished and self._finished_at is None:
+            self._finished_at = time.monotonic()
+            self.log.info("run finished", extra={"ranks": len(self.info.finished_by)})
+        elif not self.info.finished:
+            self._finished_at = None
+        self._changed.set()
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the consumer group, announce WORKER_JOINED (written), then start consuming."""
+        await self._ensure_group()
+        setup = self.setup
+        joined = {
+            "kind": setup.kind.kind,
+            "name": setup.name,
+            "votes": setup.kind.votes,
+            "heartbeat": float(setup.heartbeat),
+        }
+        await self.ctx.control(WORKER_JOINED, joined)
+        self.joined = True
+        # Written before any vote of this worker (the publisher keeps order across topics)
+        # and before `ready`: the trainer counts the voter from here on.
+        await setup.publisher.flush()
+        self._note_finish()
+        self._last_activity = time.monotonic()
+        self._consuming = asyncio.create_task(
+            self.consumer.run(), name=f"consumer:{setup.group}:{self.run_id}"
+        )
+        self._heartbeats = asyncio.create_task(self._beat(), name=f"heartbeat:{self.run_id}")
+        start = {BEGINNING: "start", NOW: "now"}.get(self.consumer.start_from)
+        self.log.info("joined", extra={"group": setup.group, "from": start})
+        self.started.set()
+
+    async def _ensure_group(self) -> None:
+        while True:
+            try:
+                await self.consumer.ensure_group()
+                return
+            except BusUnavailable as exc:
+                self.log.warning("bus unavailable", extra={"error": str(exc), "retry": True})
+                await asyncio.sleep(RETRY_DELAY)
+
+    async def _beat(self) -> None:
+        data = {"kind": self.setup.kind.kind, "name": self.setup.name}
+        while True:
+            await asyncio.sleep(self.setup.heartbeat)
+            try:
+                await self.ctx.control(HEARTBEAT, data)
+            except (PublisherClosed, PublisherFailed):
+                return  # the worker is going away; close() says so
+
+    async def wait_end(self, stop: asyncio.Event) -> str:
+        """Wait until the run is over for this follower ("finished"), `stop` ("stopped") or the
+        consumer failed ("failed")."""
+        assert self._consuming is not None, "start() first"
+        linger = self.setup.linger
+        while True:
+            if stop.is_set():
+                return "stopped"
+            if self._consuming.done():
+                return "failed"
+            timeout = None
+            if self._finished_at is not None and not self._busy:
+                since = max(self._last_activity, self._finished_at)
+                # Idle means: everything there was after the finish has been read (a read came
+                # back empty) and nothing came for `linger` seconds.
+                if self._reads.drained_since(since):
+                    idle = time.monotonic() - max(since, self._reads.last_entries)
+                    if idle >= linger:
+                        return "finished"
+                    timeout = linger - idle
+            self._changed.clear()
+            await first_of(stop.wait(), self._changed.wait(), self._consuming, timeout=timeout)
+
+    async def close(self) -> None:
+        """Finish the deliveries in hand and ack them, close the kind, announce WORKER_LEFT."""
+        if self._consuming is not None:
+            await self.consumer.stop()
+            (outcome,) = await asyncio.gather(self._consuming, return_exceptions=True)
+            if isinstance(outcome, BaseException) and not isinstance(
+                outcome, asyncio.CancelledError
+            ):
+                self.error = outcome
+                self.log.error("consumer failed", exc_info=outcome)
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeats
+        try:
+            await self.worker.close()
+        except Exception:
+            self.log.error("kind failed to close", exc_info=True)
+        await self.ctx.cancel_side_tasks()
+        if self.joined:
+            self.joined = False
+            data = {"kind": self.setup.kind.kind, "name": self.setup.name}
+            try:
+                await self.ctx.control(WORKER_LEFT, data)
+            except (PublisherClosed, PublisherFailed) as exc:
+                # The trainer drops this worker when its heartbeats stop instead.
+                self.log.error("could not announce leaving", extra={"error": str(exc)})
+                return
+            self.log.info("left", extra={"handled": self.consumer.stats.handled})
+
+
+async def drive(follower: RunFollower, stop: asyncio.Event) -> str:
+    """Start `follower`, run it until its run is over or `stop`, then close it; the outcome."""
+    try:
+        starting = asyncio.ensure_future(follower.start())
+        await first_of(starting, stop.wait())
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return "stopped"
+        starting.result()  # a start that failed raises here
+        return await follower.wait_end(stop)
+    finally:
+        await follower.close()

@@ -1,0 +1,273 @@
+"""The metrics worker: merges every rank's metric states of an epoch into one METRICS report.
+
+On EPOCH_COMPLETED it parses `metric_states` (name -> {"class", "settings", "state"}) into
+metrics rebuilt by class name from `trainer.metrics.registry`, waits until every rank of the
+run (`world_size`) has sent its states for that (split, epoch), merges them with the metric
+classes' own `merge` and `compute`, and publishes METRICS {split, epoch, values, ranks,
+running: False}. With `--running-every N` it also publishes the mean of ITERATION_COMPLETED
+outputs over the epoch so far (running: True) each time the trainer's iteration passes a
+multiple of N.
+
+One replica per run: the ranks' EPOCH_COMPLETED of one epoch must reach the same worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from bus import Envelope, Rejected
+from trainer.metrics import Metric, NotComputableError
+from trainer.metrics.registry import (
+    MetricMessageError,
+    UnknownMetricClass,
+    metric_from_message,
+    metric_from_settings,
+    scalar_values,
+)
+from workers.base import Worker
+from workers.context import RunContext
+from workers.messages import EPOCH_COMPLETED, ITERATION_COMPLETED, METRICS
+
+Key = tuple[str, int]  # (split, trainer epoch)
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """One metric of one rank: its identity as sent and the metric rebuilt with its state."""
+
+    cls: str
+    settings: dict[str, Any]
+    metric: Metric
+
+
+@dataclass
+class _EpochStates:
+    """What the ranks sent so far for one (split, epoch)."""
+
+    ranks: dict[int, dict[str, _Parsed]] = field(default_factory=dict)
+    iteration: int = 0
+
+
+@dataclass
+class _RunningMeans:
+    """Sums of the scalar outputs of one (split, epoch) so far, over every rank."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    ranks: set[int] = field(default_factory=set)
+
+    def add(self, outputs: Mapping[str, float], count: int) -> None:
+        """Fold in one envelope's outputs, each the mean over `count` iterations."""
+        for name, value in outputs.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value * count
+            self.counts[name] = self.counts.get(name, 0) + count
+
+    def means(self) -> dict[str, float]:
+        """The mean of every output over the iterations seen."""
+        return {name: self.sums[name] / self.counts[name] for name in sorted(self.sums)}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _describe(env: Envelope, split: Any) -> str:
+    return f"{env.type} {env.id} (split {split!r}, epoch {env.epoch})"
+
+
+def envelope_rank(env: Envelope) -> int:
+    """The trainer rank that sent `env`: data.rank, else the "trainer:<r>" source, else 0."""
+    rank = env.data.get("rank")
+    if _is_int(rank):
+        return rank
+    prefix, _, suffix = env.source.partition(":")
+    if prefix == "trainer" and suffix.isdigit():
+        return int(suffix)
+    return 0
+
+
+class MetricsWorker(Worker):
+    """Aggregates every rank's metric states per (split, epoch) into METRICS."""
+
+    kind: ClassVar[str] = "metrics"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """--running-every N."""
+        parser.add_argument(
+            "--running-every",
+            type=int,
+            default=None,
+            metavar="N",
+            help="also publish running means of the iteration outputs every N iterations "
+            "(METRICS with running: true); default: off",
+        )
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Refuse a --running-every below 1."""
+        every = options.get("running_every")
+        if every is not None and (not _is_int(every) or every < 1):
+            raise ValueError(
+                f"--running-every must be an integer >= 1 (or left out for off), got {every!r}"
+            )
+
+    def __init__(self, ctx: RunContext, options: Mapping[str, Any]) -> None:
+        super().__init__(ctx, options)
+        self.check_options(self.options)
+        self.running_every: int | None = self.options.get("running_every")
+        self._pending: dict[Key, _EpochStates] = {}
+        self._published: set[Key] = set()
+        self._running: dict[Key, _RunningMeans] = {}
+        self._last_iteration: dict[str, int] = {}  # per split: the highest iteration seen
+        self._unknown_classes: set[str] = set()
+
+    async def handle(self, env: Envelope) -> None:
+        """Collect EPOCH_COMPLETED states (and ITERATION_COMPLETED outputs when running)."""
+        if env.type == EPOCH_COMPLETED:
+            await self._epoch_completed(env)
+        elif env.type == ITERATION_COMPLETED and self.running_every is not None:
+            await self._iteration_completed(env)
+
+    # --- per-epoch aggregation ---------------------------------------------------------------
+
+    async def _epoch_completed(self, env: Envelope) -> None:
+        data = env.data
+        split = data.get("split")
+        what = _describe(env, split)
+        if not isinstance(split, str):
+            raise Rejected(f"{what}: 'split' must be a str, got {split!r}")
+        world_size = data.get("world_size", self.ctx.world_size)
+        if not _is_int(world_size) or world_size < 1:
+            raise Rejected(f"{what}: 'world_size' must be an integer >= 1, got {world_size!r}")
+        rank = envelope_rank(env)
+        if not 0 <= rank < world_size:
+            raise Rejected(f"{what}: rank {rank} is outside world_size {world_size}")
+        states = data.get("metric_states")
+        if not isinstance(states, Mapping):
+            raise Rejected(
+                f"{what}: 'metric_states' must be a map of metric name to "
+                f"{{class, settings, state}}, got {type(states).__name__}"
+            )
+        parsed = self._parse_states(states, what)
+        key: Key = (split, env.epoch)
+        if key in self._published:
+            # A redelivery, or a second evaluation within the same trainer epoch.
+            self.ctx.log.info(
+                "metrics already published", extra={"split": split, "epoch": env.epoch}
+            )
+            return
+        pending = self._pending.setdefault(key, _EpochStates())
+        pending.ranks[rank] = parsed
+        pending.iteration = max(pending.iteration, env.iteration)
+        if all(r in pending.ranks for r in range(world_size)):
+            await self._publish_epoch(key, pending)
+
+    def _parse_states(self, states: Mapping[Any, Any], what: str) -> dict[str, _Parsed]:
+        parsed: dict[str, _Parsed] = {}
+        for name, message in states.items():
+            where = f"metric_states[{name!r}] of {what}"
+            if not isinstance(name, str):
+                raise Rejected(f"{where}: metric names must be str")
+            try:
+                metric = metric_from_message(message, where)
+            except UnknownMetricClass as exc:
+                # Leave out only this metric: the others (e.g. the score of the checkpoints)
+                # must not be lost because one custom class is not registered here.
+                cls = message.get("class") if isinstance(message, Mapping) else None
+                if cls not in self._unknown_classes:
+                    self._unknown_classes.add(cls)
+                    self.ctx.log.warning("metric left out", extra={"reason": str(exc)})
+                continue
+            except MetricMessageError as exc:
+                raise Rejected(str(exc)) from None
+            parsed[name] = _Parsed(message["class"], dict(message["settings"]), metric)
+        return parsed
+
+    async def _publish_epoch(self, key: Key, pending: _EpochStates) -> None:
+        split, epoch = key
+        ranks = sorted(pending.ranks)
+        values: dict[str, float] = {}
+        for name in sorted({n for per_rank in pending.ranks.values() for n in per_rank}):
+            value = self._merged(name, [pending.ranks[r].get(name) for r in ranks], key)
+            if value is not None:
+                values.update(scalar_values(name, value))
+        data = {"split": split, "epoch": epoch, "values": values, "ranks": ranks, "running": False}
+        await self.ctx.publish(METRICS, data, epoch=epoch, iteration=pending.iteration)
+        # Marked only once published: a failed publish is retried with the delivery.
+        self._published.add(key)
+        del self._pending[key]
+
+    def _merged(self, name: str, parts: list[_Parsed | None], key: Key) -> Any:
+        """The value of metric `name` merged over every rank, or None (logged) if it has none."""
+        context = {"metric": name, "split": key[0], "epoch": key[1]}
+        if any(part is None for part in parts):
+            self.ctx.log.warning("metric missing on some ranks, left out", extra=context)
+            return None
+        identities = {(p.cls, repr(sorted(p.settings.items()))) for p in parts if p is not None}
+        if len(identities) > 1:
+            self.ctx.log.warning(
+                "metric differs between ranks, left out",
+                extra={**context, "identities": sorted(identities)},
+            )
+            return None
+        first = parts[0]
+        assert first is not None
+        twin = metric_from_settings(first.cls, first.settings)
+        try:
+            for part in parts:
+                assert part is not None
+                twin.merge(part.metric.state_dict())
+            return twin.compute()
+        except NotComputableError:
+            return None  # no data this epoch (e.g. an empty split): nothing to report
+        except (KeyError, TypeError, ValueError) as exc:
+            self.ctx.log.warning(
+                "metric cannot be merged, left out", extra={**context, "error": exc}
+            )
+            return None
+
+    # --- running means -----------------------------------------------------------------------
+
+    async def _iteration_completed(self, env: Envelope) -> None:
+        data = env.data
+        split = data.get("split")
+        what = _describe(env, split)
+        if not isinstance(split, str):
+            raise Rejected(f"{what}: 'split' must be a str, got {split!r}")
+        outputs = data.get("outputs")
+        if not isinstance(outputs, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+            for k, v in outputs.items()
+        ):
+            raise Rejected(f"{what}: 'outputs' must be a map of name to number, got {outputs!r}")
+        count = data.get("count", 1)
+        if not _is_int(count) or count < 1:
+            raise Rejected(f"{what}: 'count' must be an integer >= 1, got {count!r}")
+        key: Key = (split, env.epoch)
+        running = self._running.get(key)
+        if running is None:
+            # A new epoch of this split: the previous epochs' sums are done with.
+            for old in [k for k in self._running if k[0] == split and k[1] < env.epoch]:
+                del self._running[old]
+            running = self._running[key] = _RunningMeans()
+        running.add(outputs, count)
+        running.ranks.add(envelope_rank(env))
+        before = self._last_iteration.get(split, 0)
+        self._last_iteration[split] = max(before, env.iteration)
+        every = self.running_every
+        assert every is not None
+        # The trainer's global iteration, as Events.ITERATION_COMPLETED(every=N) counts it;
+        # coalesced envelopes may jump over a multiple of N, so what counts is passing one.
+        if env.iteration // every > before // every:
+            data = {
+                "split": split,
+                "epoch": env.epoch,
+                "values": running.means(),
+                "ranks": sorted(running.ranks),
+                "running": True,
+            }
+            await self.ctx.publish(METRICS, data, epoch=env.epoch, iteration=env.iteration)

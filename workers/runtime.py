@@ -1,0 +1,314 @@
+"""The worker runtime: run one worker kind on one run (`--run ID`) or on every run (`--follow`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bus import BEGINNING, NOW, Envelope, Publisher, PublisherFailed, Topics, open_bus
+from workers.base import Worker
+from workers.follow import FollowerSetup, RunFollower, drive, first_of
+from workers.kinds import load_kind
+from workers.logs import configure_logging, worker_log
+from workers.messages import RUN_STARTED
+from workers.registry import RegistryHook, RunInfo, read_registry, watch_registry
+
+SECRET_ENV = "TRAINER_BUS_SECRET"
+# Seconds the publisher may take, on the way out, to write what is left (WORKER_LEFT...).
+CLOSE_TIMEOUT = 5.0
+_STARTS = {"start": BEGINNING, "now": NOW}
+
+
+@dataclass
+class RuntimeOptions:
+    """How a worker process connects, which runs it follows and how it paces itself."""
+
+    bus_url: str
+    run_id: str | None = None  # follow this run ...
+    follow: bool = False  # ... or every run announced on the registry "<ns>:runs"
+    start: str = "start"  # "start": back-fill each run's history; "now": only what comes next
+    name: str | None = None  # default f"{kind}-{hostname}-{pid}"
+    namespace: str = "trainer"
+    heartbeat: float = 2.0  # seconds between HEARTBEATs on each followed run's control topic
+    linger: float = 1.0  # after RUN_FINISHED of every rank, keep handling until idle this long
+    secret: str | None = None  # default os.environ.get("TRAINER_BUS_SECRET")
+    claim_idle: float = 30.0
+    block: float = 1.0
+    max_deliveries: int = 5
+
+    def check(self) -> None:
+        """Raise ValueError naming the first option that cannot work, and how to fix it."""
+        if (self.run_id is None) == (not self.follow):
+            raise ValueError(
+                f"RuntimeOptions(run_id={self.run_id!r}, follow={self.follow!r}): give a run "
+                "id (--run ID) or follow=True (--follow), exactly one of them"
+            )
+        if self.start not in _STARTS:
+            raise ValueError(f"RuntimeOptions start={self.start!r}: use 'start' or 'now'")
+        Topics(self.namespace)  # raises InvalidTopic naming a bad namespace
+        if self.run_id is not None:
+            Topics(self.namespace).events(self.run_id)  # ... or a bad run id
+        for field, value, low in (
+            ("heartbeat", self.heartbeat, 0.0),
+            ("block", self.block, 0.0),
+        ):
+            if not value > low:
+                raise ValueError(f"RuntimeOptions {field}={value!r}: use a number of seconds > 0")
+        for field, value in (("linger", self.linger), ("claim_idle", self.claim_idle)):
+            if not value >= 0:
+                raise ValueError(f"RuntimeOptions {field}={value!r}: use a number of seconds >= 0")
+        if not isinstance(self.max_deliveries, int) or self.max_deliveries < 1:
+            raise ValueError(
+                f"RuntimeOptions max_deliveries={self.max_deliveries!r}: use an int >= 1"
+            )
+        if self.name is not None and not self.name:
+            raise ValueError("RuntimeOptions name='': give a non-empty name or None")
+
+
+def default_name(kind: str) -> str:
+    """The default worker name: kind, host and pid (unique per process on a machine)."""
+    return f"{kind}-{socket.gethostname()}-{os.getpid()}"
+
+
+def consumer_group(kind: type[Worker], name: str) -> str:
+    """The consumer group a worker reads a run's events through.
+
+    Replicas of a kind share the kind's group, so each envelope is handled by one of them. A
+    voter gets a group of its own: it must see every epoch of the run to vote on each (and its
+    patience counts every evaluation), so voters never split a run's envelopes between them.
+    """
+    return f"{kind.kind}:{name}" if kind.votes else kind.kind
+
+
+async def run_worker(
+    kind: type[Worker],
+    options: RuntimeOptions,
+    kind_options: Mapping[str, Any],
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+) -> int:
+    """Run `kind` as `options` say until its run is over or `stop` is set; the exit status.
+
+    `ready` is set once the worker has joined (WORKER_JOINED written, consumer group created):
+    on its run with `run_id`, on the runs live at start with `follow`.
+    """
+    options.check()
+    kind.check_options(kind_options)
+    stop = stop if stop is not None else asyncio.Event()
+    name = options.name or default_name(kind.kind)
+    secret = options.secret if options.secret is not None else os.environ.get(SECRET_ENV)
+    bus = open_bus(options.bus_url)
+    publisher = Publisher(bus)
+    setup = FollowerSetup(
+        kind=kind,
+        kind_options=dict(kind_options),
+        bus=bus,
+        publisher=publisher,
+        topics=Topics(options.namespace),
+        name=name,
+        group=consumer_group(kind, name),
+        secret=secret or None,
+        heartbeat=options.heartbeat,
+        linger=options.linger,
+        claim_idle=options.claim_idle,
+        block=options.block,
+        max_deliveries=options.max_deliveries,
+    )
+    log = worker_log("workers.runtime", worker=name, kind=kind.kind)
+    where = {"run": options.run_id} if options.run_id is not None else {"follow": True}
+    log.info("start", extra={**where, "from": options.start})
+    try:
+        if options.follow:
+            return await _follow_runs(setup, _STARTS[options.start], stop, ready)
+        assert options.run_id is not None
+        return await _follow_run(setup, options.run_id, _STARTS[options.start], stop, ready)
+    finally:
+        await _close_publisher(publisher, log)
+        await bus.close()
+        log.info("exit")
+
+
+async def _close_publisher(publisher: Publisher, log: logging.LoggerAdapter) -> None:
+    try:
+        await publisher.close(CLOSE_TIMEOUT)
+    except (TimeoutError, PublisherFailed) as exc:
+        log.error("envelopes left unwritten", extra={"error": str(exc)})
+
+
+async def _until_stopped(coro: Any, stop: asyncio.Event) -> Any:
+    """Await `coro` unless `stop` comes first (then cancel it and return None)."""
+    task = asyncio.ensure_future(coro)
+    await first_of(task, stop.wait())
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
+async def _watch(
+    setup: FollowerSetup, after: str, on_run: RegistryHook, ending: asyncio.Event
+) -> bool:
+    """Follow the registry until cancelled; on an error it cannot ride out, log it, set
+    `ending` and return False (the worker then winds down and exits 1)."""
+    try:
+        await watch_registry(setup.bus, setup.topics.registry(), after, on_run)
+    except Exception:
+        log = worker_log("workers.runtime", worker=setup.name, kind=setup.kind.kind)
+        log.error("registry watch failed", exc_info=True)
+        ending.set()
+        return False
+    return True
+
+
+async def _stopping(stop: asyncio.Event, ending: asyncio.Event) -> None:
+    await stop.wait()
+    ending.set()
+
+
+async def _cancel(*tasks: asyncio.Task[Any]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _follow_run(
+    setup: FollowerSetup, run_id: str, start: str, stop: asyncio.Event, ready: asyncio.Event | None
+) -> int:
+    # The run's RUN_STARTED first, so that the kind knows the config even when starting now.
+    found = await _until_stopped(read_registry(setup.bus, setup.topics.registry(), run_id), stop)
+    if found is None:
+        return 0
+    runs, after = found
+    follower = RunFollower(setup, runs.get(run_id) or RunInfo(run_id), start)
+
+    async def on_run(env: Envelope) -> None:
+        if env.run_id == run_id:
+            follower.on_registry(env)
+
+    ending = asyncio.Event()  # set on `stop`, or when the registry cannot be followed
+    watcher = asyncio.create_task(_watch(setup, after, on_run, ending))
+    relay = asyncio.create_task(_stopping(stop, ending))
+    driving = asyncio.create_task(drive(follower, ending))
+    try:
+        await first_of(follower.started.wait(), driving)
+        if follower.started.is_set() and ready is not None:
+            ready.set()
+        outcome = await driving
+    finally:
+        await _cancel(watcher, relay)
+    watched = watcher.done() and not watcher.cancelled() and watcher.result() is False
+    return 1 if outcome == "failed" or watched else 0
+
+
+async def _follow_runs(
+    setup: FollowerSetup, start: str, stop: asyncio.Event, ready: asyncio.Event | None
+) -> int:
+    log = worker_log("workers.runtime", worker=setup.name, kind=setup.kind.kind)
+    found = await _until_stopped(read_registry(setup.bus, setup.topics.registry()), stop)
+    if found is None:
+        return 0
+    runs, after = found
+    ending = asyncio.Event()  # set on `stop`, or when the registry cannot be followed
+    followers: dict[str, RunFollower] = {}
+    driving: dict[asyncio.Task[str], RunFollower] = {}
+
+    def launch(info: RunInfo, start: str) -> None:
+        try:
+            follower = RunFollower(setup, info, start)
+        except Exception:
+            # One run this kind cannot follow (e.g. its config) must not end the others.
+            log.error("cannot follow run", extra={"run": info.run_id}, exc_info=True)
+            return
+        followers[info.run_id] = follower
+        task = asyncio.create_task(drive(follower, ending), name=f"follow:{info.run_id}")
+        driving[task] = follower
+
+        def done(task: asyncio.Task[str]) -> None:
+            driving.pop(task, None)
+            if followers.get(info.run_id) is follower:
+                del followers[info.run_id]
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                log.error("run follower failed", extra={"run": info.run_id}, exc_info=error)
+
+        task.add_done_callback(done)
+
+    # Runs live now are followed from where `start` says; runs already over are skipped.
+    for info in runs.values():
+        if info.started is not None and not info.finished:
+            launch(info, start)
+    for task, follower in list(driving.items()):
+        await first_of(follower.started.wait(), task, stop.wait())
+    if ready is not None:
+        ready.set()
+
+    async def on_run(env: Envelope) -> None:
+        follower = followers.get(env.run_id)
+        if follower is not None:
+            follower.on_registry(env)
+            return
+        info = runs.setdefault(env.run_id, RunInfo(env.run_id))
+        info.observe(env)
+        if env.type == RUN_STARTED and not info.finished:
+            # Started after this worker: all of its history is new, whatever `start` says.
+            launch(info, BEGINNING)
+
+    watcher = asyncio.create_task(_watch(setup, after, on_run, ending))
+    relay = asyncio.create_task(_stopping(stop, ending))
+    try:
+        await ending.wait()
+    finally:
+        ending.set()
+        await _cancel(watcher, relay)
+        if driving:
+            await asyncio.gather(*driving, return_exceptions=True)
+    watched = watcher.done() and not watcher.cancelled() and watcher.result() is False
+    return 1 if watched else 0
+
+
+def main(kind: str, options: RuntimeOptions, kind_options: Mapping[str, Any]) -> int:
+    """Run a worker of `kind` in this process until its run ends or SIGTERM/SIGINT; exit status."""
+    configure_logging()
+    log = worker_log("workers.runtime", kind=kind)
+    try:
+        kind_class = load_kind(kind)
+        options.check()
+        kind_class.check_options(kind_options)
+    except ValueError as exc:
+        log.error("invalid options", extra={"error": str(exc)})
+        return 2
+    return asyncio.run(_serve(kind_class, options, kind_options))
+
+
+async def _serve(
+    kind: type[Worker], options: RuntimeOptions, kind_options: Mapping[str, Any]
+) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    log = worker_log("workers.runtime", kind=kind.kind)
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("stopping", extra={"signal": sig.name})
+        stop.set()
+
+    # One stop event for both signals: deliveries in hand finish, then the worker leaves.
+    handled = (signal.SIGTERM, signal.SIGINT)
+    for sig in handled:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return await run_worker(kind, options, kind_options, stop)
+    except Exception:
+        log.error("worker failed", exc_info=True)
+        return 1
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
