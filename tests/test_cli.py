@@ -206,10 +206,12 @@ def test_defaults_without_config_and_early_stopping(capsys, tmp_path):
         "train.progress_bar=false",
     )
     assert status == 0
-    assert "(stopped early)" in out
+    # The embedded early-stop voter stopped it, and says so.
+    assert re.search(r"\(stopped by early-stop-\S+: .*without improvement\)", out), out
     run_dir = Path(printed(r"^outputs: (.+)$", out))
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert (metrics["status"], metrics["epochs"]) == ("early_stopped", 2)
+    assert (metrics["status"], metrics["epochs"]) == ("terminated", 2)
+    assert metrics["by"].startswith("early-stop-")
     assert not (run_dir / "checkpoints").exists()
     assert config.load(run_dir / "config.yaml").data.name == "digits"
 

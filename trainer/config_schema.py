@@ -1,6 +1,6 @@
 """The schema of the trainer's own config keys: one dataclass per YAML section.
 
-To add a section (later: `bus`, `workers`), write a dataclass whose fields declare their
+To add a section, write a dataclass whose fields declare their
 constraints with `metadata=limits(...)` and add it as a field of `TrainerConfig`; loading,
 overrides and validation pick it up without further changes. `None` disables an optional
 feature throughout (e.g. `checkpoint.every: null` writes no checkpoints).
@@ -104,6 +104,27 @@ class EarlyStoppingSection:
     mode: str = field(default="max", metadata=limits(choices=("max", "min")))
     min_delta: float = field(default=0.0, metadata=limits(ge=0.0))
     cumulative_delta: bool = False
+    split: str = "val"  # the attached engine whose metric is watched
+
+
+# Worker kinds `trainer worker KIND` knows; the embedded default runs those `workers` lists.
+WORKER_KINDS = ("metrics", "checkpoint", "early-stop", "nan-guard", "budget")
+
+
+@dataclass
+class BusSection:
+    """How the trainer talks to the bus: what it publishes and how it obeys control."""
+
+    namespace: str = "trainer"  # topics are <namespace>:run:<id>:events, ...
+    # ITERATION_COMPLETED is published every n iterations, with the outputs in between averaged
+    publish_every: int = field(default=1, metadata=limits(ge=1))
+    # how stop votes of the registered voters are tallied: any, majority, all, or a quorum "k"
+    policy: str = "any"
+    # at each epoch end, wait for every live voter's vote on that epoch (exact early stopping)
+    barrier: bool = True
+    barrier_timeout: float = field(default=30.0, metadata=limits(gt=0.0))  # seconds
+    # a voter silent for this long (no heartbeat) no longer counts
+    heartbeat_timeout: float = field(default=10.0, metadata=limits(gt=0.0))
 
 
 @dataclass
@@ -117,4 +138,10 @@ class TrainerConfig:
     train: TrainSection = field(default_factory=TrainSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     early_stopping: EarlyStoppingSection = field(default_factory=EarlyStoppingSection)
+    bus: BusSection = field(default_factory=BusSection)
+    # the workers `trainer run` runs beside the trainer when no --bus is given
+    workers: list[str] = field(
+        default_factory=lambda: ["metrics", "checkpoint", "early-stop"],
+        metadata=limits(choices=WORKER_KINDS),
+    )
     extra: dict[str, Any] = field(default_factory=dict)

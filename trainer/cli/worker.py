@@ -1,0 +1,85 @@
+"""`trainer worker KIND --bus URL (--run ID | --follow) [--from start|now] [kind options]`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from trainer.cli.errors import UsageError
+
+FROM_CHOICES = ("start", "now")
+
+
+def add_parser(commands: Any) -> None:
+    """Register the `worker` command; the kind's own options are parsed in `command`."""
+    from workers.kinds import KINDS  # names only: no kind module (and no torch) is loaded
+
+    worker = commands.add_parser(
+        "worker",
+        help="run one worker process on a run (or on every new run)",
+        description="Run a worker of KIND against the bus at URL: on one run (--run ID) until "
+        "it finishes, or on every run announced from now on (--follow). SIGTERM or SIGINT end "
+        "it gracefully. `trainer worker KIND --help` lists the kind's options.",
+        add_help=False,
+    )
+    worker.add_argument("kind", metavar="KIND", choices=sorted(KINDS), help=", ".join(KINDS))
+    worker.add_argument("-h", "--help", action="store_true", help="show this help and exit")
+    worker.add_argument("--bus", metavar="URL", help="redis://[user:password@]host:port/db")
+    which = worker.add_mutually_exclusive_group()
+    which.add_argument("--run", metavar="ID", help="follow this run until it finishes")
+    which.add_argument("--follow", action="store_true", help="follow every new run")
+    worker.add_argument(
+        "--from",
+        dest="start",
+        choices=FROM_CHOICES,
+        default="start",
+        help="start: back-fill a run's history (default); now: only what comes next",
+    )
+    worker.add_argument("--name", help="worker name (default: KIND-HOST-PID)")
+    worker.add_argument("--namespace", default="trainer", help="topic namespace (default trainer)")
+    worker.add_argument(
+        "--heartbeat", type=float, default=2.0, help="seconds between heartbeats (default 2)"
+    )
+    worker.add_argument(
+        "--claim-idle",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="take over deliveries a dead replica left pending this long (default 30)",
+    )
+    worker.set_defaults(handler=command, parser=worker)
+
+
+def command(args: argparse.Namespace, extras: list[str]) -> int:
+    """Parse the kind's options and run the worker until it ends or is stopped."""
+    from workers.kinds import load_kind
+    from workers.runtime import RuntimeOptions, main
+
+    kind = load_kind(args.kind)
+    kind_parser = argparse.ArgumentParser(
+        prog=f"trainer worker {args.kind}", add_help=False, description=kind.__doc__
+    )
+    kind.add_arguments(kind_parser)
+    if args.help:
+        args.parser.print_help()
+        print(f"\noptions of {args.kind} (default: the run's config):")
+        print("\n".join(kind_parser.format_help().splitlines()[2:]))
+        return 0
+    kind_options = kind_parser.parse_args(extras)
+    if not args.bus:
+        raise UsageError(f"trainer worker {args.kind}: --bus URL is required")
+    if not args.run and not args.follow:
+        raise UsageError(f"trainer worker {args.kind}: give --run ID or --follow")
+    options = RuntimeOptions(
+        bus_url=args.bus,
+        run_id=args.run,
+        follow=args.follow,
+        start=args.start,
+        name=args.name,
+        namespace=args.namespace,
+        heartbeat=args.heartbeat,
+        claim_idle=args.claim_idle,
+        secret=os.environ.get("TRAINER_BUS_SECRET") or None,
+    )
+    return main(args.kind, options, vars(kind_options))

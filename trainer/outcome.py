@@ -1,0 +1,33 @@
+"""How a run ended: the result the CLI prints and the run directory's `metrics.json`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from trainer.run_dir import METRICS_FILE, write_json_atomic
+
+
+@dataclass
+class RunResult:
+    """How a run ended, its final metrics and where its outputs are."""
+
+    run_dir: Path
+    run_id: str
+    status: str  # "completed", "terminated" or "failed" (as in RUN_FINISHED)
+    reason: str  # why it ended, e.g. the vote that stopped it
+    by: str | None  # the source of the signal that stopped it, if one did
+    epochs: int  # epochs completed
+    iteration: int
+    val: dict[str, float] = field(default_factory=dict)
+    train: dict[str, float] = field(default_factory=dict)
+    latest_checkpoint: str | None = None
+    best_checkpoint: str | None = None
+
+    def write(self) -> Path:
+        """Write `metrics.json` into the run directory atomically; return its path."""
+        data = asdict(self)
+        data.pop("run_dir")
+        path = self.run_dir / METRICS_FILE
+        write_json_atomic(path, data)
+        return path
