@@ -99,6 +99,7 @@ class Engine:
         self._seq = 0
         self._async_handlers = 0
         self._fired: dict[EventEnum, int] = {}
+        self._metrics: dict[str, Any] = {}
         self._data: Iterable[Any] | None = None
         self._data_iter: Iterator[Any] | None = None
         self._pass_position = 0
@@ -187,6 +188,15 @@ class Engine:
         self._async_handlers -= sum(r.is_async for r in current if r.handler == handler)
         self._registrations[plain] = kept
         self._invokers[plain] = [r.invoke for r in kept]
+
+    def handlers(self, event: EventEnum | FilteredEvent) -> list[Handler]:
+        """The handlers attached to `event` (filtered or not), in the order they run."""
+        return [r.handler for r in self._registrations.get(base_event(event), ())]
+
+    @property
+    def custom_events(self) -> tuple[EventEnum, ...]:
+        """The events added with `register_events`, beyond the built-in Events."""
+        return tuple(e for e in self._allowed_events if not isinstance(e, Events))
 
     def fire_event(self, event: EventEnum) -> None:
         """Run the handlers of an event now (from a sync process function or handler)."""
@@ -311,12 +321,18 @@ class Engine:
                     f"metric {name!r} ({type(metric).__name__}) has no {hook}() method; "
                     "metrics derive from trainer.metrics.Metric"
                 )
+        self._metrics[name] = metric
         # Infinite priority: metrics are ready before any user handler of the same event.
         self.add_event_handler(Events.EPOCH_STARTED, metric.started, priority=math.inf)
         self.add_event_handler(
             Events.ITERATION_COMPLETED, metric.iteration_completed, name, priority=math.inf
         )
         self.add_event_handler(Events.EPOCH_COMPLETED, metric.completed, name, priority=math.inf)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The metrics attached with `add_metric`, by name (a copy)."""
+        return dict(self._metrics)
 
     def add_metrics(self, metrics: dict[str, Any]) -> None:
         """Attach several metrics by name."""

@@ -54,8 +54,8 @@ def _traceback_text(exc: BaseException) -> str:
 
 
 def custom_events(engine: Engine) -> set[EventEnum]:
-    """The events registered with `register_events` (the Engine keeps no public list)."""
-    return {event for event in engine._allowed_events if not isinstance(event, Events)}
+    """The events registered with `register_events`."""
+    return set(engine.custom_events)
 
 
 class EngineLink:
@@ -202,9 +202,7 @@ class EngineLink:
         # Having a handler for EXCEPTION_RAISED tells the Engine the exception is handled.
         # Unless the user registered handlers of their own, it was not: raise it on.
         others = [
-            r
-            for r in engine._registrations[Events.EXCEPTION_RAISED]
-            if r.handler != self._exception_raised
+            h for h in engine.handlers(Events.EXCEPTION_RAISED) if h != self._exception_raised
         ]
         if not others:
             raise exc

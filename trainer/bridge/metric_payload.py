@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import bus
 from trainer.bridge.outputs import scalar
-from trainer.events import Events
 
 if TYPE_CHECKING:
     from trainer.engine import Engine
@@ -49,31 +48,8 @@ def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def attached_metrics(engine: Engine) -> dict[str, Any]:
-    """The metrics attached to `engine` with `add_metric`, by the name they were attached under.
-
-    `add_metric` registers `metric.completed` on EPOCH_COMPLETED with the name as its one extra
-    argument; the Engine keeps that argument only in the closure it compiles for the handler.
-    """
-    found: dict[str, Any] = {}
-    for registration in engine._registrations.get(Events.EPOCH_COMPLETED, ()):
-        handler = registration.handler
-        metric = getattr(handler, "__self__", None)
-        if getattr(handler, "__name__", None) != "completed" or not callable(
-            getattr(metric, "state_dict", None)
-        ):
-            continue
-        invoke = registration.invoke
-        cells = dict(
-            zip(
-                invoke.__code__.co_freevars,
-                (cell.cell_contents for cell in invoke.__closure__ or ()),
-                strict=True,
-            )
-        )
-        args = cells.get("args")
-        if isinstance(args, tuple) and len(args) == 1 and isinstance(args[0], str):
-            found[args[0]] = metric
-    return found
+    """The metrics attached to `engine` with `add_metric`, by the name they were attached under."""
+    return engine.metrics
 
 
 class MetricStates:
