@@ -39,8 +39,10 @@ class Boundaries:
         barrier: bool,
         barrier_timeout: float,
         checkpointer: Callable[[], Checkpointer | None],
+        before_barrier: Callable[[], None] = lambda: None,
     ) -> None:
         self.run_id = run_id
+        self._before_barrier = before_barrier
         self.control = control
         self.barrier = barrier
         self.barrier_timeout = barrier_timeout
@@ -75,6 +77,7 @@ class Boundaries:
         if request is not None:
             self._checkpoint(engine, request, epoch_end=True)
         if self.barrier and not engine.should_terminate:
+            self._before_barrier()
             result = wait_for_votes(self.control, engine.state.epoch, self.barrier_timeout)
             self.barriers.append(result)
             if result.tally.stop:

@@ -120,6 +120,15 @@ class Checkpointer:
             event = Events.ITERATION_COMPLETED(every=self.every)
             engine.add_event_handler(event, self._scheduled, False, priority=CHECKPOINT_PRIORITY)
 
+    def prepare(self) -> None:
+        """Allocate the snapshot buffers now, before training, so checkpoints only copy.
+
+        A fresh buffer costs the training thread its page faults on top of the copy (about
+        three times the copy for a 100 MB model); state created later (e.g. Adam's moments
+        after the first step) is allocated by the first checkpoint that holds it.
+        """
+        self._snapshots.recycle(self._snapshots.take(self.to_save))
+
     def _scheduled(self, engine: Engine, epoch_end: bool) -> None:
         self.take(engine, "scheduled", epoch_end)
 

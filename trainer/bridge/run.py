@@ -47,6 +47,10 @@ CATCH_UP_TIMEOUT = 30.0
 WRITE_TIMEOUT = 600.0
 FLUSH_TIMEOUT = 30.0
 SECRET_ENV = "TRAINER_BUS_SECRET"
+# Seconds the publisher lets envelopes gather into one write: a write per envelope would cost
+# the training process a round trip's worth of Python per iteration. Stops and barriers do not
+# wait for it (control is read separately; a barrier flushes first).
+PUBLISH_LINGER = float(os.environ.get("TRAINER_PUBLISH_LINGER", "0.02"))
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,9 @@ class BusRun:
         verifier = Verifier(self.secret)  # refuses an empty secret before any thread starts
         options = dict(bus_options or {})
         self._owns_publisher = publisher is None
-        self.publisher = publisher or ThreadedPublisher(lambda: open_bus(bus_url, **options))
+        self.publisher = publisher or ThreadedPublisher(
+            lambda: open_bus(bus_url, **options), flush_interval=PUBLISH_LINGER
+        )
         self.sender = Sender(self.publisher, self.topics, self.run_id, self.source)
         self.control = ControlState(
             self.run_id,
@@ -161,6 +167,7 @@ class BusRun:
             barrier=self.barrier,
             barrier_timeout=self.barrier_timeout,
             checkpointer=lambda: self._checkpointer,
+            before_barrier=self._flush_for_barrier,
         )
         self._phase = "new"  # -> "started" -> "finished" -> "closed"
         self._failure: BaseException | None = None  # what ended the primary's run, if anything
@@ -260,6 +267,8 @@ class BusRun:
         """Announce the run (RUN_STARTED) and start obeying the control topic."""
         if self._phase != "new":
             raise RuntimeError(f"run {self.run_id} was already started")
+        if self._checkpointer is not None:
+            self._checkpointer.prepare()
         self.control.started_at = time.time()
         self._reader_future = self.publisher.submit(self._reader.run)
         data = {
@@ -342,6 +351,13 @@ class BusRun:
             self.close()
 
     # ---- internals --------------------------------------------------------------------------
+
+    def _flush_for_barrier(self) -> None:
+        """Write this epoch's events now: the voters vote on them while the barrier waits."""
+        try:
+            self.publisher.flush(self.barrier_timeout)
+        except (TimeoutError, bus.BusError) as exc:
+            log.warning("run %s: events not yet written before a barrier: %s", self.run_id, exc)
 
     def _announce(self, type: str, data: dict[str, Any], at: tuple[int, int] | None = None) -> None:
         """Send the same envelope to the run's events topic and to the registry of runs."""

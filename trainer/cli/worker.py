@@ -58,13 +58,16 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
 
     kind = load_kind(args.kind)
     kind_parser = argparse.ArgumentParser(
-        prog=f"trainer worker {args.kind}", add_help=False, description=kind.__doc__
+        prog=f"trainer worker {args.kind}",
+        add_help=False,
+        usage=argparse.SUPPRESS,
+        description=kind.__doc__,
     )
     kind.add_arguments(kind_parser)
     if args.help:
         args.parser.print_help()
-        print(f"\noptions of {args.kind} (default: the run's config):")
-        print("\n".join(kind_parser.format_help().splitlines()[2:]))
+        print(f"\n{args.kind} (options left out come from the run's config):")
+        print(kind_parser.format_help().replace("options:", f"options of {args.kind}:", 1))
         return 0
     kind_options = kind_parser.parse_args(extras)
     if not args.bus:
