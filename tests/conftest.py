@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from redis_server import RedisServer
+
+from bus import Bus, open_bus
 
 # Torch's intra-op pool only adds noise on a 2-core machine running several processes.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -29,3 +32,22 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     client.flushall()
     client.close()
     yield redis_server.url
+
+
+@pytest.fixture(params=["memory", "redis"])
+def bus_url(request: pytest.FixtureRequest) -> str:
+    """URL of an empty bus: a fresh in-memory name, or the session's private Redis, flushed.
+
+    A test taking it runs twice, once on each bus: they promise the same semantics.
+    """
+    if request.param == "memory":
+        return f"memory://test-{uuid.uuid4().hex}"
+    return request.getfixturevalue("redis_url")
+
+
+@pytest.fixture
+async def bus(bus_url: str) -> AsyncIterator[Bus]:
+    """An open bus on `bus_url` for the test's own reads and writes, closed after the test."""
+    handle = open_bus(bus_url)
+    yield handle
+    await handle.close()

@@ -11,14 +11,6 @@ import pytest
 from ._bus import BusClient
 
 
-@pytest.fixture(params=["memory", "redis"])
-def bus_url(request: pytest.FixtureRequest) -> str:
-    """URL of an empty bus: a fresh in-memory name, or the session's private Redis, flushed."""
-    if request.param == "memory":
-        return f"memory://bridge-{uuid.uuid4().hex}"
-    return request.getfixturevalue("redis_url")
-
-
 @pytest.fixture
 def client(bus_url: str) -> Iterator[BusClient]:
     """The test's own handle on the bus (it also keeps an in-memory bus alive to the end)."""

@@ -10,28 +10,11 @@ from typing import Any
 
 import pytest
 
-from bus import Bus, open_bus
 from workers.base import Worker
 from workers.runtime import RuntimeOptions, run_worker
 
 # Hang guard of every wait in these tests; never a statement about speed.
 HANG_GUARD = 30.0
-
-
-@pytest.fixture(params=["memory", "redis"])
-def bus_url(request: pytest.FixtureRequest) -> str:
-    """URL of an empty bus: a fresh in-memory name, or the session's private Redis, flushed."""
-    if request.param == "memory":
-        return f"memory://workers-{uuid.uuid4().hex}"
-    return request.getfixturevalue("redis_url")
-
-
-@pytest.fixture
-async def bus(bus_url: str) -> AsyncIterator[Bus]:
-    """An open bus on `bus_url` for the test's own reads and writes, closed after the test."""
-    handle = open_bus(bus_url)
-    yield handle
-    await handle.close()
 
 
 class RunningWorker:
