@@ -1,12 +1,14 @@
 """The metrics worker: merges every rank's metric states of an epoch into one METRICS report.
 
-On EPOCH_COMPLETED it parses `metric_states` (name -> {"class", "settings", "state"}) into
-metrics rebuilt by class name from `trainer.metrics.registry`, waits until every rank of the
-run (`world_size`) has sent its states for that (split, epoch), merges them with the metric
-classes' own `merge` and `compute`, and publishes METRICS {split, epoch, values, ranks,
-running: False}. With `--running-every N` it also publishes the mean of ITERATION_COMPLETED
-outputs over the epoch so far (running: True) each time the trainer's iteration passes a
-multiple of N.
+On EPOCH_COMPLETED it checks `metric_states` (name -> {"class", "settings", "state"}) as far as
+is cheap (the class is registered, the settings build it, the state has the class's entries)
+and keeps the states as received, until every rank of the run (`world_size`) has sent its
+states for that (split, epoch). Then it merges them with the metric classes' own `merge` and
+`compute`, on a metric rebuilt by class name from `trainer.metrics.registry` once per (class,
+settings) and reset for each epoch, and publishes METRICS {split, epoch, values, ranks,
+running: False}. A metric whose states turn out not to merge is logged and left out. With
+`--running-every N` it also publishes the mean of ITERATION_COMPLETED outputs over the epoch so
+far (running: True) each time the trainer's iteration passes a multiple of N.
 
 One replica per run: the ranks' EPOCH_COMPLETED of one epoch must reach the same worker.
 """
@@ -16,15 +18,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from bus import Envelope, Rejected
-from trainer.metrics import Metric, NotComputableError
+from trainer.metrics import NotComputableError
 from trainer.metrics.registry import (
     MetricMessageError,
-    UnknownMetricClass,
-    metric_from_message,
-    metric_from_settings,
+    MetricPart,
+    MetricTemplates,
     scalar_values,
 )
 from workers.base import Worker
@@ -34,20 +35,11 @@ from workers.messages import EPOCH_COMPLETED, ITERATION_COMPLETED, METRICS
 Key = tuple[str, int]  # (split, trainer epoch)
 
 
-@dataclass(frozen=True)
-class _Parsed:
-    """One metric of one rank: its identity as sent and the metric rebuilt with its state."""
-
-    cls: str
-    settings: dict[str, Any]
-    metric: Metric
-
-
 @dataclass
 class _EpochStates:
-    """What the ranks sent so far for one (split, epoch)."""
+    """What the ranks sent so far for one (split, epoch), kept as received until the last."""
 
-    ranks: dict[int, dict[str, _Parsed]] = field(default_factory=dict)
+    ranks: dict[int, dict[str, MetricPart]] = field(default_factory=dict)
     iteration: int = 0
 
 
@@ -71,11 +63,15 @@ class _RunningMeans:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def _describe(env: Envelope, split: Any) -> str:
     return f"{env.type} {env.id} (split {split!r}, epoch {env.epoch})"
+
+
+def _metric_where(env: Envelope, split: Any, name: Any) -> str:
+    return f"metric_states[{name!r}] of {_describe(env, split)}"
 
 
 def envelope_rank(env: Envelope) -> int:
@@ -123,76 +119,91 @@ class MetricsWorker(Worker):
         self._published: set[Key] = set()
         self._running: dict[Key, _RunningMeans] = {}
         self._last_iteration: dict[str, int] = {}  # per split: the highest iteration seen
-        self._unknown_classes: set[str] = set()
+        self._unknown_classes: set[Any] = set()
+        self._templates = MetricTemplates()
 
     async def handle(self, env: Envelope) -> None:
         """Collect EPOCH_COMPLETED states (and ITERATION_COMPLETED outputs when running)."""
         if env.type == EPOCH_COMPLETED:
-            await self._epoch_completed(env)
+            complete = self._collect(env)
+            if complete is not None:
+                await self._publish_epoch(complete)
         elif env.type == ITERATION_COMPLETED and self.running_every is not None:
             await self._iteration_completed(env)
 
     # --- per-epoch aggregation ---------------------------------------------------------------
 
-    async def _epoch_completed(self, env: Envelope) -> None:
+    def _collect(self, env: Envelope) -> Key | None:
+        """Keep one rank's metric states; the (split, epoch) they complete, if they do."""
         data = env.data
         split = data.get("split")
-        what = _describe(env, split)
         if not isinstance(split, str):
-            raise Rejected(f"{what}: 'split' must be a str, got {split!r}")
+            raise Rejected(f"{_describe(env, split)}: 'split' must be a str, got {split!r}")
         world_size = data.get("world_size", self.ctx.world_size)
         if not _is_int(world_size) or world_size < 1:
-            raise Rejected(f"{what}: 'world_size' must be an integer >= 1, got {world_size!r}")
+            raise Rejected(
+                f"{_describe(env, split)}: 'world_size' must be an integer >= 1, got {world_size!r}"
+            )
         rank = envelope_rank(env)
         if not 0 <= rank < world_size:
-            raise Rejected(f"{what}: rank {rank} is outside world_size {world_size}")
-        states = data.get("metric_states")
-        if not isinstance(states, Mapping):
             raise Rejected(
-                f"{what}: 'metric_states' must be a map of metric name to "
+                f"{_describe(env, split)}: rank {rank} is outside world_size {world_size}"
+            )
+        states = data.get("metric_states")
+        if type(states) is not dict and not isinstance(states, Mapping):
+            raise Rejected(
+                f"{_describe(env, split)}: 'metric_states' must be a map of metric name to "
                 f"{{class, settings, state}}, got {type(states).__name__}"
             )
-        parsed = self._parse_states(states, what)
+        parts = self._parts(states, env, split)
         key: Key = (split, env.epoch)
         if key in self._published:
             # A redelivery, or a second evaluation within the same trainer epoch.
             self.ctx.log.info(
                 "metrics already published", extra={"split": split, "epoch": env.epoch}
             )
-            return
-        pending = self._pending.setdefault(key, _EpochStates())
-        pending.ranks[rank] = parsed
-        pending.iteration = max(pending.iteration, env.iteration)
-        if all(r in pending.ranks for r in range(world_size)):
-            await self._publish_epoch(key, pending)
+            return None
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = _EpochStates()
+        pending.ranks[rank] = parts
+        if env.iteration > pending.iteration:
+            pending.iteration = env.iteration
+        if len(pending.ranks) < world_size or any(
+            r not in pending.ranks for r in range(world_size)
+        ):
+            return None
+        return key
 
-    def _parse_states(self, states: Mapping[Any, Any], what: str) -> dict[str, _Parsed]:
-        parsed: dict[str, _Parsed] = {}
-        for name, message in states.items():
-            where = f"metric_states[{name!r}] of {what}"
-            if not isinstance(name, str):
-                raise Rejected(f"{where}: metric names must be str")
-            try:
-                metric = metric_from_message(message, where)
-            except UnknownMetricClass as exc:
-                # Leave out only this metric: the others (e.g. the score of the checkpoints)
-                # must not be lost because one custom class is not registered here.
-                cls = message.get("class") if isinstance(message, Mapping) else None
-                if cls not in self._unknown_classes:
-                    self._unknown_classes.add(cls)
-                    self.ctx.log.warning("metric left out", extra={"reason": str(exc)})
-                continue
-            except MetricMessageError as exc:
-                raise Rejected(str(exc)) from None
-            parsed[name] = _Parsed(message["class"], dict(message["settings"]), metric)
-        return parsed
+    def _parts(self, states: Mapping[Any, Any], env: Envelope, split: str) -> dict[str, MetricPart]:
+        """The metrics of one rank's `metric_states`, checked as far as is cheap; the merge
+        comes once the last rank has reported."""
+        try:
+            parts, unknown = self._templates.parse(
+                states, lambda name: _metric_where(env, split, name)
+            )
+        except MetricMessageError as exc:
+            raise Rejected(str(exc)) from None
+        for cls, exc in unknown.items():
+            # Left out alone: the others (e.g. the score of the checkpoints) must not be lost
+            # because one custom class is not registered here.
+            if cls not in self._unknown_classes:
+                self._unknown_classes.add(cls)
+                self.ctx.log.warning("metric left out", extra={"reason": str(exc)})
+        return parts
 
-    async def _publish_epoch(self, key: Key, pending: _EpochStates) -> None:
+    async def _publish_epoch(self, key: Key) -> None:
         split, epoch = key
+        pending = self._pending[key]
         ranks = sorted(pending.ranks)
+        per_rank = [pending.ranks[r] for r in ranks]
+        names = set(per_rank[0])
+        for metrics in per_rank:
+            if metrics.keys() != names:
+                names.update(metrics)
         values: dict[str, float] = {}
-        for name in sorted({n for per_rank in pending.ranks.values() for n in per_rank}):
-            value = self._merged(name, [pending.ranks[r].get(name) for r in ranks], key)
+        for name in sorted(names):
+            value = self._merged(name, [metrics.get(name) for metrics in per_rank], key)
             if value is not None:
                 values.update(scalar_values(name, value))
         data = {"split": split, "epoch": epoch, "values": values, "ranks": ranks, "running": False}
@@ -201,30 +212,29 @@ class MetricsWorker(Worker):
         self._published.add(key)
         del self._pending[key]
 
-    def _merged(self, name: str, parts: list[_Parsed | None], key: Key) -> Any:
+    def _merged(self, name: str, parts: list[MetricPart | None], key: Key) -> Any:
         """The value of metric `name` merged over every rank, or None (logged) if it has none."""
         context = {"metric": name, "split": key[0], "epoch": key[1]}
-        if any(part is None for part in parts):
+        if None in parts:
             self.ctx.log.warning("metric missing on some ranks, left out", extra=context)
             return None
-        identities = {(p.cls, repr(sorted(p.settings.items()))) for p in parts if p is not None}
-        if len(identities) > 1:
-            self.ctx.log.warning(
-                "metric differs between ranks, left out",
-                extra={**context, "identities": sorted(identities)},
-            )
-            return None
-        first = parts[0]
-        assert first is not None
-        twin = metric_from_settings(first.cls, first.settings)
+        present = cast("list[MetricPart]", parts)
+        template = present[0][0]
+        identity = template.identity
+        for other, _ in present:
+            if other is not template and other.identity != identity:
+                identities = sorted({t.identity for t, _ in present})
+                self.ctx.log.warning(
+                    "metric differs between ranks, left out",
+                    extra={**context, "identities": identities},
+                )
+                return None
         try:
-            for part in parts:
-                assert part is not None
-                twin.merge(part.metric.state_dict())
-            return twin.compute()
+            # The class's own merge and compute, on the template of the first rank's.
+            return template.merged([state for _, state in present])
         except NotComputableError:
             return None  # no data this epoch (e.g. an empty split): nothing to report
-        except (KeyError, TypeError, ValueError) as exc:
+        except Exception as exc:  # a state found wrong only now, or a metric's own bug
             self.ctx.log.warning(
                 "metric cannot be merged, left out", extra={**context, "error": exc}
             )

@@ -205,3 +205,76 @@ async def test_running_means_every_n_iterations_restart_each_epoch(bus, start_wo
 def test_a_running_period_below_one_is_refused(every: Any) -> None:
     with pytest.raises(ValueError, match="--running-every"):
         MetricsWorker.check_options({"running_every": every})
+
+
+async def test_per_class_states_of_different_sizes_merge_padded_epoch_after_epoch(
+    bus, start_worker
+) -> None:
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    rank0, rank1 = ranks(2, bus, run_id)
+    await rank0.start()
+    worker = await start_worker(MetricsWorker, run_id=run_id)
+    g = np.random.default_rng(1)
+    wholes = []
+    for epoch in range(3):
+        # Rank 0 only ever sees classes 0 and 1, rank 1 all four: their states differ in size.
+        y0, p0 = g.integers(0, 2, 20), g.integers(0, 2, 20)
+        y1, p1 = g.permutation(np.arange(24) % 4), g.integers(0, 4, 24)
+        for trainer, (y, pred) in zip((rank0, rank1), ((y0, p0), (y1, p1)), strict=True):
+            prec = Precision(average="macro")
+            prec.update((torch.from_numpy(pred), torch.from_numpy(y)))
+            await epoch_completed(trainer, epoch, "val", states(prec=prec))
+        wholes.append((np.concatenate([y0, y1]), np.concatenate([p0, p1])))
+    await rank0.finish()
+    await rank1.finish()
+    assert await worker.ended() == 0
+
+    reports = await metrics_reports(bus, run_id)
+    assert [r.data["epoch"] for r in reports] == [0, 1, 2]
+    for report, (y, pred) in zip(reports, wholes, strict=True):
+        expected = skm.precision_score(y, pred, average="macro", zero_division=0)
+        assert report.data["values"] == {"prec": pytest.approx(expected)}
+
+
+async def test_a_state_found_wrong_only_when_merged_leaves_that_metric_out(
+    bus, start_worker
+) -> None:
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    rank0, rank1 = ranks(2, bus, run_id)
+    await rank0.start()
+    worker = await start_worker(MetricsWorker, run_id=run_id)
+    for trainer in (rank0, rank1):
+        loss, prec = Loss(), Precision()
+        loss.update(float(trainer.rank + 1))
+        prec.update((torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0])))
+        metric_states = states(loss=loss, prec=prec)
+        if trainer is rank1:
+            # Lists are checked when merged: a bad one surfaces only then.
+            metric_states["prec"]["state"]["tp"] = [1, "x"]
+        await epoch_completed(trainer, 0, "val", metric_states)
+    await rank0.finish()
+    await rank1.finish()
+    assert await worker.ended() == 0
+
+    (report,) = await metrics_reports(bus, run_id)
+    assert report.data["values"] == {"loss": 1.5}
+    assert report.data["ranks"] == [0, 1]
+    assert await dead_letters(bus) == []
+
+
+async def test_a_metric_set_up_differently_on_some_rank_is_left_out(bus, start_worker) -> None:
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    rank0, rank1 = ranks(2, bus, run_id)
+    await rank0.start()
+    worker = await start_worker(MetricsWorker, run_id=run_id)
+    for trainer, threshold in ((rank0, 0.5), (rank1, 0.7)):
+        loss, acc = Loss(), Accuracy(threshold=threshold)
+        loss.update(2.0)
+        acc.update((torch.tensor([0.6, 0.2]), torch.tensor([1, 0])))
+        await epoch_completed(trainer, 0, "val", states(loss=loss, acc=acc))
+    await rank0.finish()
+    await rank1.finish()
+    assert await worker.ended() == 0
+
+    (report,) = await metrics_reports(bus, run_id)
+    assert report.data["values"] == {"loss": 2.0}

@@ -4,16 +4,31 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainer.metrics.state import StateValue, check_reduction, merge_states, restore_value
+from trainer.metrics.state import (
+    StateValue,
+    check_reduction,
+    fold_numbers,
+    merge_states,
+    restore_value,
+)
 from trainer.metrics.transforms import default_output_transform
 
 if TYPE_CHECKING:  # only for hints: metrics must not depend on the Engine at run time
     from trainer.engine import Engine
+
+
+# Numbers are immutable: deepcopy would return them as they are, at a call's cost.
+_IMMUTABLE = (float, int, bool)
+
+
+def _fresh(value: StateValue) -> StateValue:
+    """A copy of a state entry's default that the state may change in place."""
+    return value if type(value) in _IMMUTABLE else copy.deepcopy(value)
 
 
 class NotComputableError(RuntimeError):
@@ -52,7 +67,7 @@ class Metric(ABC):
         self._reductions[name] = reduction
         self._dtypes[name] = dtype
         self._defaults[name] = restore_value(name, default, dtype)
-        self._state[name] = copy.deepcopy(self._defaults[name])
+        self._state[name] = _fresh(self._defaults[name])
 
     @property
     def reductions(self) -> dict[str, str]:
@@ -63,7 +78,7 @@ class Metric(ABC):
 
     def reset(self) -> None:
         """Forget everything seen so far."""
-        self._state = {name: copy.deepcopy(value) for name, value in self._defaults.items()}
+        self._state = {name: _fresh(value) for name, value in self._defaults.items()}
 
     @abstractmethod
     def update(self, output: Any) -> None:
@@ -97,6 +112,13 @@ class Metric(ABC):
 
     def _restore(self, state: Mapping[str, Any]) -> dict[str, StateValue]:
         """Check the entries of a foreign state and convert lists back to tensors."""
+        if type(state) is not dict or state.keys() != self._reductions.keys():
+            self._check_entries(state)
+        dtypes = self._dtypes
+        return {name: restore_value(name, state[name], dtypes[name]) for name in self._reductions}
+
+    def _check_entries(self, state: Mapping[str, Any]) -> None:
+        """Raise KeyError naming the entries of `state` missing or not declared, if any."""
         missing = sorted(set(self._reductions) - set(state))
         extra = sorted(set(state) - set(self._reductions))
         if missing or extra:
@@ -104,9 +126,6 @@ class Metric(ABC):
                 f"{type(self).__name__}: state does not match the declared entries "
                 f"{sorted(self._reductions)}: missing {missing}, unexpected {extra}"
             )
-        return {
-            name: restore_value(name, state[name], self._dtypes[name]) for name in self._reductions
-        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Replace the state by `state` (numbers, tensors, or lists where tensors were)."""
@@ -114,7 +133,31 @@ class Metric(ABC):
 
     def merge(self, other_state: Mapping[str, Any]) -> None:
         """Fold another instance's state (e.g. another rank's) into this one."""
+        if type(self)._restore is Metric._restore:
+            # Plain-number states (Loss, Accuracy...) in one pass; a subclass with a _restore
+            # of its own takes the general way, which calls it.
+            self._state, done = fold_numbers(
+                self._state, (other_state,), 0, self._reductions, self._dtypes
+            )
+            if done:
+                return
         self._state = merge_states(self._state, self._restore(other_state), self._reductions)
+
+    def merge_all(self, states: Iterable[Mapping[str, Any]]) -> None:
+        """Fold several states into this one, in order: the same as `merge` on each in turn."""
+        cls = type(self)
+        if cls.merge is not Metric.merge or cls._restore is not Metric._restore:
+            for state in states:  # a class merging its own way does so for each
+                self.merge(state)
+            return
+        todo = states if isinstance(states, list) else list(states)
+        i = 0
+        while i < len(todo):
+            self._state, i = fold_numbers(self._state, todo, i, self._reductions, self._dtypes)
+            if i < len(todo):
+                # One the fast path leaves (tensors, lists, a wrong entry): the general way.
+                self._state = merge_states(self._state, self._restore(todo[i]), self._reductions)
+                i += 1
 
     # --- Engine hooks ------------------------------------------------------------------------
 
