@@ -1,0 +1,375 @@
+"""What the bus stack costs a training run, and how fast it reacts, against plain references.
+
+One invocation, figures side by side:
+
+1. The digits MLP (as in bench/digits_overhead.py: 64-128-10, batch 64, Adam, one thread, Loss
+   and Accuracy tracked) three ways: a plain PyTorch loop; the Engine attached to a run on the
+   in-memory bus with the workers as asyncio tasks (the embedded default); the Engine
+   publishing to a private redis-server with every worker a separate `trainer worker` process.
+   Seconds per epoch and each ratio to plain (target <= 1.05 for both stacks).
+2. Stop latency: from a stop VOTE landing on the control stream (its XADD returned) to the end
+   of the trainer's last iteration, p50 and p99 over --stops runs (target p99 <= one
+   iteration + 5 ms).
+3. Loop blocked per checkpoint of a ~100 MB model, next to a synchronous torch.save (with
+   fsync) of the same state (target <= 10%).
+4. The metrics worker's throughput on epoch metric states from 16 simulated ranks, envelopes
+   handled per second (target >= 50,000/s).
+
+    .venv/bin/python bench/stack_overhead.py [--rounds 5] [--epochs 10] [--stops 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import redis
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+
+from digits_overhead import Job, plain  # noqa: E402
+from redis_server import RedisServer  # noqa: E402
+
+from bus import Envelope, Topics, encode, new_id, open_bus  # noqa: E402
+from trainer import Engine, Events  # noqa: E402
+from trainer.bridge import BusRun  # noqa: E402
+from trainer.cli.embedded import EmbeddedWorkers  # noqa: E402
+from trainer.metrics import Accuracy, Loss  # noqa: E402
+from trainer.tasks.digits import digits_tensors  # noqa: E402
+
+# The workers of both stacks: everything but the checkpointer, since the plain loop writes no
+# checkpoints (their cost is measured on its own, in part 3).
+KINDS = ["metrics", "early-stop", "nan-guard", "budget"]
+RUN_CONFIG = {
+    "early_stopping": {"patience": 1000, "metric": "loss", "mode": "min", "split": "train"}
+}
+
+
+def engine_with_metrics(job: Job) -> Engine:
+    """The Engine with Loss and Accuracy, as bench/digits_overhead.py attaches them."""
+    engine = Engine(job.step)
+    engine.add_metric(Loss(), "loss")
+    engine.add_metric(Accuracy(), "accuracy")
+    return engine
+
+
+def embedded(loader: DataLoader, epochs: int) -> float:
+    """The Engine on a run of the in-memory bus, the workers as tasks beside it."""
+    job = Job(seed=0)
+    engine = engine_with_metrics(job)
+    run_id = f"bench-{new_id()}"
+    run = BusRun(f"memory://{run_id}", run_id, config=RUN_CONFIG)
+    run.attach(engine, "train")
+    workers = EmbeddedWorkers.start(run, KINDS, namespace="trainer")
+    try:
+        run.start()
+        start = time.perf_counter()
+        engine.run(loader, max_epochs=epochs)
+        seconds = time.perf_counter() - start
+        run.finish()
+        workers.wait()
+    finally:
+        workers.stop()
+        run.close()
+    return seconds
+
+
+def worker_processes(url: str, run_id: str) -> list[subprocess.Popen[bytes]]:
+    """One `trainer worker KIND` process per kind on the run."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "trainer.cli", "worker", kind, "--bus", url, "--run", run_id],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for kind in KINDS
+    ]
+
+
+def joined(url: str, run_id: str, count: int, timeout: float = 60.0) -> None:
+    """Wait until `count` workers have announced themselves on the run's control topic."""
+    client = redis.Redis.from_url(url)
+    topic = Topics().control(run_id)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.xlen(topic) >= count:
+            client.close()
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"workers did not join run {run_id} within {timeout} s")
+
+
+def on_redis(url: str, loader: DataLoader, epochs: int) -> float:
+    """The Engine publishing to Redis, every worker a process of its own."""
+    job = Job(seed=0)
+    engine = engine_with_metrics(job)
+    run_id = f"bench-{new_id()}"
+    procs = worker_processes(url, run_id)
+    try:
+        joined(url, run_id, len(KINDS))
+        run = BusRun(url, run_id, config=RUN_CONFIG)
+        run.attach(engine, "train")
+        with run:
+            start = time.perf_counter()
+            engine.run(loader, max_epochs=epochs)
+            seconds = time.perf_counter() - start
+        for proc in procs:
+            proc.wait(60)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return seconds
+
+
+def overhead(url: str, loader: DataLoader, rounds: int, epochs: int) -> None:
+    """Part 1: seconds per epoch three ways, and the ratios of adjacent turns."""
+    contenders = {
+        "plain loop": plain,
+        "in-memory stack": embedded,
+        "Redis stack": lambda data, n: on_redis(url, data, n),
+    }
+    for run in contenders.values():  # warm-up: imports, connections, caches
+        run(loader, 1)
+    per_epoch: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            per_epoch[name].append(run(loader, epochs) / epochs)
+    print(f"1. digits MLP, {len(loader)} iterations/epoch, {rounds} turns of {epochs} epochs")
+    print(f"   workers: {', '.join(KINDS)}; ITERATION_COMPLETED published every iteration")
+    for name, times in per_epoch.items():
+        print(f"   {name:16s} {statistics.median(times) * 1e3:8.2f} ms/epoch (median)")
+    for name in ("in-memory stack", "Redis stack"):
+        pairs = zip(per_epoch[name], per_epoch["plain loop"], strict=True)
+        ratio = statistics.median(a / b for a, b in pairs)
+        print(f"   {name}/plain = {ratio:.3f}  (target <= 1.05)")
+
+
+def one_stop(client: redis.Redis, url: str, step_seconds: float, delay: float) -> float:
+    """Seconds from a stop VOTE's XADD returning to the end of the trainer's last iteration."""
+    run_id = f"stop-{new_id()}"
+    control = Topics().control(run_id)
+    voter = {"kind": "bench", "name": "bench-voter"}
+    joined_env = Envelope("WORKER_JOINED", run_id, "bench-voter", {**voter, "votes": True})
+    client.xadd(control, {"env": encode(joined_env)})
+    ended: list[float] = []
+    landed: list[float] = []
+
+    def step(engine: Engine, batch: object) -> None:
+        time.sleep(step_seconds)
+
+    def vote() -> None:
+        time.sleep(delay)
+        data = {"stop": True, "reason": "bench", "voter": "bench-voter", "epoch": 0}
+        client.xadd(control, {"env": encode(Envelope("VOTE", run_id, "bench-voter", data))})
+        landed.append(time.monotonic())
+
+    engine = Engine(step)
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: ended.append(time.monotonic()))
+    run = BusRun(url, run_id)
+    run.attach(engine)
+    with run:
+        threading.Thread(target=vote, daemon=True).start()
+        engine.run(range(100_000), max_epochs=1)
+    return ended[-1] - landed[0]
+
+
+def stop_latency(url: str, stops: int, step_seconds: float = 0.005) -> None:
+    """Part 2: a stop VOTE lands on the control stream; when does the last iteration end?"""
+    client = redis.Redis.from_url(url)
+    # Votes land at varied points of a step.
+    latencies = [one_stop(client, url, step_seconds, 0.2 + (i % 7) * 0.0013) for i in range(stops)]
+    client.close()
+    p50, p99 = (statistics.quantiles(latencies, n=100)[q] for q in (49, 98))
+    print(f"2. stop latency over {stops} runs, {step_seconds * 1e3:.0f} ms per iteration:")
+    print(
+        f"   p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms  (target p99 <= one iteration + 5 ms)"
+    )
+
+
+def checkpoint_blocking(rounds: int = 5, step_seconds: float = 1.0) -> None:
+    """Part 3: training-thread time per checkpoint of a ~100 MB model, against torch.save."""
+    model = torch.nn.Linear(5000, 5000)  # 25M float32 parameters + bias: ~100 MB
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with tempfile.TemporaryDirectory() as directory:
+        sync = []
+        for i in range(rounds):
+            path = Path(directory) / f"sync-{i}.pt"
+            start = time.perf_counter()
+            with open(path, "wb") as f:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            sync.append(time.perf_counter() - start)
+            path.unlink()
+
+        # A checkpoint per step, each step long enough for the writer to finish the last one.
+        engine = Engine(lambda e, b: time.sleep(step_seconds))
+        run = BusRun(f"memory://ckpt-{new_id()}")
+        run.attach(engine)
+        to_save = {"model": model, "optimizer": optimizer, "trainer": engine}
+        run.checkpoint(to_save, every=1, unit="iteration", directory=directory)
+        with run:
+            engine.run(range(rounds), max_epochs=1)
+        blocked = [s.blocked for s in run.checkpoint_stats]
+        written = [s.write for s in run.checkpoint_stats if s.write is not None]
+    size = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
+    b, s = statistics.median(blocked), statistics.median(sync)
+    print(f"3. checkpoint of a {size:.0f} MB model, median of {rounds}:")
+    w = statistics.median(written)
+    print(f"   loop blocked {b * 1e3:.1f} ms (max {max(blocked) * 1e3:.1f})")
+    print(f"   synchronous torch.save + fsync {s * 1e3:.1f} ms; the writer took {w * 1e3:.0f} ms")
+    print(f"   blocked/synchronous = {b / s:.3f}  (target <= 0.10)")
+
+
+def aggregator_throughput(url: str, ranks: int = 16, epochs: int = 500, turns: int = 3) -> None:
+    """Part 4: epoch metric states of 16 ranks through the metrics worker, envelopes/s.
+
+    Each turn writes a fresh run's RUN_STARTED and its ranks x epochs EPOCH_COMPLETED (Loss and
+    Accuracy states) to Redis, then starts the metrics worker on this process's event loop. The
+    time is that from the worker's WORKER_JOINED to its last METRICS, both read off their
+    stream entry ids (the Redis server's clock, in ms): start-up (connecting, reading the
+    registry, joining) and writing the backlog are left out, and nothing of the bench's runs on
+    the worker's loop meanwhile but a length poll every 20 ms. Every turn checks that one
+    METRICS per epoch came, with the merged values.
+    """
+    from bus import BEGINNING, decode
+    from trainer.metrics.registry import metric_state_message
+    from workers.kinds import load_kind
+    from workers.runtime import RuntimeOptions, run_worker
+
+    loss, accuracy = Loss(), Accuracy()
+    loss.update(0.5)
+    accuracy.update((torch.eye(10), torch.arange(10)))
+    states = {"loss": metric_state_message(loss), "accuracy": metric_state_message(accuracy)}
+    expected = {"loss": 0.5, "accuracy": 1.0}
+    topics = Topics()
+    envelopes = ranks * epochs
+
+    def backlog(run_id: str) -> list[bytes]:
+        started = Envelope(
+            "RUN_STARTED",
+            run_id,
+            "trainer:0",
+            {
+                "config": {},
+                "rank": 0,
+                "world_size": ranks,
+                "host": "bench",
+                "pid": 0,
+                "resumed_from": None,
+                "checkpoint_dir": None,
+                "namespace": "trainer",
+            },
+        )
+        payloads = [encode(started)]
+        for epoch in range(epochs):
+            for rank in range(ranks):
+                data = {
+                    "split": "train",
+                    "metrics": {},
+                    "metric_states": states,
+                    "rank": rank,
+                    "world_size": ranks,
+                }
+                env = Envelope("EPOCH_COMPLETED", run_id, f"trainer:{rank}", data, epoch=epoch)
+                payloads.append(encode(env))
+        return payloads
+
+    def ms(entry_id: str) -> int:
+        return int(entry_id.partition("-")[0])
+
+    async def turn() -> tuple[float, float]:
+        """(start-up seconds, seconds from WORKER_JOINED to the last METRICS written)."""
+        run_id = f"agg-{new_id()}"
+        topic = topics.events(run_id)
+        bus = open_bus(url)
+        payloads = backlog(run_id)
+        backlog_end = ""
+        for i in range(0, len(payloads), 1000):
+            backlog_end = (await bus.append(topic, payloads[i : i + 1000]))[-1]
+        stop, ready = asyncio.Event(), asyncio.Event()
+        options = RuntimeOptions(bus_url=url, run_id=run_id)
+        launched = time.perf_counter()
+        task = asyncio.create_task(run_worker(load_kind("metrics"), options, {}, stop, ready))
+        await ready.wait()
+        startup = time.perf_counter() - launched
+        # The worker publishes one METRICS per epoch onto the same topic, after the backlog.
+        deadline = time.monotonic() + 120.0
+        while await bus.length(topic) < len(payloads) + epochs:
+            if task.done() or time.monotonic() > deadline:
+                status = task.result() if task.done() else "still running"
+                raise RuntimeError(f"the metrics worker did not report {epochs} epochs ({status})")
+            await asyncio.sleep(0.02)
+        stop.set()
+        await task
+        reports = await bus.read(topic, backlog_end, count=epochs + 1, block=None)
+        control = await bus.read(topics.control(run_id), BEGINNING, count=100, block=None)
+        await bus.close()
+        (joined,) = [e for e in control if decode(e.payload).type == "WORKER_JOINED"]
+        envs = [decode(e.payload) for e in reports]
+        got = [(e.type, e.data["epoch"], e.data["values"]) for e in envs]
+        if got != [("METRICS", epoch, expected) for epoch in range(epochs)]:
+            raise RuntimeError(f"unexpected reports from the metrics worker: {got[:3]}...")
+        return startup, (ms(reports[-1].id) - ms(joined.id)) / 1e3
+
+    results = [asyncio.run(turn()) for _ in range(turns)]
+    rates = sorted(envelopes / seconds for _, seconds in results)
+    startup = statistics.median(s for s, _ in results)
+    print(f"4. metrics worker: {ranks} ranks x {epochs} epochs of Loss + Accuracy states")
+    print(f"   {turns} turns, each timed from the worker's WORKER_JOINED to its last METRICS")
+    print(f"   (stream entry times); start-up excluded (median {startup * 1e3:.0f} ms)")
+    print(
+        f"   {statistics.median(rates):,.0f} envelopes/s median (min {rates[0]:,.0f}, "
+        f"max {rates[-1]:,.0f})  (target >= 50,000/s)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="turns per contender (part 1)")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per turn (part 1)")
+    parser.add_argument("--stops", type=int, default=25, help="runs stopped by a vote (part 2)")
+    parser.add_argument("--parts", default="1234", help="which parts to run, e.g. 13")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.ERROR)
+    torch.set_num_threads(1)
+    x_train, y_train, _, _ = digits_tensors(0.2, seed=0)
+    loader = DataLoader(
+        TensorDataset(x_train, y_train),
+        batch_size=64,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+    )
+    server = RedisServer().start()
+    try:
+        if "1" in args.parts:
+            overhead(server.url, loader, args.rounds, args.epochs)
+        if "2" in args.parts:
+            stop_latency(server.url, args.stops)
+        if "3" in args.parts:
+            checkpoint_blocking()
+        if "4" in args.parts:
+            aggregator_throughput(server.url)
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    main()
