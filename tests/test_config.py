@@ -181,26 +181,26 @@ def test_empty_file_gives_the_defaults(tmp_path):
 
 
 @dataclass
-class BusSection:
+class QueueSection:
     url: str = "memory://"
     batch: int = field(default=64, metadata=limits(ge=1))
 
 
 @dataclass
 class ExtendedConfig(TrainerConfig):
-    bus: BusSection = field(default_factory=BusSection)
+    queue: QueueSection = field(default_factory=QueueSection)
 
 
 def test_schema_extends_with_a_new_section(tmp_path):
     cfg = config.load(
-        write(tmp_path, "bus:\n  batch: 8\n"), ["train.epochs=2"], schema=ExtendedConfig
+        write(tmp_path, "queue:\n  batch: 8\n"), ["train.epochs=2"], schema=ExtendedConfig
     )
-    assert cfg.get("bus.batch") == 8 and cfg.train.epochs == 2
+    assert cfg.get("queue.batch") == 8 and cfg.train.epochs == 2
     with pytest.raises(ConfigError) as err:
-        config.load(None, ["bus.batch=0"], schema=ExtendedConfig)
-    assert err.value.key == "bus.batch"
-    with pytest.raises(ConfigError, match="unknown key 'bus'"):
-        config.from_dotlist(["bus.batch=8"])  # the default schema has no bus section
+        config.load(None, ["queue.batch=0"], schema=ExtendedConfig)
+    assert err.value.key == "queue.batch"
+    with pytest.raises(ConfigError, match="unknown key 'queue'"):
+        config.from_dotlist(["queue.batch=8"])  # the default schema has no queue section
 
 
 def test_copies_stay_configs():
