@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 import torch
-from conftest import Stack, eventually, manifest
+from stack_harness import Stack, eventually, manifest
 
 from trainer import config as config_module
 from trainer.events import Events

@@ -7,7 +7,7 @@ Redis, as a deployment does, and reads the run back from its streams.
 from __future__ import annotations
 
 import pytest
-from conftest import HERE, Stack, eventually
+from stack_harness import HERE, Stack, eventually
 
 from bus import Envelope, decode, encode, sign
 from trainer.engine import Engine

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import msgpack
 import pytest
-from conftest import Stack, eventually
 from redis_server import RedisServer
+from stack_harness import Stack, eventually
 
 from bus import DEAD_LETTER, Topics
 
