@@ -5,9 +5,16 @@ trainer's Publisher, consumes them with one consumer-group worker (bus.consumer.
 then measures publish-to-handle latency at a steady rate with the consumer in another process,
 and finally runs `redis-benchmark -P 64` XADD on the same server as the ceiling.
 
-    .venv/bin/python bench/bus_throughput.py [--events 200000] [--rate 10000] [--seconds 5]
+The Consumer is also measured against its reference, a hand-written redis-py loop doing the
+least a group consumer can (XREADGROUP COUNT 100, msgpack.unpackb of each entry's `env` field,
+one XACK per batch), both reading the same entries through groups of their own, back to back
+in each of several rounds; the ratio is the median of the rounds' (target >= 0.9).
 
-Targets: publish >= 150,000 events/s, consume >= 100,000 events/s, p99 latency <= 5 ms.
+    .venv/bin/python bench/bus_throughput.py [--events 200000] [--rate 10000] [--seconds 5]
+        [--rounds 5]
+
+Targets: publish >= 150,000 events/s, consume >= 100,000 events/s, p99 latency <= 5 ms,
+Consumer / hand-written loop >= 0.9.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
 import msgpack
+import redis.asyncio as aioredis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the project, and tests/redis_server.py
@@ -43,7 +51,10 @@ TOPIC = "bench:run:throughput:events"
 LATENCY_TOPIC = "bench:run:latency:events"
 GROUP = "bench-workers"
 CONSUMER_BATCH = 500
-TARGETS = {"publish": 150_000.0, "consume": 100_000.0, "p99_ms": 5.0}
+# Entries per read in the Consumer-against-reference comparison (the Consumer's default batch).
+COMPARE_COUNT = 100
+COMPARE_BLOCK = 0.1
+TARGETS = {"publish": 150_000.0, "consume": 100_000.0, "p99_ms": 5.0, "ratio": 0.9}
 
 
 def iteration_completed(i: int) -> Envelope:
@@ -116,6 +127,91 @@ async def consume(url: str, topic: str, expected: int) -> Rate:
     elapsed = time.perf_counter() - start
     await bus.close()
     return Rate(handled, elapsed)
+
+
+async def consume_by_hand(url: str, topic: str, group: str, expected: int) -> Rate:
+    """The reference: the least a redis-py group consumer does per entry, with no bus on top."""
+    r = aioredis.from_url(url)
+    await r.xgroup_create(topic, group, id="0", mkstream=True)
+    handled = 0
+    block_ms = round(COMPARE_BLOCK * 1000)
+    start = time.perf_counter()
+    while handled < expected:
+        # As the Consumer does: a read that returns at once, and a blocking one only when idle.
+        reply = await r.xreadgroup(group, "by-hand", {topic: ">"}, count=COMPARE_COUNT)
+        if not reply:
+            reply = await r.xreadgroup(
+                group, "by-hand", {topic: ">"}, count=COMPARE_COUNT, block=block_ms
+            )
+        for _stream, rows in reply or ():
+            ids = []
+            for entry_id, fields in rows:
+                msgpack.unpackb(fields[b"env"])
+                ids.append(entry_id)
+            handled += len(ids)
+            if ids:
+                await r.xack(topic, group, *ids)
+    elapsed = time.perf_counter() - start
+    await r.aclose()
+    return Rate(handled, elapsed)
+
+
+async def consume_with_consumer(url: str, topic: str, group: str, expected: int) -> Rate:
+    """The Consumer on the same entries, with the reference's read size and block."""
+    bus = open_bus(url)
+    handled = 0
+
+    def handle(env: Envelope) -> None:
+        nonlocal handled
+        handled += 1
+
+    consumer = Consumer(bus, topic, group, handle, batch=COMPARE_COUNT, block=COMPARE_BLOCK)
+    await consumer.ensure_group()
+    start = time.perf_counter()
+    while handled < expected:
+        await consumer.poll_once(COMPARE_BLOCK)
+    elapsed = time.perf_counter() - start
+    await bus.close()
+    return Rate(handled, elapsed)
+
+
+@dataclass
+class Comparison:
+    by_hand: Rate  # the hand-written loop's best round
+    consumer: Rate  # the Consumer's best round
+    ratio: float  # median over rounds of Consumer / hand-written loop within the round
+
+
+def compare_consumers(url: str, topic: str, expected: int, rounds: int) -> Comparison:
+    """The Consumer against the hand-written loop, run back to back in each round.
+
+    On a shared machine a neighbour's burst can halve one run; comparing the two runs of a
+    round (which of them goes first alternates) and taking the median of those ratios is what
+    such bursts disturb least.
+    """
+    by_hand: list[Rate] = []
+    consumer: list[Rate] = []
+    ratios: list[float] = []
+    for k in range(rounds):
+        runs = {
+            "hand": lambda k=k: consume_by_hand(url, topic, f"by-hand-{k}", expected),
+            "consumer": lambda k=k: consume_with_consumer(url, topic, f"consumer-{k}", expected),
+        }
+        order = ["hand", "consumer"] if k % 2 == 0 else ["consumer", "hand"]
+        rates = {name: asyncio.run(runs[name]()) for name in order}
+        by_hand.append(rates["hand"])
+        consumer.append(rates["consumer"])
+        ratios.append(rates["consumer"].per_second / rates["hand"].per_second)
+        print(
+            f"round {k + 1}: hand-written loop {by_hand[-1].per_second:,.0f} events/s, "
+            f"Consumer {consumer[-1].per_second:,.0f} events/s, ratio {ratios[-1]:.3f}",
+            flush=True,
+        )
+    return Comparison(
+        by_hand=max(by_hand, key=lambda r: r.per_second),
+        consumer=max(consumer, key=lambda r: r.per_second),
+        ratio=statistics.median(ratios),
+    )
 
 
 def latency_consumer(url: str, expected: int, ready: EventType, conn: Connection) -> None:
@@ -202,12 +298,30 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
+def comparison_summary(compared: Comparison, rounds: int) -> str:
+    """One line: the Consumer against the hand-written loop."""
+    best = compared.consumer.per_second / compared.by_hand.per_second
+    return (
+        f"Consumer / hand-written loop:      {compared.ratio:.3f} (median of {rounds} rounds; "
+        f"best rounds: {compared.consumer.per_second:,.0f} / {compared.by_hand.per_second:,.0f} "
+        f"events/s = {best:.3f})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--rate", type=float, default=10_000.0, help="events/s, latency phase")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of latency phase")
     parser.add_argument("--linger", type=float, default=None, help="Publisher flush_interval")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="rounds of Consumer against the hand-written loop"
+    )
+    parser.add_argument(
+        "--compare-only",
+        action="store_true",
+        help="measure only the Consumer against the hand-written loop",
+    )
     args = parser.parse_args()
     # The throughput phase outruns the bus on purpose, so the publisher's "outbox is full"
     # warning (back-pressure working as designed) would only clutter the table.
@@ -223,7 +337,12 @@ def main() -> None:
 
         options = {} if args.linger is None else {"flush_interval": args.linger}
         published = asyncio.run(publish_async(server.url, envelopes, **options))
+        if args.compare_only:
+            compared = compare_consumers(server.url, TOPIC, args.events, args.rounds)
+            print(f"\n{comparison_summary(compared, args.rounds)}")
+            return
         consumed = asyncio.run(consume(server.url, TOPIC, args.events))
+        compared = compare_consumers(server.url, TOPIC, args.events, args.rounds)
         threaded = publish_threaded(server.url, envelopes, **options)
         latencies = measure_latency(
             server.url, args.rate, args.seconds, warmup=int(args.rate), **options
@@ -240,23 +359,34 @@ def main() -> None:
         ("consume, one group consumer (events/s)", consumed.per_second, TARGETS["consume"], True),
         (f"latency p50 at {args.rate:,.0f} events/s (ms)", p50, None, False),
         (f"latency p99 at {args.rate:,.0f} events/s (ms)", p99, TARGETS["p99_ms"], False),
+        (
+            f"hand-written loop, COUNT {COMPARE_COUNT} (events/s)",
+            compared.by_hand.per_second,
+            None,
+            True,
+        ),
+        (f"Consumer, batch {COMPARE_COUNT} (events/s)", compared.consumer.per_second, None, True),
+        ("Consumer / hand-written loop (median)", compared.ratio, TARGETS["ratio"], True),
         ("publish, ThreadedPublisher, sync (events/s)", threaded.per_second, None, True),
         ("building Envelope objects (events/s)", build.per_second, None, True),
         ("redis-benchmark -P 64 XADD (requests/s)", ceiling, None, True),
     ]
     for name, value, target, higher_is_better in rows:
+        # Ratios need their decimals; rates and milliseconds read better without.
+        digits = 3 if value < 10 else 1
         if target is None:
             verdict, shown = "", ""
         else:
             ok = value >= target if higher_is_better else value <= target
-            verdict, shown = ("yes" if ok else "NO"), f"{target:,.0f}"
-        print(f"{name:<44} {value:>14,.1f} {shown:>12}  {verdict}")
+            verdict, shown = ("yes" if ok else "NO"), f"{target:,.{1 if target < 10 else 0}f}"
+        print(f"{name:<44} {value:>14,.{digits}f} {shown:>12}  {verdict}")
     print(
         f"\nlatency over {len(latencies):,} events: max {latencies[-1]:.2f} ms, "
         f"mean {statistics.fmean(latencies):.2f} ms (first {int(args.rate):,} were warm-up)"
     )
     print(f"publish / redis-benchmark ceiling: {published.per_second / ceiling:.3f}")
     print(f"consume / redis-benchmark ceiling: {consumed.per_second / ceiling:.3f}")
+    print(comparison_summary(compared, args.rounds))
     print(f"threaded / async publish:          {threaded.per_second / published.per_second:.3f}")
 
 

@@ -29,7 +29,7 @@ from bus.publisher import Publisher, PublisherStats
 from bus.signing import InvalidSignature, Verifier, sign, verify
 from bus.tail import Tail, tail
 from bus.threaded_publisher import ThreadedPublisher
-from bus.topics import DEFAULT_NAMESPACE, Topics
+from bus.topics import DEFAULT_NAMESPACE, Topics, topics_of
 
 if TYPE_CHECKING:
     from bus.redis_stream import RedisStreamBus
@@ -76,6 +76,7 @@ __all__ = [
     "sign",
     "tail",
     "to_native",
+    "topics_of",
     "verify",
 ]
 

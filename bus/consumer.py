@@ -4,23 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import secrets
 import socket
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from inspect import isawaitable
 from typing import Any
 
 from bus.base import BEGINNING, Bus, Entry
 from bus.codec import decode, encode
 from bus.dead_letter import dead_letter_envelope
 from bus.envelope import Envelope
-from bus.errors import BusUnavailable, DecodeError, Rejected, UnknownGroup
-from bus.topics import Topics
+from bus.errors import (
+    BusAuthError,
+    BusError,
+    BusUnavailable,
+    DecodeError,
+    InvalidTopic,
+    Rejected,
+    UnknownGroup,
+)
+from bus.topics import topics_of
+from bus.validate import check_maxlen
 
 log = logging.getLogger(__name__)
 
@@ -34,26 +43,42 @@ def default_consumer_name() -> str:
 
 
 class RecentIds:
-    """The most recent `size` ids seen, oldest forgotten first (bounded memory for dedup)."""
+    """The most recent `size` ids seen, oldest forgotten first (bounded memory for dedup).
+
+    `add` keeps within `size` at once. A hot loop may instead add a key not yet in with
+    `ids.add(key)` and `order.append(key)`, then call `trim()`: bound methods of a set and a
+    deque, a fraction of the cost of a method call per id.
+    """
+
+    __slots__ = ("ids", "order", "size")
 
     def __init__(self, size: int) -> None:
         if size < 1:
             raise ValueError(f"dedup size must be >= 1, got {size}")
         self.size = size
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self.ids: set[str] = set()
+        self.order: deque[str] = deque()  # oldest first
 
     def __contains__(self, key: str) -> bool:
-        return key in self._ids
+        return key in self.ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
     def add(self, key: str) -> None:
-        """Remember `key`, forgetting the oldest id when full."""
-        ids = self._ids
-        if key in ids:
-            ids.move_to_end(key)
-            return
-        ids[key] = None
-        if len(ids) > self.size:
-            ids.popitem(last=False)
+        """Remember `key` as the newest id, forgetting the oldest when full."""
+        if key in self.ids:
+            self.order.remove(key)  # O(size), but only for an id seen again: rare
+        else:
+            self.ids.add(key)
+        self.order.append(key)
+        self.trim()
+
+    def trim(self) -> None:
+        """Forget the oldest ids beyond `size`."""
+        ids, order = self.ids, self.order
+        while len(order) > self.size:
+            ids.discard(order.popleft())
 
 
 @dataclass
@@ -65,6 +90,7 @@ class ConsumerStats:
     failures: int = 0
     dead_lettered: int = 0
     claimed: int = 0
+    dead_letters_refused: int = 0  # dead-letter writes the bus refused; those entries stay pending
 
 
 class Consumer:
@@ -75,6 +101,8 @@ class Consumer:
     of the group) after `claim_idle` seconds; once it has been delivered `max_deliveries` times
     it goes to the dead-letter topic and is acked. Undecodable entries are dead-lettered at once.
     Envelope ids already handled by this consumer are acked without calling the handler again.
+    The dead-letter topic is by default that of the consumed topic's namespace; a dead letter
+    the bus refuses to write is logged and its entry left pending, and consuming goes on.
 
     `batch` is the most entries taken per read (fewer when fewer are waiting, so it costs no
     latency); larger reads cost fewer round trips per entry. `claim_idle` must exceed the time
@@ -118,7 +146,13 @@ class Consumer:
         self.claim_every = max(0.01, claim_idle / 2 if claim_every is None else claim_every)
         self.batch = batch
         self.block = block
-        self.dead_letter_topic = dead_letter_topic or Topics().dead_letter()
+        if dead_letter_topic is None:
+            try:
+                dead_letter_topic = topics_of(topic).dead_letter()
+            except InvalidTopic as exc:
+                raise InvalidTopic(f"{exc}; or pass the Consumer a dead_letter_topic") from None
+        check_maxlen(dead_letter_topic, dead_letter_maxlen)  # here, not at the first dead letter
+        self.dead_letter_topic = dead_letter_topic
         self.dead_letter_maxlen = dead_letter_maxlen
         self.retry_delay = retry_delay
         self.stats = ConsumerStats()
@@ -172,70 +206,92 @@ class Consumer:
         return [] if reader.cancelled() else reader.result()
 
     async def _handle_batch(self, entries: list[Entry]) -> int:
+        """Handle deliveries in stream order, then ack the settled ones; return how many the
+        handler took."""
+        if not entries:
+            return 0
         done: list[str] = []
+        settled = done.append
         handled = 0
+        # The common case (a new, valid envelope whose handler succeeds) is handled inline:
+        # a coroutine per entry, or method calls per id, would cost as much as decoding it.
+        seen = self._seen
+        seen_ids = seen.ids
+        remember = seen_ids.add
+        remember_order = seen.order.append
+        handler = self.handler
+        max_deliveries = self.max_deliveries
         try:
             for entry in entries:
-                outcome = await self._handle(entry)
-                if outcome is not None:
-                    done.append(entry.id)
-                    handled += outcome
+                try:
+                    env = decode(entry.payload)
+                except DecodeError as exc:
+                    if await self._dead_letter(entry, f"undecodable: {exc.reason}", None):
+                        settled(entry.id)
+                    continue
+                env_id = env.id
+                if env_id in seen_ids:
+                    self.stats.duplicates += 1
+                    settled(entry.id)
+                    continue
+                if entry.deliveries > max_deliveries:
+                    if await self._overdelivered(entry, env):
+                        settled(entry.id)
+                    continue
+                try:
+                    result = handler(env)
+                    if result is not None and isawaitable(result):
+                        await result
+                except Exception as exc:
+                    if await self._failed(entry, env, exc):
+                        settled(entry.id)
+                    continue
+                # New (checked above, and only this task adds): the fast path of RecentIds.
+                remember(env_id)
+                remember_order(env_id)
+                handled += 1
+                settled(entry.id)
         finally:
+            seen.trim()
+            self.stats.handled += handled
             if done:
                 await self.bus.ack(self.topic, self.group, done)
         return handled
 
-    async def _handle(self, entry: Entry) -> int | None:
-        """Handle one delivery; return 1 if handled, 0 if settled otherwise, None to retry."""
-        try:
-            env = decode(entry.payload)
-        except DecodeError as exc:
-            await self._dead_letter(entry, f"undecodable: {exc.reason}", None)
-            return 0
-        if env.id in self._seen:
-            self.stats.duplicates += 1
-            return 0
-        if entry.deliveries > self.max_deliveries:
-            # Delivered that often without an ack: it probably kills the consumers handling it.
-            reason = (
-                f"delivered {entry.deliveries} times without being acked "
-                f"(max_deliveries={self.max_deliveries})"
-            )
-            await self._dead_letter(entry, reason, env)
-            return 0
-        try:
-            result = self.handler(env)
-            if result is not None and inspect.isawaitable(result):
-                await result
-        except Rejected as exc:
-            self.stats.failures += 1
-            await self._dead_letter(entry, f"rejected by the handler: {exc}", env)
-            return 0
-        except Exception as exc:
-            self.stats.failures += 1
-            failure = f"{type(exc).__name__}: {exc}"
-            if entry.deliveries >= self.max_deliveries:
-                reason = f"handler failed on all {entry.deliveries} deliveries, last: {failure}"
-                await self._dead_letter(entry, reason, env)
-                return 0
-            log.warning(
-                "handler of group %r failed on %s entry %s (%s, delivery %d of %d); it will "
-                "be retried after %.3g s",
-                self.group,
-                env.type,
-                entry.id,
-                failure,
-                entry.deliveries,
-                self.max_deliveries,
-                self.claim_idle,
-                exc_info=True,
-            )
-            return None
-        self._seen.add(env.id)
-        self.stats.handled += 1
-        return 1
+    async def _overdelivered(self, entry: Entry, env: Envelope) -> bool:
+        """Dead-letter an entry delivered too often to be handled; return whether it is."""
+        # Delivered that often without an ack: it probably kills the consumers handling it.
+        reason = (
+            f"delivered {entry.deliveries} times without being acked "
+            f"(max_deliveries={self.max_deliveries})"
+        )
+        return await self._dead_letter(entry, reason, env)
 
-    async def _dead_letter(self, entry: Entry, reason: str, original: Envelope | None) -> None:
+    async def _failed(self, entry: Entry, env: Envelope, exc: Exception) -> bool:
+        """Deal with a handler's failure; return True if the entry is settled (dead-lettered)."""
+        self.stats.failures += 1
+        if isinstance(exc, Rejected):
+            return await self._dead_letter(entry, f"rejected by the handler: {exc}", env)
+        failure = f"{type(exc).__name__}: {exc}"
+        if entry.deliveries >= self.max_deliveries:
+            reason = f"handler failed on all {entry.deliveries} deliveries, last: {failure}"
+            return await self._dead_letter(entry, reason, env)
+        log.warning(
+            "handler of group %r failed on %s entry %s (%s, delivery %d of %d); it will "
+            "be retried after %.3g s",
+            self.group,
+            env.type,
+            entry.id,
+            failure,
+            entry.deliveries,
+            self.max_deliveries,
+            self.claim_idle,
+            exc_info=exc,
+        )
+        return False
+
+    async def _dead_letter(self, entry: Entry, reason: str, original: Envelope | None) -> bool:
+        """Write the entry's dead letter; return False if the bus refused it (entry stays)."""
         log.warning(
             "dead-lettering entry %s of topic %r for group %r: %s",
             entry.id,
@@ -251,8 +307,37 @@ class Consumer:
             source=self.name,
             original=original,
         )
-        await self.bus.append(self.dead_letter_topic, [encode(env)], maxlen=self.dead_letter_maxlen)
+        try:
+            await self.bus.append(
+                self.dead_letter_topic, [encode(env)], maxlen=self.dead_letter_maxlen
+            )
+        except BusUnavailable:
+            raise  # an outage: run() waits for the bus, the entry stays pending meanwhile
+        except BusError as exc:
+            # Refused for good (ACL, wrong key type, ...): not a reason to stop consuming. The
+            # entry stays pending, so it is retried once reclaimed, when the cause may be gone.
+            self.stats.dead_letters_refused += 1
+            if isinstance(exc, BusAuthError):
+                problem = (
+                    f"the bus user lacks the permission to write it ({exc}); grant it XADD on "
+                    f"{self.dead_letter_topic!r} (docs/protocol.md section 7) or give the "
+                    "Consumer a dead_letter_topic it may write"
+                )
+            else:
+                problem = f"the server refused the write ({exc})"
+            log.error(
+                "cannot dead-letter entry %s of topic %r for group %r to topic %r: %s; the "
+                "entry stays pending and is retried after claim_idle (%.3g s)",
+                entry.id,
+                self.topic,
+                self.group,
+                self.dead_letter_topic,
+                problem,
+                self.claim_idle,
+            )
+            return False
         self.stats.dead_lettered += 1
+        return True
 
     # -- running --------------------------------------------------------------------------
 

@@ -11,8 +11,9 @@ A failed append is ambiguous: the server may have applied some or all of the bat
 connection dropped. Before retrying, the publisher reads the topic after its last confirmed
 entry and leaves out what is already there, so a server crash or restart does not duplicate
 envelopes. Delivery remains at-least-once in the corner cases (other writers buried our
-entries under more than 10,000 of theirs, or the bus has no `last_id`); consumers are
-idempotent by envelope id (docs/protocol.md), and first occurrences are never reordered.
+entries under more than 10,000 of theirs, the bus has no `last_id`, or the bus user may not
+read the topic back); consumers are idempotent by envelope id (docs/protocol.md), and first
+occurrences are never reordered.
 
 `Publisher` lives in the caller's event loop; `bus.threaded_publisher.ThreadedPublisher` runs
 one in a thread of its own, for synchronous callers.
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from bus.base import Bus
 from bus.codec import encode
 from bus.envelope import Envelope
-from bus.errors import BusUnavailable, OutboxFull, PublisherClosed, PublisherFailed
+from bus.errors import BusAuthError, BusUnavailable, OutboxFull, PublisherClosed, PublisherFailed
 
 log = logging.getLogger(__name__)
 
@@ -414,10 +415,16 @@ class Publisher:
         last = self._last_ids.get(topic)
         if last is None and self._can_reconcile:
             # Where our entries will start, so that after a failed append we can look there.
-            last = self._last_ids[topic] = await self.bus.last_id(topic)
+            try:
+                last = self._last_ids[topic] = await self.bus.last_id(topic)
+            except BusAuthError as exc:
+                self._cannot_reconcile(topic, exc)
         todo = batch
-        if self._unsure and last is not None:
-            todo = await self._unwritten(topic, last, batch)
+        if self._unsure and last is not None and self._can_reconcile:
+            try:
+                todo = await self._unwritten(topic, last, batch)
+            except BusAuthError as exc:
+                self._cannot_reconcile(topic, exc)
         self._unsure = False
         if todo:
             self._unsure = True  # until the bus confirms: a reply lost in transit is ambiguous
@@ -425,6 +432,18 @@ class Publisher:
             self._unsure = False
             if ids:
                 self._last_ids[topic] = ids[-1]
+
+    def _cannot_reconcile(self, topic: str, exc: BusAuthError) -> None:
+        # Checking is what spares duplicates, not what makes delivery safe: go on without it.
+        self._can_reconcile = False
+        log.warning(
+            "publisher may not read topic %r back (%s); after a write that fails without a "
+            "reply it will write the whole batch again, and consumers drop the repeats by "
+            "envelope id; grant the bus user XREAD and XREVRANGE (docs/protocol.md section 7) "
+            "to avoid them",
+            topic,
+            exc,
+        )
 
     async def _unwritten(self, topic: str, last: str, batch: list[bytes]) -> list[bytes]:
         """Return `batch` minus the payloads already in `topic` after entry `last`."""

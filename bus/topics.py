@@ -8,12 +8,17 @@ from dataclasses import dataclass
 from bus.errors import InvalidTopic
 
 DEFAULT_NAMESPACE = "trainer"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+# Always used with fullmatch: `$` would also match before a final newline.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}")
+# Every topic name Topics builds; the group is the namespace.
+_TOPIC = re.compile(
+    rf"({_NAME.pattern}):(?:runs|deadletter|run:{_NAME.pattern}:(?:events|control))"
+)
 
 
 def check_name(kind: str, value: str) -> str:
     """Return `value` if it is a valid run id or namespace, else raise InvalidTopic naming it."""
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or _NAME.fullmatch(value) is None:
         raise InvalidTopic(
             f"{kind} {value!r} is not usable in a topic name: use 1-128 letters, digits, "
             "'.', '_' or '-', starting with a letter or digit"
@@ -45,3 +50,15 @@ class Topics:
     def dead_letter(self) -> str:
         """Topic holding entries that could not be decoded or handled, with the reason."""
         return f"{self.namespace}:deadletter"
+
+
+def topics_of(topic: str) -> Topics:
+    """The Topics of the namespace that `topic` (a name Topics builds) belongs to."""
+    found = _TOPIC.fullmatch(topic) if isinstance(topic, str) else None
+    if found is None:
+        raise InvalidTopic(
+            f"topic {topic!r} is not a bus topic name, so its namespace is unknown: expected "
+            "'<ns>:run:<run_id>:events', '<ns>:run:<run_id>:control', '<ns>:runs' or "
+            "'<ns>:deadletter' (build names with bus.Topics)"
+        )
+    return Topics(found.group(1))

@@ -77,6 +77,15 @@ def test_a_well_formed_envelope_decodes_to_its_fields() -> None:
     assert decode(packed(changed(sig="ab" * 32))) == dataclasses.replace(ENVELOPE, sig="ab" * 32)
 
 
+def test_a_decoded_envelope_is_an_immutable_envelope_like_any_other() -> None:
+    env = decode(packed(changed(data={"loss": 0.25, 3: "an int key"})))
+    assert type(env) is Envelope
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        env.type = "OTHER"  # type: ignore[misc]
+    assert dataclasses.replace(env, data={"loss": 0.25}) == ENVELOPE
+    assert env.data[3] == "an int key"
+
+
 def test_an_int_timestamp_is_accepted_as_a_float() -> None:
     env = decode(packed(changed(ts=1700000000)))
     assert env.ts == 1700000000.0 and type(env.ts) is float

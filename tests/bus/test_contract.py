@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -95,6 +96,18 @@ async def test_entries_keep_append_order_with_increasing_ids(bus: Bus) -> None:
     assert numbers(entries) == list(range(20))
     assert await bus.length(TOPIC) == 20
     assert await bus.last_id(TOPIC) == ids[-1]
+
+
+async def test_entries_read_are_immutable_entry_values(bus: Bus) -> None:
+    payload = encode(env(0))
+    [entry_id] = await bus.append(TOPIC, [payload])
+    await bus.ensure_group(TOPIC, "g")
+    [delivered] = await bus.read_group(TOPIC, "g", "c", count=10, block=None)
+    [read] = await bus.read(TOPIC, BEGINNING, count=10, block=None)
+    assert delivered == read == Entry(entry_id, payload, 1)
+    assert type(delivered) is Entry and type(read) is Entry
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        delivered.deliveries = 2  # type: ignore[misc]
 
 
 async def test_a_missing_topic_reads_as_empty(bus: Bus) -> None:

@@ -364,6 +364,28 @@ def test_threaded_publisher_blocks_a_sync_producer_while_full(threaded_url: str)
         pub.publish(EVENTS, env(5))
 
 
+def test_threaded_publisher_submit_runs_bus_work_on_its_loop_and_returns_the_result(
+    threaded_url: str,
+) -> None:
+    async def look(bus: Bus) -> tuple[int, bool, asyncio.AbstractEventLoop, int]:
+        where = asyncio.get_running_loop(), threading.get_ident()
+        return await bus.length(EVENTS), bus is pub.bus, *where
+
+    async def fail(bus: Bus) -> None:
+        raise ValueError(f"refused by {bus.url}")
+
+    with ThreadedPublisher(lambda: open_bus(threaded_url)) as pub:
+        pub.publish(EVENTS, env(0))
+        pub.flush()
+        length, same_bus, loop, thread = pub.submit(look).result(timeout=10)
+        assert (length, same_bus, loop) == (1, True, pub.loop)
+        assert thread != threading.get_ident()  # the publisher's own thread
+        with pytest.raises(ValueError, match="refused by"):
+            pub.submit(fail).result(timeout=10)
+    with pytest.raises(PublisherClosed, match="closed"):
+        pub.submit(look)
+
+
 async def test_threaded_publisher_can_be_used_from_sync_code_inside_a_running_loop() -> None:
     bus = InMemoryBus()
     pub = ThreadedPublisher(bus)  # a Bus instance: used from the publisher's thread only
