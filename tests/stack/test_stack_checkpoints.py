@@ -87,7 +87,7 @@ def test_a_killed_checkpoint_replica_leaves_nothing_unfiled_or_filed_twice(stack
         data={"name": "slow_digits:build"},
         train={"epochs": 3},
         early_stopping={"patience": None},
-        extra={"batch_delay": 0.01},
+        extra={"batch_delay": 0.02},
         checkpoint={"every": 3, "unit": "iteration", "n_saved": 4, "n_best": 0, "score": None},
     )
     run_dir = stack.cwd / "replicas"
@@ -130,7 +130,7 @@ def test_a_trainer_killed_mid_epoch_resumes_to_the_uninterrupted_weights(stack: 
         train={"epochs": 3},
         early_stopping={"patience": None},
         checkpoint=every_10,
-        extra={"batch_delay": 0.02},
+        extra={"batch_delay": 0.03},
     )
     # The reference: the same job, uninterrupted, on the embedded default (no delay needed).
     reference = stack.cwd / "uninterrupted"
@@ -140,9 +140,12 @@ def test_a_trainer_killed_mid_epoch_resumes_to_the_uninterrupted_weights(stack: 
     run_dir = stack.cwd / "killed"
     workers = [stack.worker("metrics", "res"), stack.worker("checkpoint", "res")]
     first = stack.trainer(config, "res", "--run-dir", run_dir, name="trainer-1")
+    # Killed once the checkpoint of iteration 30 (in the middle of the second epoch) is written
+    # and one checkpoint is filed: resuming from whichever is latest by then must end the same.
     eventually(
-        lambda: [e for e in stack.events("res", "CHECKPOINT_SAVED") if e.data["iteration"] == 30],
-        what="the checkpoint of iteration 30 (in the middle of the second epoch) to be filed",
+        lambda: [e for e in stack.events("res", "CHECKPOINT_READY") if e.data["iteration"] == 30]
+        and stack.events("res", "CHECKPOINT_SAVED"),
+        what="the checkpoint of iteration 30 to be written, and one to be filed",
     )
     first.signal(9)
     assert first.wait() == -9

@@ -143,7 +143,7 @@ def test_with_a_secret_forged_terminate_is_ignored_and_a_signed_one_obeyed(
         data={"name": "slow_digits:build"},
         train={"epochs": 6},
         early_stopping={"patience": None},
-        extra={"batch_delay": 0.01},
+        extra={"batch_delay": 0.02},
     )
     trainer = stack.trainer(config, "sig", env=secret)
     eventually(lambda: stack.events("sig", "ITERATION_COMPLETED"), what="training to start")
