@@ -53,6 +53,8 @@ from trainer.tasks.digits import digits_tensors  # noqa: E402
 # The workers of both stacks: everything but the checkpointer, since the plain loop writes no
 # checkpoints (their cost is measured on its own, in part 3).
 KINDS = ["metrics", "early-stop", "nan-guard", "budget"]
+# ITERATION_COMPLETED is published every this many iterations (--publish-every).
+PUBLISH_EVERY = [1]
 RUN_CONFIG = {
     "early_stopping": {"patience": 1000, "metric": "loss", "mode": "min", "split": "train"}
 }
@@ -71,7 +73,7 @@ def embedded(loader: DataLoader, epochs: int) -> float:
     job = Job(seed=0)
     engine = engine_with_metrics(job)
     run_id = f"bench-{new_id()}"
-    run = BusRun(f"memory://{run_id}", run_id, config=RUN_CONFIG)
+    run = BusRun(f"memory://{run_id}", run_id, config=RUN_CONFIG, publish_every=PUBLISH_EVERY[0])
     run.attach(engine, "train")
     workers = EmbeddedWorkers.start(run, KINDS, namespace="trainer")
     try:
@@ -122,7 +124,7 @@ def on_redis(url: str, loader: DataLoader, epochs: int) -> float:
     procs = worker_processes(url, run_id)
     try:
         joined(url, run_id, len(KINDS))
-        run = BusRun(url, run_id, config=RUN_CONFIG)
+        run = BusRun(url, run_id, config=RUN_CONFIG, publish_every=PUBLISH_EVERY[0])
         run.attach(engine, "train")
         with run:
             start = time.perf_counter()
@@ -151,7 +153,10 @@ def overhead(url: str, loader: DataLoader, rounds: int, epochs: int) -> None:
         for name, run in contenders.items():
             per_epoch[name].append(run(loader, epochs) / epochs)
     print(f"1. digits MLP, {len(loader)} iterations/epoch, {rounds} turns of {epochs} epochs")
-    print(f"   workers: {', '.join(KINDS)}; ITERATION_COMPLETED published every iteration")
+    every = PUBLISH_EVERY[0]
+    print(
+        f"   workers: {', '.join(KINDS)}; ITERATION_COMPLETED published every {every} iteration(s)"
+    )
     for name, times in per_epoch.items():
         print(f"   {name:16s} {statistics.median(times) * 1e3:8.2f} ms/epoch (median)")
     for name in ("in-memory stack", "Redis stack"):
@@ -346,7 +351,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10, help="epochs per turn (part 1)")
     parser.add_argument("--stops", type=int, default=25, help="runs stopped by a vote (part 2)")
     parser.add_argument("--parts", default="1234", help="which parts to run, e.g. 13")
+    parser.add_argument(
+        "--publish-every", type=int, default=1, help="bus.publish_every of the stacks (part 1)"
+    )
     args = parser.parse_args()
+    PUBLISH_EVERY[0] = args.publish_every
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.ERROR)
     torch.set_num_threads(1)
