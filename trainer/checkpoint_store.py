@@ -6,11 +6,9 @@ Everything written here loads with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import random
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from trainer.atomic_file import atomic_file
 
 # One hashing rule for writers and verifiers; kept importable from here.
 from trainer.manifest import file_sha256
@@ -72,18 +72,6 @@ class _HashingWriter:
         self._raw.flush()
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; some platforms cannot open directories, which is fine.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_atomic(obj: Any, path: str | os.PathLike[str]) -> SavedFile:
     """Write ``obj`` with ``torch.save`` so that ``path`` is either the old file or the new one.
 
@@ -95,23 +83,12 @@ def save_atomic(obj: Any, path: str | os.PathLike[str]) -> SavedFile:
     directory = path.parent
     if not directory.is_dir():
         raise CheckpointError(path, f"directory {directory} does not exist")
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as raw:
+        with atomic_file(path) as raw:
             writer = _HashingWriter(raw)
             torch.save(obj, writer)
-            raw.flush()
-            os.fsync(raw.fileno())
-        # mkstemp creates 0600; other containers sharing the directory must be able to read.
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp_name)
-        if isinstance(exc, Exception):
-            raise CheckpointError(path, f"save failed ({type(exc).__name__}: {exc})") from exc
-        raise
-    _fsync_dir(directory)
+    except Exception as exc:
+        raise CheckpointError(path, f"save failed ({type(exc).__name__}: {exc})") from exc
     return SavedFile(path=path, size=writer.size, sha256=writer.digest.hexdigest())
 
 

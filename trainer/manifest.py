@@ -21,11 +21,11 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from trainer.atomic_file import atomic_file
 from trainer.retention import CheckpointRecord, latest
 
 MANIFEST_FILE = "manifest.json"
@@ -50,19 +50,9 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write `data` as JSON so that readers see the old file or the new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600; workers in other containers read the manifest too.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 def empty_manifest() -> dict[str, Any]:

@@ -14,11 +14,11 @@ import errno
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer.atomic_file import atomic_file
 from trainer.checkpoint_names import checkpoint_filename
 from trainer.manifest import (
     file_sha256,
@@ -106,17 +106,8 @@ def _move(source: Path, target: Path) -> None:
         if exc.errno != errno.EXDEV:
             raise
     # --dir on another file system than the trainer's directory: rename cannot cross it.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-            shutil.copyfileobj(src, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(target) as out, open(source, "rb") as src:
+        shutil.copyfileobj(src, out)
     source.unlink()
 
 
