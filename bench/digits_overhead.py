@@ -115,6 +115,17 @@ def ignite(loader: DataLoader, epochs: int) -> float:
     return seconds
 
 
+def digits_loader() -> DataLoader:
+    """The digits training split, batches of 64, shuffled from a fixed seed."""
+    x_train, y_train, _, _ = digits_tensors(0.2, seed=0)
+    return DataLoader(
+        TensorDataset(x_train, y_train),
+        batch_size=64,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30, help="turns per contender")
@@ -123,13 +134,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
 
-    x_train, y_train, _, _ = digits_tensors(0.2, seed=0)
-    loader = DataLoader(
-        TensorDataset(x_train, y_train),
-        batch_size=64,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(0),
-    )
+    loader = digits_loader()
     contenders: dict[str, BlockRunner] = {
         "plain loop": plain,
         "this Engine": ours,

@@ -35,12 +35,12 @@ from pathlib import Path
 
 import redis
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
-from digits_overhead import Job, plain  # noqa: E402
+from digits_overhead import Job, digits_loader, plain  # noqa: E402
 from redis_server import RedisServer  # noqa: E402
 
 from bus import Envelope, Topics, encode, new_id, open_bus  # noqa: E402
@@ -48,13 +48,10 @@ from trainer import Engine, Events  # noqa: E402
 from trainer.bridge import BusRun  # noqa: E402
 from trainer.cli.embedded import EmbeddedWorkers  # noqa: E402
 from trainer.metrics import Accuracy, Loss  # noqa: E402
-from trainer.tasks.digits import digits_tensors  # noqa: E402
 
 # The workers of both stacks: everything but the checkpointer, since the plain loop writes no
 # checkpoints (their cost is measured on its own, in part 3).
 KINDS = ["metrics", "early-stop", "nan-guard", "budget"]
-# ITERATION_COMPLETED is published every this many iterations (--publish-every).
-PUBLISH_EVERY = [1]
 RUN_CONFIG = {
     "early_stopping": {"patience": 1000, "metric": "loss", "mode": "min", "split": "train"}
 }
@@ -68,12 +65,12 @@ def engine_with_metrics(job: Job) -> Engine:
     return engine
 
 
-def embedded(loader: DataLoader, epochs: int) -> float:
+def embedded(loader: DataLoader, epochs: int, publish_every: int = 1) -> float:
     """The Engine on a run of the in-memory bus, the workers as tasks beside it."""
     job = Job(seed=0)
     engine = engine_with_metrics(job)
     run_id = f"bench-{new_id()}"
-    run = BusRun(f"memory://{run_id}", run_id, config=RUN_CONFIG, publish_every=PUBLISH_EVERY[0])
+    run = BusRun(f"memory://{run_id}", run_id, config=RUN_CONFIG, publish_every=publish_every)
     run.attach(engine, "train")
     workers = EmbeddedWorkers.start(run, KINDS, namespace="trainer")
     try:
@@ -116,7 +113,7 @@ def joined(url: str, run_id: str, count: int, timeout: float = 60.0) -> None:
     raise RuntimeError(f"workers did not join run {run_id} within {timeout} s")
 
 
-def on_redis(url: str, loader: DataLoader, epochs: int) -> float:
+def on_redis(url: str, loader: DataLoader, epochs: int, publish_every: int = 1) -> float:
     """The Engine publishing to Redis, every worker a process of its own."""
     job = Job(seed=0)
     engine = engine_with_metrics(job)
@@ -124,7 +121,7 @@ def on_redis(url: str, loader: DataLoader, epochs: int) -> float:
     procs = worker_processes(url, run_id)
     try:
         joined(url, run_id, len(KINDS))
-        run = BusRun(url, run_id, config=RUN_CONFIG, publish_every=PUBLISH_EVERY[0])
+        run = BusRun(url, run_id, config=RUN_CONFIG, publish_every=publish_every)
         run.attach(engine, "train")
         with run:
             start = time.perf_counter()
@@ -139,12 +136,12 @@ def on_redis(url: str, loader: DataLoader, epochs: int) -> float:
     return seconds
 
 
-def overhead(url: str, loader: DataLoader, rounds: int, epochs: int) -> None:
+def overhead(url: str, loader: DataLoader, rounds: int, epochs: int, every: int) -> None:
     """Part 1: seconds per epoch three ways, and the ratios of adjacent turns."""
     contenders = {
         "plain loop": plain,
-        "in-memory stack": embedded,
-        "Redis stack": lambda data, n: on_redis(url, data, n),
+        "in-memory stack": lambda data, n: embedded(data, n, every),
+        "Redis stack": lambda data, n: on_redis(url, data, n, every),
     }
     for run in contenders.values():  # warm-up: imports, connections, caches
         run(loader, 1)
@@ -153,7 +150,6 @@ def overhead(url: str, loader: DataLoader, rounds: int, epochs: int) -> None:
         for name, run in contenders.items():
             per_epoch[name].append(run(loader, epochs) / epochs)
     print(f"1. digits MLP, {len(loader)} iterations/epoch, {rounds} turns of {epochs} epochs")
-    every = PUBLISH_EVERY[0]
     print(
         f"   workers: {', '.join(KINDS)}; ITERATION_COMPLETED published every {every} iteration(s)"
     )
@@ -355,21 +351,14 @@ def main() -> None:
         "--publish-every", type=int, default=1, help="bus.publish_every of the stacks (part 1)"
     )
     args = parser.parse_args()
-    PUBLISH_EVERY[0] = args.publish_every
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.ERROR)
     torch.set_num_threads(1)
-    x_train, y_train, _, _ = digits_tensors(0.2, seed=0)
-    loader = DataLoader(
-        TensorDataset(x_train, y_train),
-        batch_size=64,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(0),
-    )
+    loader = digits_loader()
     server = RedisServer().start()
     try:
         if "1" in args.parts:
-            overhead(server.url, loader, args.rounds, args.epochs)
+            overhead(server.url, loader, args.rounds, args.epochs, args.publish_every)
         if "2" in args.parts:
             stop_latency(server.url, args.stops)
         if "3" in args.parts:
