@@ -211,3 +211,54 @@ def test_copies_stay_configs():
     assert isinstance(clone, config.Config) and clone == cfg
     clone.train.epochs = 6
     assert cfg.train.epochs == 4
+
+
+# -- the module functions any program uses (no trainer schema) ----------------------------
+
+
+def test_from_dict_takes_any_keys_and_dotted_get_reaches_them():
+    cfg = config.from_dict({"project": "demo", "model": {"type": "cnn", "layers": [3, 4]}})
+    assert cfg.get("project") == "demo"
+    assert cfg.get("model.type") == cfg.model.type == "cnn"
+    assert cfg.get("model.missing", 7) == 7
+    assert config.to_dict(cfg) == {"project": "demo", "model": {"type": "cnn", "layers": [3, 4]}}
+
+
+def test_from_cli_dotlist_accepts_both_spellings_and_later_wins():
+    cfg = config.from_cli_dotlist(
+        ["train.epochs=20", "--train.lr=0.005", "--model.type", "cnn", "train.epochs=30"]
+    )
+    assert cfg.get("train.epochs") == 30
+    assert cfg.get("train.lr") == 0.005
+    assert cfg.get("model.type") == "cnn"
+
+
+def test_module_merge_of_mappings_is_schema_free_and_later_wins():
+    base = config.from_dict({"project": "p", "train": {"lr": 0.1, "epochs": 3}})
+    merged = config.merge(base, config.from_cli_dotlist(["--train.lr=0.01"]), {"tag": "x"})
+    assert merged.to_dict() == {"project": "p", "train": {"lr": 0.01, "epochs": 3}, "tag": "x"}
+    assert merged.source_of("train.lr") == "override 'train.lr=0.01'"
+    plain = config.merge({"a": {"b": 1}}, {"a": {"c": 2}})
+    assert plain.to_dict() == {"a": {"b": 1, "c": 2}}
+
+
+def test_freeze_function_makes_any_config_read_only():
+    cfg = config.freeze(config.from_dict({"a": {"b": 1}}))
+    assert cfg.frozen
+    with pytest.raises(ReadonlyConfigError):
+        cfg.a.b = 2
+
+
+def test_a_schema_when_given_still_names_the_bad_key_and_its_source():
+    with pytest.raises(ConfigError) as err:
+        config.from_dict({"train": {"epocs": 3}}, schema=TrainerConfig)
+    assert err.value.key == "train.epocs"
+    assert "did you mean 'train.epochs'" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        config.from_cli_dotlist(["--train.epochs=0"], schema=TrainerConfig)
+    assert err.value.key == "train.epochs" and "train.epochs=0" in str(err.value)
+
+
+def test_cli_words_that_are_not_overrides_are_refused_by_name():
+    with pytest.raises(ConfigError, match="'epochs'"):
+        config.from_cli_dotlist(["epochs"])

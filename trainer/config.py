@@ -1,10 +1,12 @@
 """Hierarchical run config on OmegaConf: YAML files, dotlist overrides, merge, schema checks.
 
-A `Config` wraps an OmegaConf `DictConfig` built on a structured schema (by default
-`trainer.config_schema.TrainerConfig`). It keeps attribute access (`cfg.train.lr`) and adds
-dotted lookup (`cfg.get("train.lr")`, `cfg["train.lr"]`), which `DictConfig.get` does not do.
-Every value comes from a stack of named layers (schema defaults, files, command-line overrides;
-later wins), so a bad key or value is reported with the layer that set it.
+A `Config` wraps an OmegaConf `DictConfig`, built on a structured schema (the trainer's own,
+`trainer.config_schema.TrainerConfig`, for `load`) or on none at all: `from_dict`,
+`from_cli_dotlist` and `merge` of plain mappings serve any program's keys. It keeps attribute
+access (`cfg.train.lr`) and adds dotted lookup (`cfg.get("train.lr")`, `cfg["train.lr"]`),
+which `DictConfig.get` does not do. Every value comes from a stack of named layers (schema
+defaults, files, command-line overrides; later wins), so a bad key or value is reported with
+the layer that set it.
 """
 
 from __future__ import annotations
@@ -26,9 +28,13 @@ __all__ = [
     "Config",
     "ConfigError",
     "default",
+    "freeze",
+    "from_cli_dotlist",
+    "from_dict",
     "from_dotlist",
     "load",
     "merge",
+    "to_dict",
 ]
 
 DEFAULTS = "schema defaults"
@@ -52,7 +58,7 @@ class Config:
 
     __slots__ = ("_layers", "_node", "_schema")
 
-    def __init__(self, node: DictConfig, layers: Sequence[Layer], schema: type) -> None:
+    def __init__(self, node: DictConfig, layers: Sequence[Layer], schema: type | None) -> None:
         object.__setattr__(self, "_node", node)
         object.__setattr__(self, "_layers", tuple(layers))
         object.__setattr__(self, "_schema", schema)
@@ -158,7 +164,7 @@ class Config:
         return path
 
 
-def default(schema: type = TrainerConfig) -> Config:
+def default(schema: type | None = TrainerConfig) -> Config:
     """The schema's defaults as a config (the embedded default job)."""
     return _build(schema, [])
 
@@ -167,7 +173,7 @@ def load(
     path: str | Path | None = None,
     overrides: Iterable[str] = (),
     *,
-    schema: type = TrainerConfig,
+    schema: type | None = TrainerConfig,
 ) -> Config:
     """The schema defaults, then the YAML file at `path` (if any), then `overrides`."""
     layers: list[Layer] = []
@@ -177,16 +183,53 @@ def load(
     return _build(schema, layers)
 
 
-def from_dotlist(overrides: Iterable[str], *, schema: type = TrainerConfig) -> Config:
+def from_dotlist(overrides: Iterable[str], *, schema: type | None = TrainerConfig) -> Config:
     """The schema defaults with dotlist overrides (`["train.epochs=20", "optim.lr=0.01"]`)."""
     return load(None, overrides, schema=schema)
 
 
+def from_dict(data: Mapping[str, Any], *, schema: type | None = None) -> Config:
+    """A config of any keys from a mapping, checked against `schema` when one is given."""
+    return _build(schema, [("dict", _as_node(data, "dict"))])
+
+
+def from_cli_dotlist(args: Iterable[str], *, schema: type | None = None) -> Config:
+    """A config from command-line words: `a.b=1`, `--a.b=1` or `--a.b 1` (later wins)."""
+    return _build(schema, _override_layers(cli_overrides(args)))
+
+
+def cli_overrides(args: Iterable[str]) -> list[str]:
+    """Command-line words as `key=value` overrides: `--a.b=1` and `--a.b 1` become `a.b=1`."""
+    if isinstance(args, str):
+        raise ConfigError(f"overrides must be a list of 'key=value' strings, got {args!r}")
+    words, out = list(args), []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word.startswith("--") and "=" not in word and i + 1 < len(words):
+            out.append(f"{word[2:]}={words[i + 1]}")  # the argparse spelling: --key value
+            i += 2
+            continue
+        out.append(word.removeprefix("--"))
+        i += 1
+    return out
+
+
 def merge(*configs: Config | Mapping[str, Any] | DictConfig) -> Config:
-    """Merge configs left to right (later wins) on the first one's schema (or the default)."""
+    """Merge configs left to right (later wins), on the first one's schema if it is a Config."""
     if configs and isinstance(configs[0], Config):
         return configs[0].merge(*configs[1:])
-    return default().merge(*configs)
+    return _build(None, []).merge(*configs)
+
+
+def freeze(cfg: Config) -> Config:
+    """Make `cfg` read-only and return it (as `cfg.freeze()`)."""
+    return cfg.freeze()
+
+
+def to_dict(cfg: Config, resolve: bool = True) -> dict[str, Any]:
+    """`cfg` as plain dicts and lists (as `cfg.to_dict()`)."""
+    return cfg.to_dict(resolve=resolve)
 
 
 # -- internals ------------------------------------------------------------------------------
@@ -241,23 +284,26 @@ def _override_layers(overrides: Iterable[str]) -> list[Layer]:
     return layers
 
 
-def _build(schema: type, layers: Sequence[Layer]) -> Config:
-    node = OmegaConf.structured(schema)
+def _build(schema: type | None, layers: Sequence[Layer]) -> Config:
+    base = OmegaConf.structured(schema) if schema is not None else OmegaConf.create({})
+    node = base
     for source, layer in layers:
         try:
             node = OmegaConf.merge(node, layer)
         except OmegaConfBaseException as exc:
             raise _merge_error(exc, schema, source, layer) from None
-    config = Config(node, [(DEFAULTS, OmegaConf.structured(schema)), *layers], schema)
+    config = Config(node, [(DEFAULTS, base.copy()), *layers], schema)
     _validate(config, schema)
     return config
 
 
 def _merge_error(
-    exc: OmegaConfBaseException, schema: type, source: str, layer: DictConfig
+    exc: OmegaConfBaseException, schema: type | None, source: str, layer: DictConfig
 ) -> ConfigError:
-    key = getattr(exc, "full_key", None) or _culprit_section(schema, layer)
-    if isinstance(exc, KeyError) and key:
+    key = getattr(exc, "full_key", None)
+    if not key and schema is not None:
+        key = _culprit_section(schema, layer)
+    if isinstance(exc, KeyError) and key and schema is not None:
         return ConfigError(
             f"{source}: unknown key {key!r}{_known_keys_hint(schema, key)}", key=key, source=source
         )
@@ -288,7 +334,7 @@ def _known_keys_hint(schema: type, key: str) -> str:
     return f"{guess} (known keys {where}: {', '.join(known)})"
 
 
-def _validate(config: Config, schema: type) -> None:
+def _validate(config: Config, schema: type | None) -> None:
     node = config.node
     try:
         OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
@@ -299,6 +345,8 @@ def _validate(config: Config, schema: type) -> None:
         raise ConfigError(
             f"bad value for {key!r}{where}: {_first_line(exc)}", key=key, source=source
         ) from None
+    if schema is None:
+        return
     for key, value, metadata in _constrained(schema, node, prefix=""):
         items = enumerate(value) if isinstance(value, ListConfig) else [(None, value)]
         for index, item in items:

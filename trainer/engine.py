@@ -155,6 +155,9 @@ class Engine:
         assert handle is not None  # flatten never returns an empty list
         return handle
 
+    # The guide's spelling; one implementation.
+    attach_handler = add_event_handler
+
     def on(
         self,
         event: AnyEvent,

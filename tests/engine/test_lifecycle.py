@@ -290,3 +290,16 @@ def test_run_again_after_completion_starts_afresh() -> None:
     engine.run([1, 2], max_epochs=2)
     state = engine.run([1, 2, 3])
     assert state.iteration == 3 and state.max_epochs == 1 and state.epoch == 0
+
+
+def test_attach_handler_is_add_event_handler_with_priority_and_removal() -> None:
+    engine = Engine(lambda e, b: None)
+    order: list[str] = []
+    engine.attach_handler(Events.EPOCH_COMPLETED, lambda e: order.append("low"), priority=-1)
+    handle = engine.attach_handler(Events.EPOCH_COMPLETED, lambda e: order.append("gone"))
+    engine.attach_handler(
+        Events.EPOCH_COMPLETED, lambda e, tag: order.append(tag), "high", priority=5
+    )
+    handle.remove()
+    engine.run([0], max_epochs=1)
+    assert order == ["high", "low"]

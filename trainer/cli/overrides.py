@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from trainer.cli.errors import UsageError
+from trainer.config import cli_overrides
 
 
 def is_override(arg: str) -> bool:
@@ -27,7 +28,7 @@ def split_config_and_overrides(
         raise UsageError(
             f"unrecognized arguments: {' '.join(unknown)} (overrides look like key=value)"
         )
-    extras = [w.removeprefix("--") for w in extras]
+    extras = cli_overrides(extras)
     if words and "=" in words[0] and not Path(words[0]).is_file():
         return None, [*words, *extras]
     config_path = Path(words[0]) if words else None
