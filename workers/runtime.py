@@ -42,6 +42,9 @@ class RuntimeOptions:
     claim_idle: float = 30.0
     block: float = 1.0
     max_deliveries: int = 5
+    # The consumer group; None: the kind's, shared by replicas (a voter's own). Another group
+    # makes an independent copy of the kind, e.g. a second tracker writing elsewhere.
+    group: str | None = None
 
     def check(self) -> None:
         """Raise ValueError naming the first option that cannot work, and how to fix it."""
@@ -70,6 +73,8 @@ class RuntimeOptions:
             )
         if self.name is not None and not self.name:
             raise ValueError("RuntimeOptions name='': give a non-empty name or None")
+        if self.group is not None and not self.group:
+            raise ValueError("RuntimeOptions group='': give a non-empty group or None")
 
 
 def default_name(kind: str) -> str:
@@ -113,7 +118,7 @@ async def run_worker(
         publisher=publisher,
         topics=Topics(options.namespace),
         name=name,
-        group=consumer_group(kind, name),
+        group=options.group or consumer_group(kind, name),
         secret=secret or None,
         heartbeat=options.heartbeat,
         linger=options.linger,

@@ -113,6 +113,7 @@ class BusRun:
         secret: str | None = None,
         resumed_from: str | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
+        run_dir: str | os.PathLike[str] | None = None,
         bus_options: Mapping[str, Any] | None = None,
         publisher: ThreadedPublisher | None = None,
     ) -> None:
@@ -137,6 +138,8 @@ class BusRun:
         self.config = _native_config(config)
         self.resumed_from = None if resumed_from is None else str(resumed_from)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir).resolve()
+        # Where the trainer keeps the run's files; a tracking worker that sees it writes there.
+        self.run_dir = None if run_dir is None else Path(run_dir).resolve()
         verifier = Verifier(self.secret)  # refuses an empty secret before any thread starts
         options = dict(bus_options or {})
         self._owns_publisher = publisher is None
@@ -279,6 +282,7 @@ class BusRun:
             "pid": os.getpid(),
             "resumed_from": self.resumed_from,
             "checkpoint_dir": None if self.checkpoint_dir is None else str(self.checkpoint_dir),
+            "run_dir": None if self.run_dir is None else str(self.run_dir),
             "namespace": self.namespace,
         }
         self._announce("RUN_STARTED", data)

@@ -6,6 +6,7 @@ import argparse
 import os
 from typing import Any
 
+from trainer.cli.environment import BUS_URL_ENV, SECRET_ENV
 from trainer.cli.errors import UsageError
 
 FROM_CHOICES = ("start", "now")
@@ -25,7 +26,12 @@ def add_parser(commands: Any) -> None:
     )
     worker.add_argument("kind", metavar="KIND", choices=sorted(KINDS), help=", ".join(KINDS))
     worker.add_argument("-h", "--help", action="store_true", help="show this help and exit")
-    worker.add_argument("--bus", metavar="URL", help="redis://[user:password@]host:port/db")
+    worker.add_argument(
+        "--bus",
+        metavar="URL",
+        default=os.environ.get(BUS_URL_ENV) or None,
+        help=f"redis://[user:password@]host:port/db (default: ${BUS_URL_ENV})",
+    )
     which = worker.add_mutually_exclusive_group()
     which.add_argument("--run", metavar="ID", help="follow this run until it finishes")
     which.add_argument("--follow", action="store_true", help="follow every new run")
@@ -37,6 +43,11 @@ def add_parser(commands: Any) -> None:
         help="start: back-fill a run's history (default); now: only what comes next",
     )
     worker.add_argument("--name", help="worker name (default: KIND-HOST-PID)")
+    worker.add_argument(
+        "--group",
+        help="consumer group (default: the kind's, so replicas share the work; a voter's own); "
+        "another group makes an independent copy, e.g. a second tracker writing elsewhere",
+    )
     worker.add_argument("--namespace", default="trainer", help="topic namespace (default trainer)")
     worker.add_argument(
         "--heartbeat", type=float, default=2.0, help="seconds between heartbeats (default 2)"
@@ -71,7 +82,9 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
         return 0
     kind_options = kind_parser.parse_args(extras)
     if not args.bus:
-        raise UsageError(f"trainer worker {args.kind}: --bus URL is required")
+        raise UsageError(
+            f"trainer worker {args.kind}: --bus URL is required (or set {BUS_URL_ENV})"
+        )
     if not args.run and not args.follow:
         raise UsageError(f"trainer worker {args.kind}: give --run ID or --follow")
     options = RuntimeOptions(
@@ -80,9 +93,10 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
         follow=args.follow,
         start=args.start,
         name=args.name,
+        group=args.group,
         namespace=args.namespace,
         heartbeat=args.heartbeat,
         claim_idle=args.claim_idle,
-        secret=os.environ.get("TRAINER_BUS_SECRET") or None,
+        secret=os.environ.get(SECRET_ENV) or None,
     )
     return main(args.kind, options, vars(kind_options))

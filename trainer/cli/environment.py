@@ -1,0 +1,8 @@
+"""The environment variables the commands read, so a compose file configures them all."""
+
+from __future__ import annotations
+
+# The bus every command uses when --bus is not given (`trainer run` then runs only the trainer).
+BUS_URL_ENV = "TRAINER_BUS_URL"
+# The shared secret that signs control envelopes (DESIGN.md section 9).
+SECRET_ENV = "TRAINER_BUS_SECRET"
