@@ -8,6 +8,7 @@ from typing import Any
 
 from trainer.cli.environment import BUS_URL_ENV, SECRET_ENV
 from trainer.cli.errors import UsageError
+from trainer.cli.reach import check_bus
 
 FROM_CHOICES = ("start", "now")
 
@@ -87,6 +88,7 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
         )
     if not args.run and not args.follow:
         raise UsageError(f"trainer worker {args.kind}: give --run ID or --follow")
+    check_bus(args.bus, args.namespace)  # one clear line now, not a retry loop
     options = RuntimeOptions(
         bus_url=args.bus,
         run_id=args.run,
