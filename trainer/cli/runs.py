@@ -1,0 +1,340 @@
+"""`trainer runs ls|show|compare|plot|export`: look at tracked runs in a runs directory.
+
+RUN is a run id, a unique prefix of one, or a run directory's path. The runs directory is
+--dir ROOT, else $TRAINER_RUNS_DIR, else ./runs. rich and matplotlib are imported only by the
+actions that use them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from trainer.cli.errors import UsageError
+from trainer.tracking.errors import RunNotFound
+from trainer.tracking.layout import RUNS_DIR_ENV, runs_root
+from trainer.tracking.reader import RunRecord, find_run, list_runs, read_run
+
+STATUS_STYLE = {
+    "completed": "green",
+    "running": "cyan",
+    "terminated": "yellow",
+    "failed": "red",
+}
+
+
+def add_parser(commands: Any) -> None:
+    """Register the `runs` command and its actions."""
+    runs = commands.add_parser(
+        "runs",
+        help="list, show, compare, plot and export tracked runs",
+        description="Look at the runs the tracking store wrote. RUN is a run id, a unique prefix "
+        f"of one, or a run directory. The runs directory is --dir, else ${RUNS_DIR_ENV}, "
+        "else ./runs.",
+    )
+    actions = runs.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    listing = actions.add_parser("ls", aliases=["list"], help="list the runs, newest first")
+    listing.add_argument("--project", metavar="P", help="only the runs of project P")
+    listing.set_defaults(action_handler=list_command)
+
+    show = actions.add_parser("show", help="everything about one run")
+    show.add_argument("run", metavar="RUN")
+    show.set_defaults(action_handler=show_command)
+
+    compare = actions.add_parser(
+        "compare", help="config differences and final metrics of runs, side by side"
+    )
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="two runs or more")
+    compare.set_defaults(action_handler=compare_command)
+
+    plot = actions.add_parser("plot", help="plot metrics against step into a PNG")
+    plot.add_argument("runs", nargs="+", metavar="RUN")
+    plot.add_argument(
+        "--metric",
+        "-m",
+        action="append",
+        metavar="M",
+        help="a logged key (val/loss) or a metric of every split (loss); repeatable "
+        "(default: every logged key except epoch)",
+    )
+    plot.add_argument("-o", "--output", required=True, metavar="FILE.png", help="PNG to write")
+    plot.set_defaults(action_handler=plot_command)
+
+    export = actions.add_parser("export", help="export a run to another tool's format")
+    export.add_argument("run", metavar="RUN")
+    export.add_argument("dest", metavar="DIR", help="where to write (an MLflow file store)")
+    export.add_argument("--format", choices=["mlflow"], default="mlflow", help="default mlflow")
+    export.set_defaults(action_handler=export_command)
+
+    for action in (listing, show, compare, plot, export):
+        action.add_argument(
+            "--dir",
+            metavar="ROOT",
+            help=f"runs directory (default: ${RUNS_DIR_ENV}, else runs)",
+        )
+    runs.set_defaults(handler=command)
+
+
+def command(args: argparse.Namespace, extras: list[str]) -> int:
+    """Run the chosen action."""
+    if extras:
+        raise UsageError(f"trainer runs {args.action}: unrecognized arguments: {' '.join(extras)}")
+    handler: Callable[[argparse.Namespace, Path], int] = args.action_handler
+    try:
+        return handler(args, runs_root(args.dir))
+    except RunNotFound as exc:
+        raise UsageError(str(exc)) from None
+
+
+def list_command(args: argparse.Namespace, root: Path) -> int:
+    """`runs ls`: a table of the runs under ROOT."""
+    infos = list_runs(root, project=args.project)
+    console = _console()
+    if not infos:
+        which = f" of project {args.project!r}" if args.project else ""
+        console.print(f"no runs{which} in {root}")
+        return 0
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for column in ("name", "id", "status", "epochs", "best", "duration", "started"):
+        table.add_column(column, no_wrap=column in ("id", "started"))
+    for info in infos:
+        best = f"{info.best[0]} {format_value(info.best[1])}" if info.best else ""
+        table.add_row(
+            info.name,
+            info.id,
+            _status(info.status),
+            "" if info.epochs is None else str(info.epochs),
+            best,
+            format_duration(info.duration_s),
+            format_time(info.started_at),
+        )
+    console.print(table)
+    return 0
+
+
+def show_command(args: argparse.Namespace, root: Path) -> int:
+    """`runs show RUN`: the run's metadata, config, summary, artifacts and media."""
+    from rich.table import Table
+    from rich.text import Text
+
+    record = read_run(find_run(root, args.run))
+    meta = record.meta
+    console = _console()
+    about = Table.grid(padding=(0, 2))
+    about.add_column(style="bold")
+    about.add_column()
+    ending = meta.get("reason") or ""
+    if meta.get("by"):
+        ending = f"{ending} (by {meta['by']})".strip()
+    for label, value in (
+        ("id", record.id),
+        ("name", record.name),
+        ("project", meta.get("project", "")),
+        ("status", _status(str(meta.get("status", "unknown")))),
+        ("reason", ending),
+        ("error", meta.get("error") or ""),
+        ("tags", ", ".join(meta.get("tags") or [])),
+        ("notes", meta.get("notes") or ""),
+        ("host", f"{meta.get('host', '')} (pid {meta.get('pid', '?')})"),
+        ("started", format_time(meta.get("started_at"))),
+        ("finished", format_time(meta.get("finished_at"))),
+        ("duration", format_duration(meta.get("duration_s"))),
+        ("directory", str(record.dir)),
+    ):
+        if value:
+            about.add_row(label, value if isinstance(value, Text) else str(value))
+    console.print(about)
+
+    config = flat_config(meta.get("config") or {})
+    if config:
+        table = Table(title="config", box=None, title_justify="left", header_style="bold")
+        table.add_column("key")
+        table.add_column("value")
+        for key, value in config.items():
+            table.add_row(key, format_value(value))
+        console.print(table)
+
+    summary = record.summary
+    if summary["last"]:
+        table = Table(title="metrics", box=None, title_justify="left", header_style="bold")
+        for column in ("metric", "last", "best", "best step", "goal"):
+            table.add_column(column, justify="left" if column == "metric" else "right")
+        for key, last in summary["last"].items():
+            table.add_row(
+                key,
+                format_value(last),
+                format_value(summary["best"].get(key, "")),
+                str(summary["best_step"].get(key, "")),
+                summary["goal"].get(key, ""),
+            )
+        console.print(table)
+        console.print(f"{summary['steps']} rows, last step {summary['last_step']}")
+
+    if record.artifacts:
+        table = Table(title="artifacts", box=None, title_justify="left", header_style="bold")
+        for column in ("name", "type", "version", "aliases", "files"):
+            table.add_column(column)
+        for name, index in record.artifacts.items():
+            aliases: dict[str, list[str]] = {}
+            for alias, version in index.get("aliases", {}).items():
+                aliases.setdefault(version, []).append(alias)
+            for version in index.get("versions", []):
+                files = ", ".join(
+                    f"{f['name']}" + (" (reference)" if "path" in f else "")
+                    for f in version.get("files", [])
+                )
+                table.add_row(
+                    name,
+                    index.get("type", ""),
+                    version["version"],
+                    ", ".join(aliases.get(version["version"], [])),
+                    files,
+                )
+        console.print(table)
+    if record.histograms or record.images:
+        console.print(f"media: {len(record.histograms)} histograms, {len(record.images)} images")
+    return 0
+
+
+def compare_command(args: argparse.Namespace, root: Path) -> int:
+    """`runs compare RUN RUN...`: config keys that differ, and final metrics side by side."""
+    from rich.table import Table
+
+    if len(args.runs) < 2:
+        raise UsageError("trainer runs compare: give two runs or more")
+    records = [read_run(find_run(root, ref)) for ref in args.runs]
+    headers = _headers(records)
+    console = _console()
+
+    configs = [flat_config(r.meta.get("config") or {}) for r in records]
+    keys = list(dict.fromkeys(k for config in configs for k in config))
+    missing = object()
+    differing = [k for k in keys if len({repr(c.get(k, missing)) for c in configs}) > 1]
+    table = Table(title="config differences", box=None, title_justify="left", header_style="bold")
+    table.add_column("key")
+    for header in headers:
+        table.add_column(header)
+    for key in differing:
+        table.add_row(key, *(format_value(c[key]) if key in c else "-" for c in configs))
+    if differing:
+        console.print(table)
+    else:
+        console.print("config: no differences")
+
+    table = Table(title="final metrics", box=None, title_justify="left", header_style="bold")
+    table.add_column("metric")
+    for header in headers:
+        table.add_column(header, justify="right")
+    metrics = list(dict.fromkeys(k for r in records for k in r.summary["last"]))
+    for key in metrics:
+        values = [r.summary["last"].get(key) for r in records]
+        goal = next((r.summary["goal"][key] for r in records if key in r.summary["goal"]), "max")
+        best = _best_index(values, goal)
+        cells = [
+            ("-" if v is None else f"[bold]{format_value(v)}[/]" if i == best else format_value(v))
+            for i, v in enumerate(values)
+        ]
+        table.add_row(key, *cells)
+    table.add_row("status", *(_status(str(r.meta.get("status", "unknown"))) for r in records))
+    table.add_row("duration", *(format_duration(r.meta.get("duration_s")) for r in records))
+    console.print(table)
+    return 0
+
+
+def plot_command(args: argparse.Namespace, root: Path) -> int:
+    """`runs plot RUN... -o FILE.png`: metrics against step, a line per run and split."""
+    from trainer.tracking.plot import plot_runs
+
+    records = [read_run(find_run(root, ref)) for ref in args.runs]
+    try:
+        path = plot_runs(records, args.metric, args.output)
+    except ValueError as exc:
+        raise UsageError(f"trainer runs plot: {exc}") from None
+    print(f"wrote {path}")
+    return 0
+
+
+def export_command(args: argparse.Namespace, root: Path) -> int:
+    """`runs export RUN --format mlflow DIR`: an MLflow file store holding the run."""
+    from trainer.tracking.mlflow_export import export_mlflow
+
+    run_dir = find_run(root, args.run)
+    path = export_mlflow(run_dir, args.dest)
+    store = Path(args.dest).absolute()
+    print(f"exported {run_dir.name} to {path}")
+    print(f"view it: MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri {store.as_uri()}")
+    return 0
+
+
+def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys."""
+    from trainer.tracking.mlflow_export import flatten
+
+    return flatten(config, prefix)
+
+
+def format_value(value: Any) -> str:
+    """A value for a table cell: floats with 4 significant digits."""
+    if isinstance(value, bool) or not isinstance(value, float):
+        return str(value)
+    if math.isfinite(value) and value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+        return f"{value:.3e}"
+    return f"{value:.4g}"
+
+
+def format_duration(seconds: Any) -> str:
+    """A duration as "42s", "3m 05s" or "2h 04m"; empty when unknown."""
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return ""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
+def format_time(stamp: Any) -> str:
+    """A unix time as local "YYYY-mm-dd HH:MM:SS"; empty when unknown."""
+    if not isinstance(stamp, (int, float)):
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+def _best_index(values: Sequence[Any], goal: str) -> int | None:
+    numbers = [
+        (v, i)
+        for i, v in enumerate(values)
+        if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))
+    ]
+    if len(numbers) < 2 or len({v for v, _ in numbers}) < 2:
+        return None
+    return (min(numbers) if goal == "min" else max(numbers))[1]
+
+
+def _headers(records: Sequence[RunRecord]) -> list[str]:
+    names = [r.name for r in records]
+    return [r.id if names.count(r.name) > 1 else r.name for r in records]
+
+
+def _status(status: str) -> Any:
+    from rich.text import Text
+
+    return Text(status, style=STATUS_STYLE.get(status, ""))
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # Piped output gets room for whole ids rather than rich's default of 80 columns.
+    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(width=160 if wide else None, highlight=False)

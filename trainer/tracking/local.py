@@ -1,0 +1,498 @@
+"""LocalSink: applies tracking records to a run directory; the one writer of every mode.
+
+`LocalSink(run_dir).apply(record)` is all a writer needs: the Run of offline mode calls it, and
+the tracking worker turns bus envelopes into the same records and applies them the same way.
+Several processes may apply records to one run directory at once (tracking-worker replicas):
+
+- every append and every read-modify-write happens under the flock of ``<run>/.lock``;
+- a record's `key`, if it has one, is checked against the keys already in the files, read back
+  under that lock, so a record redelivered to another process (or after a restart) is skipped;
+- what a process learnt from the files (keys, last step, bytes read) is kept per process and
+  per directory and brought up to date from the bytes appended since, so a fresh
+  `LocalSink(run_dir)` per record costs no re-reading.
+
+Any OSError (full disk, read-only directory) surfaces as one TrackingError naming the path and
+the reason; files are replaced atomically or appended one whole line at a time, never torn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from trainer.atomic_file import atomic_file
+from trainer.manifest import file_sha256
+from trainer.tracking.artifact import check_file_name
+from trainer.tracking.errors import TrackingError, tracking_error
+from trainer.tracking.jsonl import Tail, append_line, read_from
+from trainer.tracking.layout import (
+    ARTIFACT_INDEX,
+    ARTIFACTS_DIR,
+    HISTOGRAMS_FILE,
+    IMAGES_DIR,
+    IMAGES_FILE,
+    LOCK_FILE,
+    METRICS_FILE,
+    RUN_FILE,
+    SUMMARY_FILE,
+    check_name,
+    file_part,
+    read_json,
+    write_json,
+)
+from trainer.tracking.summary import (
+    ROW_FIELDS,
+    check_goal,
+    empty_summary,
+    fold,
+    normalized,
+    summarize,
+)
+from trainer.tracking.tensorboard import EventFileWriter
+
+KINDS = ("meta", "log", "histogram", "image", "artifact", "finish")
+STATUSES = ("running", "completed", "terminated", "failed")
+FINAL_STATUSES = ("completed", "terminated", "failed")
+
+
+class LocalSink:
+    """Applies records to the files of `run_dir` (created if missing)."""
+
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+        self.dir = Path(run_dir)
+
+    def apply(self, record: Mapping[str, Any]) -> Any:
+        """Apply one record; returns the step of a log, the version of an artifact, else None."""
+        return _state_for(self.dir).apply(record)
+
+    def write(self, record: Mapping[str, Any]) -> Any:
+        """The Sink interface: the same as `apply`."""
+        return self.apply(record)
+
+    def close(self) -> None:
+        """Nothing is buffered: every record is on disk when `apply` returns."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the exclusive flock of `<run_dir>/.lock` (other processes and threads wait)."""
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+class _RunDirState:
+    """What this process knows of one run directory, and the handlers of each record kind."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir
+        self.mutex = threading.Lock()
+        self.metrics = Tail(run_dir / METRICS_FILE)
+        self.tails = {
+            "histogram": Tail(run_dir / HISTOGRAMS_FILE),
+            "image": Tail(run_dir / IMAGES_FILE),
+        }
+        self.keys: dict[str, set[str]] = {"log": set(), "histogram": set(), "image": set()}
+        self.last_step: int | None = None
+        self.tensorboard: EventFileWriter | None = None
+        self.has_run_file = False
+        self.handlers: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+            "meta": self._meta,
+            "log": self._log,
+            "histogram": self._histogram,
+            "image": self._image,
+            "artifact": self._commit_artifact,  # staged first: see apply
+            "finish": self._finish,
+        }
+
+    def apply(self, record: Mapping[str, Any]) -> Any:
+        kind = record.get("kind") if isinstance(record, Mapping) else None
+        handler = self.handlers.get(kind)  # type: ignore[arg-type]
+        if handler is None:
+            raise ValueError(f"tracking record kind {kind!r} is not one of {', '.join(KINDS)}")
+        with self.mutex:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                staged = self._stage_artifact(record) if kind == "artifact" else None
+                try:
+                    with run_lock(self.dir):
+                        if staged is not None:
+                            return self._commit_artifact(record, staged)
+                        return handler(record)
+                finally:
+                    if staged is not None and staged.exists():
+                        shutil.rmtree(staged, ignore_errors=True)
+            except OSError as exc:
+                raise tracking_error(exc, "write", self.dir) from exc
+
+    # -- what other processes wrote -----------------------------------------------------------
+
+    def _catch_up_metrics(self) -> None:
+        rows, restarted = self.metrics.read()
+        if restarted:
+            self.keys["log"].clear()
+            self.last_step = None
+        for row in rows:
+            if isinstance(row.get("key"), str):
+                self.keys["log"].add(row["key"])
+            step = row.get("step")
+            if isinstance(step, int) and (self.last_step is None or step > self.last_step):
+                self.last_step = step
+
+    def _catch_up(self, kind: str) -> None:
+        rows, restarted = self.tails[kind].read()
+        if restarted:
+            self.keys[kind].clear()
+        self.keys[kind].update(row["key"] for row in rows if isinstance(row.get("key"), str))
+
+    def _media_step(self, record: Mapping[str, Any]) -> int:
+        step = record.get("step")
+        if step is not None:
+            return int(step)
+        self._catch_up_metrics()
+        return 0 if self.last_step is None else self.last_step
+
+    def _ensure_run_file(self) -> None:
+        """A run.json, for records that arrive before the run's first meta record."""
+        if self.has_run_file:
+            return
+        path = self.dir / RUN_FILE
+        if not path.exists():
+            now = time.time()
+            write_json(
+                path,
+                {
+                    "id": self.dir.name,
+                    "status": "running",
+                    "started_at": now,
+                    "updated_at": now,
+                },
+            )
+        self.has_run_file = True
+
+    # -- metrics ------------------------------------------------------------------------------
+
+    def _log(self, record: Mapping[str, Any]) -> int | None:
+        values = _checked_values(record.get("values"))
+        self._ensure_run_file()
+        self._catch_up_metrics()
+        key = record.get("key")
+        if key is not None and key in self.keys["log"]:
+            return None  # already written, by this process or another one
+        step = record.get("step")
+        if step is None:
+            step = 0 if self.last_step is None else self.last_step + 1
+        step = int(step)
+        now = _time(record)
+        row: dict[str, Any] = {"step": step, "time": now}
+        if key is not None:
+            row["key"] = str(key)
+        row.update(values)
+        append_line(self.metrics.path, row)
+        self._catch_up_metrics()
+        scalars = {k: float(v) for k, v in values.items()}
+        if scalars:
+            if self.tensorboard is None:
+                self.tensorboard = EventFileWriter(self.dir)
+            self.tensorboard.add_scalars(scalars, step, now)
+        self._update_summary()
+        return step
+
+    def _update_summary(
+        self, goals: Mapping[str, str] | None = None, last: Mapping[str, Any] | None = None
+    ) -> None:
+        """Bring summary.json up to date with metrics.jsonl (and new goals, final values)."""
+        path = self.dir / SUMMARY_FILE
+        try:
+            summary = normalized(read_json(path))
+        except ValueError:  # unreadable: rebuilt from the rows (the goals set are lost)
+            summary = empty_summary()
+        if goals:
+            changed = {k: v for k, v in goals.items() if summary["goal"].get(k) != v}
+            summary["goal"].update(goals)
+            if changed and any(k in summary["last"] for k in changed):
+                summary = self._rebuilt_summary(summary)
+        size = self.metrics.path.stat().st_size if self.metrics.path.exists() else 0
+        if summary["offset"] > size:  # metrics.jsonl was replaced: fold it again
+            summary = self._rebuilt_summary(summary)
+        rows, offset = read_from(self.metrics.path, summary["offset"])
+        for row in rows:
+            fold(summary, row)
+        summary["offset"] = offset
+        if last:
+            summary["last"].update(last)
+        write_json(path, summary)
+
+    def _rebuilt_summary(self, old: Mapping[str, Any]) -> dict[str, Any]:
+        rows, offset = read_from(self.metrics.path, 0)
+        summary = summarize(rows, old["goal"])
+        summary["offset"] = offset
+        return summary
+
+    # -- media --------------------------------------------------------------------------------
+
+    def _histogram(self, record: Mapping[str, Any]) -> int | None:
+        name = _required_str(record, "name")
+        bins, counts = record.get("bins"), record.get("counts")
+        if not isinstance(bins, list) or not isinstance(counts, list):
+            raise ValueError(f"histogram record {name!r} needs 'bins' and 'counts' lists")
+        if len(bins) != len(counts) + 1:
+            raise ValueError(
+                f"histogram record {name!r}: {len(bins)} bin edges for {len(counts)} counts "
+                "(edges must be one more than counts)"
+            )
+        self._ensure_run_file()
+        self._catch_up("histogram")
+        key = record.get("key")
+        if key is not None and key in self.keys["histogram"]:
+            return None
+        step = self._media_step(record)
+        row: dict[str, Any] = {"name": name, "step": step, "time": _time(record)}
+        if key is not None:
+            row["key"] = str(key)
+        row.update(bins=[float(b) for b in bins], counts=[int(c) for c in counts])
+        self.tails["histogram"].path.parent.mkdir(exist_ok=True)
+        append_line(self.tails["histogram"].path, row)
+        self._catch_up("histogram")
+        return step
+
+    def _image(self, record: Mapping[str, Any]) -> int | None:
+        name = _required_str(record, "name")
+        png = record.get("png")
+        if not isinstance(png, (bytes, bytearray)):
+            raise ValueError(f"image record {name!r} needs its 'png' bytes")
+        self._ensure_run_file()
+        self._catch_up("image")
+        key = record.get("key")
+        if key is not None and key in self.keys["image"]:
+            return None
+        step = self._media_step(record)
+        images = self.dir / IMAGES_DIR
+        images.mkdir(parents=True, exist_ok=True)
+        stem = f"{file_part(name)}-{step}"
+        target, n = images / f"{stem}.png", 0
+        while target.exists():  # the same name at the same step again: keep both
+            n += 1
+            target = images / f"{stem}-{n}.png"
+        with atomic_file(target, "wb") as f:
+            f.write(bytes(png))
+        row: dict[str, Any] = {"name": name, "step": step, "time": _time(record)}
+        if key is not None:
+            row["key"] = str(key)
+        row.update(
+            file=target.relative_to(self.dir).as_posix(),
+            caption=record.get("caption"),
+            width=record.get("width"),
+            height=record.get("height"),
+        )
+        append_line(self.tails["image"].path, row)
+        self._catch_up("image")
+        return step
+
+    # -- artifacts ----------------------------------------------------------------------------
+
+    def _stage_artifact(self, record: Mapping[str, Any]) -> Path:
+        """Copy the artifact's files into a staging directory (outside the lock: may be big)."""
+        name = check_name(_required_str(record, "name"), "artifact name")
+        files = record.get("files")
+        if not isinstance(files, list):
+            raise ValueError(f"artifact record {name!r} needs a 'files' list")
+        staging = self.dir / ARTIFACTS_DIR / name / f".staging-{secrets.token_hex(4)}"
+        staging.mkdir(parents=True)
+        for entry in files:
+            file_name = check_file_name(str(entry.get("name", "")), name)
+            target = staging / file_name
+            if "data" in entry:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(bytes(entry["data"]))
+            elif "source" in entry:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(Path(entry["source"]), target)
+            elif "path" not in entry:
+                raise ValueError(
+                    f"artifact {name!r}: file {file_name!r} has neither 'data', 'source' nor 'path'"
+                )
+        return staging
+
+    def _commit_artifact(self, record: Mapping[str, Any], staging: Path) -> str:
+        name = str(record["name"])
+        directory = self.dir / ARTIFACTS_DIR / name
+        index_path = directory / ARTIFACT_INDEX
+        index = read_json(index_path) or {
+            "name": name,
+            "type": "",
+            "description": "",
+            "versions": [],
+            "aliases": {},
+        }
+        key = record.get("key")
+        if key is not None:
+            for version in index["versions"]:
+                if version.get("key") == key:
+                    return str(version["version"])  # already logged
+        version = f"v{len(index['versions'])}"
+        stored = directory / version
+        if stored.exists():  # left by a writer that died before updating the index
+            shutil.rmtree(stored)
+        files = []
+        for entry in record["files"]:
+            file_name = check_file_name(str(entry["name"]), name)
+            item: dict[str, Any] = {"name": file_name}
+            if "path" in entry and "data" not in entry and "source" not in entry:
+                item.update(size=entry.get("size"), sha256=entry.get("sha256"), path=entry["path"])
+            else:
+                staged = staging / file_name
+                item.update(
+                    size=staged.stat().st_size,
+                    sha256=entry.get("sha256") or file_sha256(staged),
+                    stored=f"{ARTIFACTS_DIR}/{name}/{version}/{file_name}",
+                )
+            files.append(item)
+        if any("stored" in f for f in files):
+            os.rename(staging, stored)
+        entry_out: dict[str, Any] = {
+            "version": version,
+            "created": _time(record),
+            "metadata": record.get("metadata") or {},
+            "files": files,
+        }
+        if key is not None:
+            entry_out["key"] = str(key)
+        aliases = [str(a) for a in record.get("aliases") or ()]
+        if aliases:
+            entry_out["aliases"] = aliases
+        index["versions"].append(entry_out)
+        index["type"] = str(record.get("type", index.get("type", "")))
+        index["description"] = str(record.get("description", index.get("description", "")))
+        for alias in ["latest", *aliases]:
+            index["aliases"][alias] = version
+        self._ensure_run_file()
+        write_json(index_path, index)
+        return version
+
+    # -- run.json ------------------------------------------------------------------------------
+
+    def _update_run_file(
+        self, record: Mapping[str, Any], change: Callable[[dict[str, Any]], None]
+    ) -> bool:
+        """Apply `change` to run.json unless the record's key was applied; False if skipped."""
+        path = self.dir / RUN_FILE
+        meta = read_json(path) or {"id": self.dir.name}
+        key = record.get("key")
+        applied = meta.setdefault("record_keys", [])
+        if key is not None:
+            if key in applied:
+                return False
+            applied.append(str(key))
+        if not applied:
+            del meta["record_keys"]
+        change(meta)
+        meta["updated_at"] = _time(record)
+        write_json(path, meta)
+        self.has_run_file = True
+        return True
+
+    def _meta(self, record: Mapping[str, Any]) -> None:
+        fields = record.get("fields") or {}
+        goals = record.get("goals") or {}
+        if not isinstance(fields, Mapping) or not isinstance(goals, Mapping):
+            raise ValueError("meta record: 'fields' and 'goals' must be mappings")
+        for metric, goal in goals.items():
+            check_goal(goal, metric)
+        status = fields.get("status")
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"meta record: status {status!r} is not one of {STATUSES}")
+        applied = self._update_run_file(record, lambda meta: meta.update(fields))
+        if applied and goals:
+            self._update_summary(goals=goals)
+
+    def _finish(self, record: Mapping[str, Any]) -> None:
+        status = record.get("status", "completed")
+        if status not in FINAL_STATUSES:
+            raise ValueError(
+                f"finish record: status {status!r} is not one of {', '.join(FINAL_STATUSES)}"
+            )
+        finished_at = _time(record)
+
+        def change(meta: dict[str, Any]) -> None:
+            meta.update(record.get("fields") or {})
+            meta.update(
+                status=status,
+                reason=str(record.get("reason") or ""),
+                by=record.get("by"),
+                error=record.get("error"),
+                finished_at=finished_at,
+            )
+            started = meta.get("started_at")
+            if isinstance(started, (int, float)):
+                meta["duration_s"] = max(0.0, finished_at - started)
+
+        if self._update_run_file(record, change):
+            self._update_summary(last=record.get("summary") or None)
+        _forget(self.dir)
+
+
+def _time(record: Mapping[str, Any]) -> float:
+    value = record.get("time")
+    return float(value) if isinstance(value, (int, float)) else time.time()
+
+
+def _required_str(record: Mapping[str, Any], field: str) -> str:
+    value = record.get(field)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{record.get('kind')} record needs a non-empty string {field!r}")
+    return value
+
+
+def _checked_values(values: Any) -> dict[str, Any]:
+    if not isinstance(values, Mapping):
+        raise ValueError("log record needs 'values', a mapping of names to numbers")
+    for name, value in values.items():
+        if not isinstance(name, str) or not name or name in ROW_FIELDS:
+            raise ValueError(f"log record: {name!r} cannot name a value ({ROW_FIELDS} are taken)")
+        if not isinstance(value, (bool, int, float)):
+            raise ValueError(f"log record: value {name!r} = {value!r} is not a number")
+    return dict(values)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"artifact file {source} no longer exists") from None
+    except OSError:  # another filesystem, or links not allowed: copy the bytes
+        shutil.copyfile(source, target)
+
+
+# One state per process and run directory, shared by every LocalSink on it.
+_states: dict[tuple[int, str], _RunDirState] = {}
+_states_lock = threading.Lock()
+
+
+def _state_for(run_dir: Path) -> _RunDirState:
+    where = (os.getpid(), os.path.abspath(run_dir))
+    with _states_lock:
+        state = _states.get(where)
+        if state is None:
+            state = _states[where] = _RunDirState(Path(where[1]))
+        return state
+
+
+def _forget(run_dir: Path) -> None:
+    """Drop what this process keeps about a finished run (rebuilt from the files if needed)."""
+    with _states_lock:
+        _states.pop((os.getpid(), os.path.abspath(run_dir)), None)
+
+
+__all__ = ["FINAL_STATUSES", "KINDS", "STATUSES", "LocalSink", "TrackingError", "run_lock"]
