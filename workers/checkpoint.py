@@ -330,6 +330,7 @@ class CheckpointWorker(Worker):
             {
                 "path": str(directory / saved["file"]),
                 "sha256": saved["sha256"],
+                "size": ready.size,
                 "epoch": ready.epoch,
                 "iteration": ready.iteration,
                 "aliases": filed.saved_aliases,

@@ -10,6 +10,7 @@ from workers.base import Worker
 KINDS: dict[str, str] = {
     "metrics": "workers.metrics:MetricsWorker",
     "checkpoint": "workers.checkpoint:CheckpointWorker",
+    "tracking": "workers.tracking:TrackingWorker",
     "early-stop": "workers.early_stop:EarlyStopWorker",
     "nan-guard": "workers.nan_guard:NanGuardWorker",
     "budget": "workers.budget:BudgetWorker",
