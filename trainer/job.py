@@ -1,9 +1,13 @@
-"""The supervised classification job the CLI runs: model, data, a trainer and its evaluator.
+"""The supervised job the CLI runs: model, data, a trainer and its evaluator.
 
-Per epoch the trainer evaluates on the validation split (Loss and Accuracy). Both engines are
-attached to a run on the bus (`trainer.bridge.BusRun`): the workers aggregate the metrics,
-keep the checkpoints and vote on stopping, and the run obeys them. The trainer checkpoints
-model, optimizer, its own state and the RNG states through the run.
+The data builder declares the task type (`DataBundle.task`); its objective
+(`trainer.tasks.objectives`) gives the loss and the validation metrics: cross-entropy with loss
+and accuracy for classification, MSE with loss, mse, mae and r2 for regression. Per epoch the
+trainer evaluates on the validation split, then steps the learning-rate schedule if the config
+has one (`sched`). Both engines are attached to a run on the bus (`trainer.bridge.BusRun`): the
+workers aggregate the metrics, keep the checkpoints and vote on stopping, and the run obeys
+them. The trainer checkpoints model, optimizer, schedule, its own state and the RNG states
+through the run.
 """
 
 from __future__ import annotations
@@ -13,34 +17,76 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from trainer.checkpoint_store import RNGState, load_checkpoint, restore_state
 from trainer.config import Config, ConfigError
 from trainer.engine import Engine
 from trainer.events import Events
-from trainer.handlers import ProgressBar, TerminateOnNan
-from trainer.metrics import Accuracy, Loss
+from trainer.handlers import LRScheduler, ProgressBar, TerminateOnNan
+from trainer.metrics import Loss
 from trainer.outcome import RunResult
 from trainer.reproducibility import seed_everything, set_threads
 from trainer.run_dir import CHECKPOINT_DIR, CONFIG_FILE, ResumePoint
-from trainer.tasks import build_data, build_model, build_optimizer
+from trainer.tasks import Objective, build_data, build_model, build_optimizer, objective_for
+from trainer.tasks.objectives import TRAIN_GOALS
 
 if TYPE_CHECKING:
     from trainer.bridge import BusRun
 
-VAL_METRICS = ("accuracy", "loss")
 Printer = Callable[[str], None]
+# Within the trainer's EPOCH_COMPLETED: validate, step the schedule, report; the bridge's
+# checkpoint and barrier come after all three, so an epoch's checkpoint holds the stepped schedule.
+VALIDATE_PRIORITY, SCHEDULE_PRIORITY, REPORT_PRIORITY = 100, 50, -100
 
 
-def _check_metric_name(cfg: Config, key: str) -> None:
+def _check_metric(
+    cfg: Config, key: str, goals: dict[str, str], what: str, mode_key: str | None
+) -> None:
+    """Refuse a metric `key` that `goals` lacks, or a `mode_key` that disagrees with its goal.
+
+    The goal table (`trainer.tasks.objectives`) is the one rule of which way a metric improves;
+    the `mode` keys stay in the config because the workers, which know no task, read them there.
+    """
     name = cfg.get(key)
-    if name is not None and name not in VAL_METRICS:
+    if name not in goals:
         raise ConfigError(
-            f"bad value for {key!r} (set by {cfg.source_of(key)}): {name!r} is not a validation "
-            f"metric; use one of {', '.join(VAL_METRICS)}",
+            f"bad value for {key!r} (set by {cfg.source_of(key)}): {name!r} is not {what}; "
+            f"use one of {', '.join(goals)}",
             key=key,
         )
+    mode, goal = cfg.get(mode_key) if mode_key else None, goals[name]
+    if mode_key is not None and mode != goal:
+        better = "higher" if goal == "max" else "lower"
+        raise ConfigError(
+            f"bad value for {mode_key!r} (set by {cfg.source_of(mode_key)}): {mode!r}, but "
+            f"{key} {name!r} is better when {better}; set {mode_key}={goal}",
+            key=mode_key,
+        )
+
+
+def _check_metrics(cfg: Config, objective: Objective) -> None:
+    """Refuse config keys naming metrics this task's engines do not compute, or a wrong mode."""
+    val_goals = dict(objective.goals)
+    val_what = f"a validation metric of a {objective.task} task"
+    if cfg.checkpoint.every is not None and cfg.checkpoint.score is not None:
+        _check_metric(cfg, "checkpoint.score", val_goals, val_what, "checkpoint.mode")
+    if cfg.early_stopping.patience is not None:
+        split = cfg.early_stopping.split
+        splits = {
+            "train": (dict(TRAIN_GOALS), "a metric of the trainer"),
+            "val": (val_goals, val_what),
+        }
+        if split not in splits:
+            raise ConfigError(
+                f"bad value for 'early_stopping.split' (set by "
+                f"{cfg.source_of('early_stopping.split')}): {split!r} is not an engine of this "
+                "job; use train or val",
+                key="early_stopping.split",
+            )
+        goals, what = splits[split]
+        _check_metric(cfg, "early_stopping.metric", goals, what, "early_stopping.mode")
+    if cfg.sched.name is not None:
+        _check_metric(cfg, "sched.metric", val_goals, val_what, None)
 
 
 class Job:
@@ -51,8 +97,6 @@ class Job:
     """
 
     def __init__(self, cfg: Config, resume: ResumePoint | None = None) -> None:
-        _check_metric_name(cfg, "checkpoint.score")
-        _check_metric_name(cfg, "early_stopping.metric")
         self.cfg, self.resume = cfg, resume
         self.resume_state = _load_resume_state(cfg, resume) if resume is not None else None
         set_threads(cfg.run.threads)
@@ -60,9 +104,12 @@ class Job:
 
         trainer: Engine  # the sampler reads the epoch from it when a pass over the data starts
         self.data = data = build_data(cfg, lambda: trainer.state.epoch)
-        self.model = model = build_model(cfg, data.in_features, data.num_classes)
+        self.objective = objective = objective_for(data.task)
+        _check_metrics(cfg, objective)
+        assert data.num_outputs is not None  # DataBundle fills it in for every task
+        self.model = model = build_model(cfg, data.in_features, data.num_outputs)
         self.optimizer = optimizer = build_optimizer(cfg, model.parameters())
-        loss_fn = nn.CrossEntropyLoss()
+        loss_fn = objective.loss()
 
         def train_step(engine: Engine, batch: Any) -> dict[str, float]:
             x, y = batch
@@ -82,16 +129,20 @@ class Job:
         self.trainer = trainer = Engine(train_step)
         self.evaluator = Engine(eval_step)
         trainer.add_metric(Loss(), "loss")
-        self.evaluator.add_metrics({"loss": Loss(loss_fn), "accuracy": Accuracy()})
+        self.evaluator.add_metrics(objective.metrics(loss_fn))
+        self.scheduler = _scheduler(cfg, objective, optimizer, self.evaluator)
 
     def to_save(self) -> dict[str, Any]:
         """What a checkpoint holds, and what a resume restores."""
-        return {
+        to_save = {
             "model": self.model,
             "optimizer": self.optimizer,
             "trainer": self.trainer,
             "rng": RNGState(),
         }
+        if self.scheduler is not None:
+            to_save["lr_scheduler"] = self.scheduler
+        return to_save
 
     def run(self, run_dir: Path, link: BusRun, echo: Printer = print) -> RunResult:
         """Train on `link`'s run, writing the config and checkpoints under `run_dir`."""
@@ -107,13 +158,17 @@ class Job:
 
         def report(engine: Engine) -> None:
             s, val = engine.state, evaluator.state.metrics
-            echo(
-                f"epoch {s.epoch + 1}/{s.max_epochs}  train_loss {s.metrics['loss']:.4f}  "
-                f"val_loss {val['loss']:.4f}  val_accuracy {val['accuracy']:.4f}"
-            )
+            parts = [f"epoch {s.epoch + 1}/{s.max_epochs}", f"train_loss {s.metrics['loss']:.4f}"]
+            parts += [f"val_{name} {val[name]:.4f}" for name in self.objective.val_metrics]
+            if self.scheduler is not None:
+                parts.append(f"lr {self.scheduler.lrs[0]:.3g}")
+            echo("  ".join(parts))
 
-        # Within EPOCH_COMPLETED: validate, then the run's checkpoint and barrier, then report.
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, validate, priority=100)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, validate, priority=VALIDATE_PRIORITY)
+        if self.scheduler is not None:
+            trainer.add_event_handler(
+                Events.EPOCH_COMPLETED, self.scheduler, priority=SCHEDULE_PRIORITY
+            )
         to_save = self.to_save()
         if cfg.checkpoint.every is not None:
             link.checkpoint(
@@ -125,7 +180,7 @@ class Job:
         if cfg.train.progress_bar:
             bar = ProgressBar(disable=None, miniters=cfg.train.log_every)
             bar.attach(trainer, output_transform=lambda out: {"loss": out["loss"]})
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, report, priority=-100)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, report, priority=REPORT_PRIORITY)
 
         if self.resume_state is not None:
             # State the checkpoint lacks (e.g. saved by an older version) starts fresh.
@@ -152,9 +207,29 @@ class Job:
             by=end.by,
             epochs=end.epochs,
             iteration=end.iteration,
-            val={k: float(evaluator.state.metrics[k]) for k in VAL_METRICS},
+            task=self.objective.task,
+            val={k: float(evaluator.state.metrics[k]) for k in self.objective.ranked()},
             train={"loss": float(trainer.state.metrics["loss"])} if trainer.state.metrics else {},
         )
+
+
+def _scheduler(
+    cfg: Config, objective: Objective, optimizer: torch.optim.Optimizer, evaluator: Engine
+) -> LRScheduler | None:
+    """The `sched` section's schedule over `optimizer`, following `evaluator`'s metric; or None."""
+    if cfg.sched.name is None:
+        return None
+    s = cfg.sched
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer,
+        mode=objective.goals[s.metric],  # which way the metric improves: the objective's rule
+        factor=s.factor,
+        patience=s.patience,
+        threshold=s.threshold,
+        cooldown=s.cooldown,
+        min_lr=s.min_lr,
+    )
+    return LRScheduler(plateau, metric_name=s.metric, metric_engine=evaluator)
 
 
 def _load_resume_state(cfg: Config, resume: ResumePoint) -> dict[str, Any]:

@@ -19,10 +19,20 @@ class RunResult:
     by: str | None  # the source of the signal that stopped it, if one did
     epochs: int  # epochs completed
     iteration: int
+    task: str = "classification"  # the task type the data set declared
+    # the task's validation metrics, its headline first (accuracy; r2 for regression)
     val: dict[str, float] = field(default_factory=dict)
     train: dict[str, float] = field(default_factory=dict)
     latest_checkpoint: str | None = None
     best_checkpoint: str | None = None
+
+    def val_summary(self) -> str:
+        """The validation metrics in one phrase, e.g. "accuracy: 0.9667 (loss 0.1151)"."""
+        if not self.val:
+            return "no validation metrics"
+        (head, value), *rest = self.val.items()
+        others = ", ".join(f"{name} {v:.4f}" for name, v in rest)
+        return f"{head}: {value:.4f}" + (f" ({others})" if others else "")
 
     def write(self) -> Path:
         """Write `metrics.json` into the run directory atomically; return its path."""

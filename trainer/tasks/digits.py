@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from trainer.tasks.objectives import CLASSIFICATION
 from trainer.tasks.registry import DataBundle
 from trainer.tasks.sampling import EpochShuffleSampler
 
@@ -50,4 +51,10 @@ def build(cfg: Any, epoch_fn: Callable[[], int]) -> DataBundle:
     )
     train = DataLoader(train_set, batch_size=cfg.data.batch_size, sampler=sampler)
     val = DataLoader(TensorDataset(x_val, y_val), batch_size=max(cfg.data.batch_size, 256))
-    return DataBundle(train=train, val=val, in_features=x_train.shape[1], num_classes=10)
+    return DataBundle(
+        train=train,
+        val=val,
+        in_features=x_train.shape[1],
+        task=CLASSIFICATION,
+        num_classes=10,
+    )

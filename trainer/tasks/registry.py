@@ -16,9 +16,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trainer.config import ConfigError
+from trainer.tasks.objectives import CLASSIFICATION, REGRESSION, TASKS
 
 # Builders are imported on first use: the CLI must not pay for scikit-learn unless it trains.
-_DATA: dict[str, Callable[..., DataBundle] | str] = {"digits": "trainer.tasks.digits:build"}
+_DATA: dict[str, Callable[..., DataBundle] | str] = {
+    "digits": "trainer.tasks.digits:build",
+    "diabetes": "trainer.tasks.diabetes:build",
+}
 _MODELS: dict[str, Callable[..., nn.Module] | str] = {"mlp": "trainer.tasks.mlp:build"}
 _OPTIMIZERS: dict[str, Callable[[Iterable[Any], Any], torch.optim.Optimizer]] = {
     "adam": lambda params, o: torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay),
@@ -31,12 +35,44 @@ _OPTIMIZERS: dict[str, Callable[[Iterable[Any], Any], torch.optim.Optimizer]] = 
 
 @dataclass
 class DataBundle:
-    """What a data builder returns: loaders and the sizes a model builder needs."""
+    """What a data builder returns: loaders, the task type and the sizes a model builder needs.
+
+    `task` says what the job trains for (`trainer.tasks.objectives`): "classification" (batches
+    of features and integer labels; the model outputs `num_classes` logits) or "regression"
+    (batches of features and float targets shaped like the model's output, `(N, num_outputs)`).
+    `num_outputs` is the model's output width; for classification it is `num_classes`.
+    """
 
     train: DataLoader
     val: DataLoader
     in_features: int
-    num_classes: int
+    num_classes: int | None = None
+    task: str = CLASSIFICATION
+    num_outputs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(
+                f"DataBundle task {self.task!r} is not one of {', '.join(TASKS)}: the data "
+                "builder must say which the data set is for"
+            )
+        if self.task == CLASSIFICATION:
+            if self.num_classes is None or self.num_classes < 2:
+                raise ValueError(
+                    f"a classification DataBundle needs num_classes >= 2, got {self.num_classes!r}"
+                )
+            if self.num_outputs not in (None, self.num_classes):
+                raise ValueError(
+                    f"a classification DataBundle has num_outputs == num_classes "
+                    f"({self.num_classes}), got num_outputs={self.num_outputs!r}"
+                )
+            self.num_outputs = self.num_classes
+        elif self.num_outputs is None or self.num_outputs < 1 or self.num_classes is not None:
+            raise ValueError(
+                f"a {REGRESSION} DataBundle needs num_outputs >= 1 (the target's width) and no "
+                f"num_classes, got num_outputs={self.num_outputs!r}, "
+                f"num_classes={self.num_classes!r}"
+            )
 
 
 def register_data(name: str, builder: Callable[..., DataBundle]) -> None:
@@ -45,7 +81,7 @@ def register_data(name: str, builder: Callable[..., DataBundle]) -> None:
 
 
 def register_model(name: str, builder: Callable[..., nn.Module]) -> None:
-    """Make `model.name: <name>` build with `builder(cfg, in_features, num_classes)`."""
+    """Make `model.name: <name>` build with `builder(cfg, in_features, num_outputs)`."""
     _MODELS[name] = builder
 
 
@@ -57,9 +93,9 @@ def build_data(cfg: Any, epoch_fn: Callable[[], int]) -> DataBundle:
     return bundle
 
 
-def build_model(cfg: Any, in_features: int, num_classes: int) -> nn.Module:
-    """The model named by `model.name`, sized for the data."""
-    return _resolve(_MODELS, cfg.model.name, "model.name")(cfg, in_features, num_classes)
+def build_model(cfg: Any, in_features: int, num_outputs: int) -> nn.Module:
+    """The model named by `model.name`, sized for the data (outputs: classes or targets)."""
+    return _resolve(_MODELS, cfg.model.name, "model.name")(cfg, in_features, num_outputs)
 
 
 def build_optimizer(cfg: Any, params: Iterable[Any]) -> torch.optim.Optimizer:
