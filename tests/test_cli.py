@@ -17,6 +17,7 @@ from trainer import config
 from trainer.cli import main
 from trainer.tasks.digits import digits_tensors
 from trainer.tasks.mlp import mlp
+from trainer.tracking.reader import read_run
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "digits.yaml"
@@ -96,6 +97,26 @@ def test_run_prints_accuracy_and_fills_the_run_directory(uninterrupted):
     assert files == sorted(e["file"] for e in listed["checkpoints"])
     assert [e["step"] for e in listed["checkpoints"]] == [10, 20, 30, 40, 50, 60, 69]
     assert listed["best"] == listed["latest"]  # only epoch ends have a score; the last is best
+
+    # The embedded tracking worker wrote the same directory: every epoch's printed numbers, the
+    # kept checkpoints as artifacts, and how the run ended.
+    tracked = read_run(run_dir)
+    assert tracked.meta["status"] == "completed" and tracked.meta["project"] == "digits"
+    printed_epochs = re.findall(
+        r"^epoch (\d+)/3  train_loss ([0-9.]+)  val_loss ([0-9.]+)  val_accuracy ([0-9.]+)$",
+        out,
+        re.MULTILINE,
+    )
+    rows = {(r["epoch"], "val" if "val/loss" in r else "train"): r for r in tracked.rows}
+    assert len(rows) == len(tracked.rows) == 6
+    for epoch, train_loss, val_loss, val_accuracy in printed_epochs:
+        train, val = rows[(int(epoch), "train")], rows[(int(epoch), "val")]
+        assert f"{train['train/loss']:.4f}" == train_loss
+        assert (f"{val['val/loss']:.4f}", f"{val['val/accuracy']:.4f}") == (val_loss, val_accuracy)
+        assert train["step"] == val["step"] == 23 * int(epoch)
+    kept = tracked.artifacts["checkpoints"]
+    by_version = {v["version"]: v["files"][0]["name"] for v in kept["versions"]}
+    assert by_version[kept["aliases"]["latest"]] == listed["latest"]
 
 
 def test_resume_mid_epoch_ends_with_the_uninterrupted_weights(uninterrupted, tmp_path):

@@ -44,6 +44,11 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb", **options: Any) 
         # mkstemp creates 0600; processes in other containers sharing the directory read it.
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:  # a failed write or flush names no file: name the target
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

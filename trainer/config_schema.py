@@ -90,8 +90,11 @@ class CheckpointSection:
     unit: str = field(default="epoch", metadata=limits(choices=("epoch", "iteration")))
     n_saved: int | None = field(default=2, metadata=limits(ge=1))  # last n kept; null keeps all
     n_best: int = field(default=1, metadata=limits(ge=0))  # and the best k by `score`
-    score: str | None = "accuracy"  # validation metric ranking the best; null: no best
-    # whether a higher score is better
+    # validation metric ranking the best (the task's: accuracy, loss; or loss, mse, mae, r2);
+    # null: no best
+    score: str | None = "accuracy"
+    # whether a higher score is better: must agree with the metric (max: accuracy, r2; min: loss,
+    # mse, mae); the checkpoint worker reads it as it is
     mode: str = field(default="max", metadata=limits(choices=("max", "min")))
 
 
@@ -100,15 +103,34 @@ class EarlyStoppingSection:
     """Stop when a validation metric has not improved for `patience` evaluations."""
 
     patience: int | None = field(default=None, metadata=limits(ge=1))  # null: no early stopping
-    metric: str = "accuracy"
+    metric: str = "accuracy"  # a metric of `split` (train: loss; val: the task's metrics)
+    # whether higher is better: must agree with the metric, as checkpoint.mode does
     mode: str = field(default="max", metadata=limits(choices=("max", "min")))
     min_delta: float = field(default=0.0, metadata=limits(ge=0.0))
     cumulative_delta: bool = False
     split: str = "val"  # the attached engine whose metric is watched
 
 
+@dataclass
+class SchedSection:
+    """A learning-rate schedule stepped at each epoch's end, after validation."""
+
+    # null: a constant learning rate; plateau: torch's ReduceLROnPlateau on a validation metric
+    name: str | None = field(default=None, metadata=limits(choices=("plateau",)))
+    # the validation metric followed; which way is better comes from the metric (r2, accuracy:
+    # higher; loss, mse, mae: lower)
+    metric: str = "loss"
+    factor: float = field(default=0.1, metadata=limits(gt=0.0, lt=1.0))  # lr *= factor ...
+    # ... once more than `patience` epochs in a row were bad
+    patience: int = field(default=10, metadata=limits(ge=0))
+    # an epoch is bad unless it beats the best by this fraction of it
+    threshold: float = field(default=1e-4, metadata=limits(ge=0.0))
+    cooldown: int = field(default=0, metadata=limits(ge=0))  # epochs ignored after a reduction
+    min_lr: float = field(default=0.0, metadata=limits(ge=0.0))
+
+
 # Worker kinds `trainer worker KIND` knows; the embedded default runs those `workers` lists.
-WORKER_KINDS = ("metrics", "checkpoint", "early-stop", "nan-guard", "budget")
+WORKER_KINDS = ("metrics", "checkpoint", "tracking", "early-stop", "nan-guard", "budget")
 
 
 @dataclass
@@ -128,6 +150,14 @@ class BusSection:
 
 
 @dataclass
+class TrackingSection:
+    """How the run appears in the tracking store (`trainer runs ls`, TensorBoard, MLflow)."""
+
+    project: str | None = None  # null: run.name
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
 class TrainerConfig:
     """Every key the trainer reads; `extra` holds free-form keys for your own code."""
 
@@ -138,10 +168,12 @@ class TrainerConfig:
     train: TrainSection = field(default_factory=TrainSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     early_stopping: EarlyStoppingSection = field(default_factory=EarlyStoppingSection)
+    sched: SchedSection = field(default_factory=SchedSection)
     bus: BusSection = field(default_factory=BusSection)
+    tracking: TrackingSection = field(default_factory=TrackingSection)
     # the workers `trainer run` runs beside the trainer when no --bus is given
     workers: list[str] = field(
-        default_factory=lambda: ["metrics", "checkpoint", "early-stop"],
+        default_factory=lambda: ["metrics", "checkpoint", "tracking", "early-stop"],
         metadata=limits(choices=WORKER_KINDS),
     )
     extra: dict[str, Any] = field(default_factory=dict)

@@ -78,6 +78,7 @@ def test_the_events_and_their_data_follow_the_catalogue(
         "pid": os.getpid(),
         "resumed_from": None,
         "checkpoint_dir": None,
+        "run_dir": None,
         "namespace": "trainer",
     }
     assert isinstance(started["host"], str) and started["host"]

@@ -143,8 +143,10 @@ def test_a_trainer_killed_mid_epoch_resumes_to_the_uninterrupted_weights(stack: 
     # Killed once the checkpoint of iteration 30 (in the middle of the second epoch) is written
     # and one checkpoint is filed: resuming from whichever is latest by then must end the same.
     eventually(
-        lambda: [e for e in stack.events("res", "CHECKPOINT_READY") if e.data["iteration"] == 30]
-        and stack.events("res", "CHECKPOINT_SAVED"),
+        lambda: (
+            [e for e in stack.events("res", "CHECKPOINT_READY") if e.data["iteration"] == 30]
+            and stack.events("res", "CHECKPOINT_SAVED")
+        ),
         what="the checkpoint of iteration 30 to be written, and one to be filed",
     )
     first.signal(9)

@@ -8,16 +8,23 @@ workers together. Commands that need no torch (`worker` for the voters and the c
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 
 from trainer.cli import config as config_command
+from trainer.cli import monitor as monitor_command
 from trainer.cli import run as run_command
+from trainer.cli import runs as runs_command
 from trainer.cli import worker as worker_command
 from trainer.cli.errors import USAGE_ERROR, UsageError
 from trainer.config import ConfigError
 
-COMMANDS = (run_command, worker_command, config_command)
+# Exit status when the storage refused a write (a failed run's status, as in `trainer run`).
+FAILED = 1
+STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+COMMANDS = (run_command, worker_command, monitor_command, config_command, runs_command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args, extras)
     except (ConfigError, UsageError) as exc:
         parser.exit(USAGE_ERROR, f"trainer: error: {exc}\n")
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRORS:
+            raise
+        # A full disk or a read-only directory: what could be written is whole (every file is
+        # written atomically or appended), and the traceback would say nothing more.
+        where = f" {exc.filename}" if exc.filename else ""
+        parser.exit(FAILED, f"trainer: error: cannot write{where}: {exc.strerror or exc}\n")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from trainer import config
+from trainer.cli.environment import BUS_URL_ENV, SECRET_ENV
 from trainer.cli.errors import UsageError
 from trainer.cli.overrides import split_config_and_overrides
+from trainer.cli.reach import check_bus
 from trainer.config import Config, ConfigError
 from trainer.run_dir import (
     CHECKPOINT_DIR,
@@ -51,8 +53,10 @@ def add_parser(commands: Any) -> None:
     run.add_argument(
         "--bus",
         metavar="URL",
+        default=os.environ.get(BUS_URL_ENV) or None,
         help="publish the run on this bus (redis://[user:password@]host:port/db) and run only "
-        "the trainer; workers attach with `trainer worker KIND --bus URL --run ID`",
+        f"the trainer; workers attach with `trainer worker KIND --bus URL --run ID` (default: "
+        f"${BUS_URL_ENV}; unset: the embedded default, workers in this process)",
     )
     run.add_argument(
         "--run-id",
@@ -92,6 +96,8 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
     except ResumeError as exc:
         raise UsageError(str(exc)) from None
 
+    if args.bus is not None:
+        check_bus(args.bus, cfg.bus.namespace)  # before any run directory is made
     from trainer.checkpoint_store import CheckpointError  # torch loads only when training
     from trainer.job import Job
 
@@ -119,9 +125,10 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
         barrier=cfg.bus.barrier,
         barrier_timeout=cfg.bus.barrier_timeout,
         heartbeat_timeout=cfg.bus.heartbeat_timeout,
-        secret=os.environ.get("TRAINER_BUS_SECRET") or None,
+        secret=os.environ.get(SECRET_ENV) or None,
         resumed_from=str(resume.checkpoint) if resume is not None else None,
         checkpoint_dir=(run_dir / CHECKPOINT_DIR).resolve(),
+        run_dir=run_dir.resolve(),
     )
     print(f"run id: {run_id}", flush=True)
     workers = None
@@ -140,8 +147,7 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
     by = f" by {result.by}" if result.by else ""
     ending = ENDINGS[result.status].format(by=by, reason=result.reason)
     print(
-        f"final validation accuracy: {result.val['accuracy']:.4f} "
-        f"(loss {result.val['loss']:.4f}) after {result.epochs} epochs, "
+        f"final validation {result.val_summary()} after {result.epochs} epochs, "
         f"{result.iteration} iterations{ending}"
     )
     print(f"outputs: {run_dir}")
