@@ -7,7 +7,8 @@ What it writes, through the store's own writer (`trainer.tracking.LocalSink`, th
   iteration, from the aggregator's METRICS (or, in a one-rank run, from EPOCH_COMPLETED's own
   metrics, which are the same numbers);
 - CHECKPOINT_SAVED: a version of the artifact `checkpoints` (type model) referring to the file,
-  with the aliases the checkpointer gave it (`latest`, `best`);
+  with the aliases the checkpointer gave it (`latest`, `best`); CHECKPOINT_PRUNED marks that
+  version removed, so the artifact's live versions are the files the checkpointer keeps;
 - RUN_FINISHED: status, reason, who stopped it, timings;
 - TRACK: the records of an online `tracking.run(...)`, applied as they are.
 
@@ -37,6 +38,7 @@ from workers.context import RunContext, config_value
 from workers.messages import EPOCH_COMPLETED, METRICS, RUN_FINISHED, RUN_STARTED
 
 CHECKPOINT_SAVED = "CHECKPOINT_SAVED"
+CHECKPOINT_PRUNED = "CHECKPOINT_PRUNED"
 TRACK = "TRACK"  # trainer.tracking.online.TRACK: one tracking record per envelope
 RUNS_DIR_ENV = "TRAINER_RUNS_DIR"
 CHECKPOINTS_ARTIFACT = "checkpoints"
@@ -100,6 +102,10 @@ class TrackingWorker(Worker):
             return self._row(env, data.get("split"), data.get("metrics"))
         if kind == CHECKPOINT_SAVED:
             return self._checkpoint(env)
+        if kind == CHECKPOINT_PRUNED and isinstance(data.get("sha256"), str):
+            # The version stays in the artifact's history, marked removed with its file.
+            removed = {"kind": "removed", "name": CHECKPOINTS_ARTIFACT, "sha256": data["sha256"]}
+            return {**removed, "time": env.ts}
         if kind == RUN_FINISHED:
             return self._finished(env)
         if kind == TRACK:

@@ -69,6 +69,11 @@ async def play_epochs(trainer: FakeTrainer, epochs: range, tmp_path: Path) -> No
             "aliases": aliases,
         }
         await trainer.send(trainer.envelope("CHECKPOINT_SAVED", data, epoch=epoch))
+        if epoch == 3:  # retention keeps the last one and the best one (epoch 2)
+            for old in (0, 1):
+                gone = f"weights of epoch {old}".encode()
+                pruned = {"path": "x", "sha256": hashlib.sha256(gone).hexdigest(), "aliases": []}
+                await trainer.send(trainer.envelope("CHECKPOINT_PRUNED", pruned, epoch=epoch))
 
 
 async def test_the_worker_writes_metadata_rows_checkpoints_and_status(
@@ -109,6 +114,8 @@ async def test_the_worker_writes_metadata_rows_checkpoints_and_status(
     best = checkpoints["versions"][2]["files"][0]
     assert best["path"] == str(tmp_path / "checkpoint_69.pt")
     assert best["sha256"] == hashlib.sha256(b"weights of epoch 2").hexdigest()
+    # The checkpointer pruned epochs 0 and 1 (keeping the last one and the best one).
+    assert [v["version"] for v in checkpoints["versions"] if not v.get("removed")] == ["v2", "v3"]
 
 
 async def test_a_worker_attached_late_writes_the_same_directory(

@@ -58,7 +58,7 @@ from trainer.tracking.summary import (
 )
 from trainer.tracking.tensorboard import EventFileWriter
 
-KINDS = ("meta", "log", "histogram", "image", "artifact", "finish")
+KINDS = ("meta", "log", "histogram", "image", "artifact", "removed", "finish")
 STATUSES = ("running", "completed", "terminated", "failed")
 FINAL_STATUSES = ("completed", "terminated", "failed")
 
@@ -113,6 +113,7 @@ class _RunDirState:
             "histogram": self._histogram,
             "image": self._image,
             "artifact": self._commit_artifact,  # staged first: see apply
+            "removed": self._removed,
             "finish": self._finish,
         }
 
@@ -380,6 +381,35 @@ class _RunDirState:
         self._ensure_run_file()
         write_json(index_path, index)
         return version
+
+    def _removed(self, record: Mapping[str, Any]) -> list[str]:
+        """Mark the versions of artifact `name` holding a file of `sha256` as removed.
+
+        A reference artifact outlives its file (the checkpoint worker prunes what retention
+        drops); the version stays in the history, marked, and keeps no alias but `latest`.
+        """
+        name = check_name(_required_str(record, "name"), "artifact name")
+        sha256 = _required_str(record, "sha256")
+        index_path = self.dir / ARTIFACTS_DIR / name / ARTIFACT_INDEX
+        index = read_json(index_path)
+        if not index:
+            return []
+        marked = []
+        for version in index["versions"]:
+            if version.get("removed") or not any(
+                f.get("sha256") == sha256 for f in version["files"]
+            ):
+                continue
+            version["removed"] = _time(record)
+            marked.append(version["version"])
+        if marked:
+            index["aliases"] = {
+                alias: v
+                for alias, v in index["aliases"].items()
+                if alias == "latest" or v not in marked
+            }
+            write_json(index_path, index)
+        return marked
 
     # -- run.json ------------------------------------------------------------------------------
 
