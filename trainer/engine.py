@@ -66,6 +66,25 @@ def _name(obj: object) -> str:
     return getattr(obj, "__name__", None) or repr(obj)
 
 
+def _epoch_setters(data: Iterable[Any]) -> tuple[Callable[[int], Any], ...]:
+    """The `set_epoch` methods of the data's samplers (a DistributedSampler's, say), once each."""
+    batch_sampler = getattr(data, "batch_sampler", None)
+    holders = (
+        getattr(data, "sampler", None),
+        batch_sampler,
+        getattr(batch_sampler, "sampler", None),
+    )
+    setters: list[Callable[[int], Any]] = []
+    seen: list[object] = []
+    for holder in holders:
+        set_epoch = getattr(holder, "set_epoch", None)
+        # A DataLoader's sampler is usually also its batch sampler's: tell it the epoch once.
+        if callable(set_epoch) and not any(holder is other for other in seen):
+            seen.append(holder)
+            setters.append(set_epoch)
+    return tuple(setters)
+
+
 def _is_async(fn: Callable[..., Any]) -> bool:
     if inspect.iscoroutinefunction(fn):
         return True
@@ -103,6 +122,9 @@ class Engine:
         self._data: Iterable[Any] | None = None
         self._data_iter: Iterator[Any] | None = None
         self._pass_position = 0
+        # The epoch whose start opened the current pass: what its sampler's set_epoch was told.
+        self._pass_epoch = 0
+        self._set_epoch: tuple[Callable[[int], Any], ...] = ()
         self._epochs_completed = 0
         self._resume_epoch_iteration = 0
         self._resume_skip = 0
@@ -399,8 +421,22 @@ class Engine:
         self._resume_epoch_iteration = state_dict["epoch_iteration"]
         self._resume_skip = state_dict["pass_position"]
         self._pass_position = state_dict["pass_position"]
+        self._pass_epoch = self._loaded_pass_epoch()
         self._data_iter = None
         self._can_continue = True
+
+    def _loaded_pass_epoch(self) -> int:
+        """The epoch in which the loaded state's pass over the data began.
+
+        Within the epoch to run next when it has consumed no more batches than that epoch has;
+        else as many epochs of `epoch_length` back as the rest of the pass spans.
+        """
+        into = self._resume_epoch_iteration  # 0 at an epoch boundary
+        before = self._pass_position - into  # batches of the pass taken before this epoch
+        if before <= 0:
+            return self._epochs_completed
+        length = self.state.epoch_length or before
+        return max(0, self._epochs_completed - math.ceil(before / length))
 
     # ----------------------------------------------------------------------------- running
 
@@ -489,10 +525,17 @@ class Engine:
             self._resume_epoch_iteration = 0
             self._resume_skip = 0
             self._pass_position = 0
+            self._pass_epoch = 0
             self._data_iter = None
         s.dataloader = data
         self._data = data
+        # Looked up once per run; called once per epoch (and before a resumed pass is reopened).
+        self._set_epoch = _epoch_setters(data)
         if self._data_iter is None and self._resume_skip:
+            # The resumed pass must replay the order it had, which its sampler draws from the
+            # epoch it began in, so the sampler learns that epoch before the pass is reopened.
+            for set_epoch in self._set_epoch:
+                set_epoch(self._pass_epoch)
             self._position_data(data, self._resume_skip)
         self._resume_skip = 0
 
@@ -546,6 +589,10 @@ class Engine:
         s.epoch = self._epochs_completed
         s.epoch_iteration = self._resume_epoch_iteration
         self._resume_epoch_iteration = 0
+        # Before EPOCH_STARTED, so that a handler of the user's calling set_epoch has the last
+        # word. A pass opened during this epoch then shuffles by it, alike on every rank.
+        for set_epoch in self._set_epoch:
+            set_epoch(s.epoch)
         started_at = perf_counter()
         await self._fire(Events.EPOCH_STARTED)
         if self.should_terminate:
@@ -615,6 +662,7 @@ class Engine:
         assert data is not None
         iterator = iter(data)
         self._pass_position = 0
+        self._pass_epoch = s.epoch
         try:
             first = next(iterator)
         except StopIteration:

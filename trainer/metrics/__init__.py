@@ -4,6 +4,7 @@ from trainer.metrics.accuracy import Accuracy, TopKCategoricalAccuracy
 from trainer.metrics.averages import Average, RunningAverage
 from trainer.metrics.base import Metric, NotComputableError
 from trainer.metrics.classification import ConfusionMatrix, F1Score, Precision, Recall
+from trainer.metrics.distributed import Distributed
 from trainer.metrics.loss import Loss
 from trainer.metrics.regression import (
     MeanAbsoluteError,
@@ -19,6 +20,7 @@ __all__ = [
     "Accuracy",
     "Average",
     "ConfusionMatrix",
+    "Distributed",
     "F1Score",
     "Loss",
     "MeanAbsoluteError",
