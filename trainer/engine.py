@@ -604,6 +604,7 @@ class Engine:
         if self.should_terminate_single_epoch:
             self.should_terminate_single_epoch = self._stop_requested = False
             self._data_iter = None  # the next epoch starts a fresh pass over the data
+            self._pass_position = 0  # ... so a state saved at this boundary resumes there
         self._epochs_completed += 1
         s.times["EPOCH_COMPLETED"] = perf_counter() - started_at
         await self._fire(Events.EPOCH_COMPLETED)

@@ -88,6 +88,24 @@ def test_terminate_epoch_fires_epoch_completed_and_goes_on_with_a_fresh_pass() -
     assert state.iteration == 6
 
 
+def test_a_state_saved_after_terminate_epoch_resumes_at_a_fresh_pass() -> None:
+    saved: list = []
+
+    def step(engine: Engine, batch: int) -> None:
+        if engine.state.epoch == 0 and engine.state.epoch_iteration == 2:
+            engine.terminate_epoch()
+
+    engine = Engine(step)
+    engine.on(Events.EPOCH_COMPLETED(once=1), lambda e: saved.append(e.state_dict()))
+    engine.run(range(4), max_epochs=2)
+
+    resumed_batches: list = []
+    resumed = Engine(lambda e, batch: resumed_batches.append(batch))
+    resumed.load_state_dict(saved[0])
+    resumed.run(range(4))
+    assert resumed_batches == [0, 1, 2, 3]  # the epoch after the boundary, from its start
+
+
 def test_exception_without_handler_propagates_and_completed_does_not_fire() -> None:
     def step(engine: Engine, batch: int) -> None:
         if batch == 1:
