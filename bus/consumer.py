@@ -157,6 +157,11 @@ class Consumer:
         self.retry_delay = retry_delay
         self.stats = ConsumerStats()
         self._seen = RecentIds(dedup_size)
+        # Buses that can ack a batch and read the next one in one round trip (both built-in
+        # ones) let the consumer do so after each batch; the entries read are handled next.
+        self._ack_and_read = getattr(bus, "ack_and_read_group", None)
+        self._prefetched: list[Entry] = []
+        self._drained = False  # the last read (an ack-and-read) found nothing new
         self._next_claim = 0.0
         self._stop = asyncio.Event()
         self._ready = asyncio.Event()
@@ -180,16 +185,23 @@ class Consumer:
             handled += await self._handle_batch(stale)
         if block is not None:
             block = min(block, max(0.0, self._next_claim - time.monotonic()))
-        entries = await self._read_unless_stopped(block)
-        return handled + await self._handle_batch(entries)
+        entries, self._prefetched = self._prefetched, []
+        if not entries:
+            entries = await self._read_unless_stopped(block)
+        return handled + await self._handle_batch(entries, read_next=True)
 
     async def _read_unless_stopped(self, block: float | None) -> list[Entry]:
-        # A busy topic is read without blocking, which spares the race with stop() below.
-        entries = await self.bus.read_group(
-            self.topic, self.group, self.name, count=self.batch, block=None
-        )
-        if entries or not block or self._stop.is_set():
-            return entries
+        drained, self._drained = self._drained, False
+        if not (drained and block):
+            # A busy topic is read without blocking, which spares the race with stop() below;
+            # unless a read just now (after the last batch) found nothing.
+            entries = await self.bus.read_group(
+                self.topic, self.group, self.name, count=self.batch, block=None
+            )
+            if entries or not block or self._stop.is_set():
+                return entries
+        if self._stop.is_set():
+            return []
         read = self.bus.read_group(self.topic, self.group, self.name, count=self.batch, block=block)
         # Race the blocking read against stop() so that stopping never waits a whole block.
         reader = asyncio.ensure_future(read)
@@ -205,9 +217,10 @@ class Consumer:
                     await reader
         return [] if reader.cancelled() else reader.result()
 
-    async def _handle_batch(self, entries: list[Entry]) -> int:
+    async def _handle_batch(self, entries: list[Entry], read_next: bool = False) -> int:
         """Handle deliveries in stream order, then ack the settled ones; return how many the
-        handler took."""
+        handler took. With `read_next` (and a bus that can), the ack also reads the next batch
+        (kept for the next poll) in the same round trip, unless the consumer is stopping."""
         if not entries:
             return 0
         done: list[str] = []
@@ -221,6 +234,7 @@ class Consumer:
         remember_order = seen.order.append
         handler = self.handler
         max_deliveries = self.max_deliveries
+        completed = False
         try:
             for entry in entries:
                 try:
@@ -251,10 +265,18 @@ class Consumer:
                 remember_order(env_id)
                 handled += 1
                 settled(entry.id)
+            completed = True
         finally:
             seen.trim()
             self.stats.handled += handled
-            if done:
+            combined = self._ack_and_read
+            if completed and read_next and combined is not None and not self._stop.is_set():
+                # Acked first, then read: the same order as an ack and the next poll's read.
+                self._prefetched = await combined(
+                    self.topic, self.group, self.name, done, count=self.batch
+                )
+                self._drained = not self._prefetched
+            elif done:
                 await self.bus.ack(self.topic, self.group, done)
         return handled
 
@@ -358,6 +380,11 @@ class Consumer:
                 # The server lost the group (e.g. restarted without persistence): recreate it.
                 log.warning("%s; recreating group %r", exc, self.group)
                 need_group = True
+        # Entries read with the last ack are delivered to this consumer: handle them too
+        # rather than leave them pending until a replica reclaims them.
+        entries, self._prefetched = self._prefetched, []
+        if entries:
+            await self._handle_batch(entries)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):

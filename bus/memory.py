@@ -235,6 +235,13 @@ class InMemoryBus:
             for key in keys:
                 g.pending.pop(key, None)
 
+    async def ack_and_read_group(
+        self, topic: str, group: str, consumer: str, ids: Sequence[str], *, count: int
+    ) -> list[Entry]:
+        """Ack `ids`, then deliver up to `count` new entries without waiting."""
+        await self.ack(topic, group, ids)
+        return await self.read_group(topic, group, consumer, count=count, block=None)
+
     async def claim_stale(
         self, topic: str, group: str, consumer: str, *, min_idle: float, count: int
     ) -> list[Entry]:

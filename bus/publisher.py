@@ -360,9 +360,28 @@ class Publisher:
             and not self._closing
         )
 
+    async def _linger(self, seconds: float) -> None:
+        """Wait `seconds`, or less if a flush or close() comes meanwhile."""
+        wake = self._wake
+        wake.clear()
+        # Producers set `_wake` only while the writer is idle, which it is not here: what can
+        # set it now is a flush or close(), each registered before it sets it.
+        if self._flush_waiters or self._closing:
+            return
+        timer = asyncio.get_running_loop().call_later(seconds, wake.set)
+        try:
+            await wake.wait()
+        finally:
+            timer.cancel()
+
     async def _run(self) -> None:
         backoff = self.backoff_initial
         outage_start = 0.0
+        # Writes start at least `flush_interval` apart (unless flushed, closing or a batch is
+        # full): a writer that wrote whatever was there as soon as the last write returned
+        # would chase the producer, one append per envelope, which costs both ends far more
+        # than the linger saves.
+        next_write = 0.0
         while not self._abort:
             if not self._inflight:
                 if not self._outbox:
@@ -373,9 +392,15 @@ class Publisher:
                     if not self._outbox and not self._closing:
                         await self._wake.wait()
                     self._idle = False
-                    if self._lingering():
-                        await asyncio.sleep(self.flush_interval)
+                    # Let what is published together (an epoch's end) gather into one write.
+                    next_write = max(next_write, time.monotonic() + self.flush_interval)
                     continue
+                if self._lingering():
+                    wait = next_write - time.monotonic()
+                    if wait > 0:
+                        await self._linger(wait)
+                        continue
+                next_write = time.monotonic() + self.flush_interval
                 self._take_batch()
             batch = self._inflight
             try:

@@ -196,6 +196,16 @@ def _stream_rows(reply: Any) -> Any:
     return reply[0][1]
 
 
+def _resp(command: tuple[Any, ...]) -> bytes:
+    """A command (str, bytes and int arguments) in the Redis protocol's request form.
+
+    The consumer's XACK carries one argument per entry: redis-py's packer, a Python call or
+    two per argument, costs more than the rest of acking a batch.
+    """
+    args = [a if type(a) is bytes else str(a).encode() for a in command]
+    return b"".join([b"*%d\r\n" % len(args), *[b"$%d\r\n%s\r\n" % (len(a), a) for a in args]])
+
+
 def _raw(response: Any, **options: Any) -> Any:
     """A response callback that leaves the reply as the server sent it."""
     return response
@@ -326,9 +336,13 @@ class RedisStreamBus:
         check_count(count)
         block_ms = self._block_ms(block)
         async with self._errors("XREADGROUP", topic, block_ms):
-            reply = await self._redis.xreadgroup(
-                group, consumer, {topic: ">"}, count=count, block=block_ms
-            )
+            if block_ms is None:
+                read = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count, "STREAMS")
+                (reply,) = await self._commands((*read, topic, ">"))
+            else:
+                reply = await self._redis.xreadgroup(
+                    group, consumer, {topic: ">"}, count=count, block=block_ms
+                )
         return _entries(_stream_rows(reply))
 
     async def ack(self, topic: str, group: str, ids: Sequence[str]) -> None:
@@ -340,7 +354,47 @@ class RedisStreamBus:
                     raw_ids = list(map(str.encode, ids))
                 except TypeError:  # some given as bytes
                     raw_ids = [i.encode() if isinstance(i, str) else i for i in ids]
-                await self._redis.xack(topic, group, *raw_ids)
+                await self._commands(("XACK", topic, group, *raw_ids))
+
+    async def ack_and_read_group(
+        self, topic: str, group: str, consumer: str, ids: Sequence[str], *, count: int
+    ) -> list[Entry]:
+        """Ack `ids`, then deliver up to `count` new entries without waiting: one round trip.
+
+        What a consumer does after each batch, as XACK and XREADGROUP in one pipeline; the
+        acks are applied first. On an error neither may be relied upon (XACK is idempotent:
+        ack again).
+        """
+        check_count(count)
+        read = ("XREADGROUP", "GROUP", group, consumer, "COUNT", count, "STREAMS", topic, ">")
+        if not ids:
+            async with self._errors("XREADGROUP", topic):
+                (reply,) = await self._commands(read)
+            return _entries(_stream_rows(reply))
+        async with self._errors("XACK+XREADGROUP", topic):
+            _, reply = await self._commands(("XACK", topic, group, *ids), read)
+        return _entries(_stream_rows(reply))
+
+    async def _commands(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send `commands` on one pooled connection in one write; their replies, in order.
+
+        For the consumer's hot path, which does not block: redis-py's own command path
+        (retries, observability hooks, response callbacks) and its pipelines cost more Python
+        per command than the whole command takes Redis. A connection left mid-reply by an
+        error or a cancel is dropped, never reused.
+        """
+        pool = self._redis.connection_pool
+        packed = b"".join([_resp(command) for command in commands])
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(packed, check_health=False)
+            replies = [await conn.read_response() for _ in commands]
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
+        return replies
 
     async def claim_stale(
         self, topic: str, group: str, consumer: str, *, min_idle: float, count: int

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bus import Bus, Entry
@@ -45,6 +45,19 @@ class DrainWatch:
     ) -> list[Entry]:
         """Bus.read_group, noting whether entries came back."""
         entries = await self._bus.read_group(topic, group, consumer, count=count, block=block)
+        return self._note(entries)
+
+    async def ack_and_read_group(
+        self, topic: str, group: str, consumer: str, ids: Sequence[str], *, count: int
+    ) -> list[Entry]:
+        """The wrapped bus's ack_and_read_group (or an ack, then a read), noting whether
+        entries came back."""
+        combined = getattr(self._bus, "ack_and_read_group", None)
+        if combined is not None:
+            entries = await combined(topic, group, consumer, ids, count=count)
+        else:
+            await self._bus.ack(topic, group, ids)
+            entries = await self._bus.read_group(topic, group, consumer, count=count, block=None)
         return self._note(entries)
 
     async def claim_stale(

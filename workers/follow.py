@@ -30,6 +30,8 @@ from workers.registry import RunInfo, read_registry
 
 # Seconds between attempts to create the consumer group while the bus is unreachable.
 RETRY_DELAY = 0.5
+# Entries per read for kinds that do not set `consumer_batch` (the Consumer's default).
+CONSUMER_BATCH = 100
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ class RunFollower:
             self.ctx.learn_started(info.started)
         self.worker = kind(self.ctx, setup.kind_options)
         self._changed = asyncio.Event()
-        self._reads = DrainWatch(setup.bus, on_read=self._changed.set)
+        self._reads = DrainWatch(setup.bus, on_read=self._note_activity)
         self.consumer = Consumer(
             self._reads,  # type: ignore[arg-type]  # a Bus by delegation
             setup.topics.events(run_id),
@@ -101,6 +103,9 @@ class RunFollower:
             start=start,
             max_deliveries=setup.max_deliveries,
             claim_idle=setup.claim_idle,
+            # A kind whose handling is cheap per envelope reads more at a time: fewer round
+            # trips per envelope. The batch must be handled well within claim_idle.
+            batch=getattr(kind, "consumer_batch", CONSUMER_BATCH),
             block=setup.block,
             dead_letter_topic=setup.topics.dead_letter(),
         )
@@ -134,6 +139,13 @@ class RunFollower:
         finally:
             self._busy = False
             self._last_activity = time.monotonic()
+            self._note_activity()
+
+    def _note_activity(self) -> None:
+        # Deliveries and reads only matter to wait_end once the run has finished (it then
+        # waits for the consumer to fall idle): waking it for each before would cost a round
+        # of its waiting per batch, on the loop the trainer's publisher may share.
+        if self._finished_at is not None:
             self._changed.set()
 
     def _learn(self, env: Envelope) -> None:

@@ -89,6 +89,9 @@ class MetricsWorker(Worker):
     """Aggregates every rank's metric states per (split, epoch) into METRICS."""
 
     kind: ClassVar[str] = "metrics"
+    # Entries per read: handling one takes tens of microseconds, so a read of 500 is handled
+    # far within claim_idle, and costs a fifth of the round trips per envelope of the default.
+    consumer_batch: ClassVar[int] = 500
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
