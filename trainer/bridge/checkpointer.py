@@ -6,6 +6,11 @@ file, fsync, rename; hashed while written), then publishes CHECKPOINT_READY for 
 worker, which verifies the file and files it into `<dir>`. At most `max_pending` snapshots
 wait for the writer; a training thread that outruns the disk waits for room, and that wait is
 part of the blocked time recorded in `stats`.
+
+With several ranks every rank takes each checkpoint at the same iteration, because `to_save`
+may hold collective objects (`trainer.distributed.DistributedRNGState`) whose `state_dict()`
+every rank must call at the same point; only the writing rank (rank 0, `write=True`) copies,
+writes and announces it, the others call the `state_dict()`s and drop what they return.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.bridge.snapshot import Snapshots
-from trainer.checkpoint_store import check_stateful, save_atomic
+from trainer.checkpoint_store import check_stateful, collect_state, save_atomic
 from trainer.events import Events
 
 if TYPE_CHECKING:
@@ -77,6 +82,7 @@ class Checkpointer:
         directory: Path,
         name: str,
         max_pending: int = 2,
+        write: bool = True,
     ) -> None:
         if not isinstance(to_save, Mapping) or not to_save:
             raise TypeError(
@@ -96,8 +102,10 @@ class Checkpointer:
         self.unit = unit
         self.directory = directory
         self.name = name
+        self.write = bool(write)  # False: another rank writes; this one only takes part
         self.incoming = directory / INCOMING
-        self.incoming.mkdir(parents=True, exist_ok=True)
+        if self.write:
+            self.incoming.mkdir(parents=True, exist_ok=True)
         self.stats: list[CheckpointStat] = []
         self.last_iteration: int | None = None
         self._snapshots = Snapshots()
@@ -106,10 +114,12 @@ class Checkpointer:
         )
         self._pending = 0
         self._idle = threading.Condition()
-        self._writer = threading.Thread(
-            target=self._write_loop, name="checkpoint-writer", daemon=True
-        )
-        self._writer.start()
+        self._writer: threading.Thread | None = None
+        if self.write:
+            self._writer = threading.Thread(
+                target=self._write_loop, name="checkpoint-writer", daemon=True
+            )
+            self._writer.start()
 
     def attach(self, engine: Engine) -> None:
         """Take scheduled checkpoints every `every` epochs or iterations of `engine`."""
@@ -127,18 +137,26 @@ class Checkpointer:
         three times the copy for a 100 MB model); state created later (e.g. Adam's moments
         after the first step) is allocated by the first checkpoint that holds it.
         """
+        if not self.write:
+            collect_state(self.to_save)  # the writing rank's take() calls collectives too
+            return
         self._snapshots.recycle(self._snapshots.take(self.to_save))
 
     def _scheduled(self, engine: Engine, epoch_end: bool) -> None:
         self.take(engine, "scheduled", epoch_end)
 
     def take(self, engine: Engine, reason: str, epoch_end: bool) -> CheckpointStat | None:
-        """Snapshot now and queue the write; None if this iteration is already checkpointed."""
+        """Snapshot now and queue the write; None if this iteration is already checkpointed
+        (or this rank does not write: it only calls the `state_dict()`s)."""
         state = engine.state
         if self.last_iteration == state.iteration:
             log.debug(
                 "%s checkpoint at iteration %d skipped: already taken", reason, state.iteration
             )
+            return None
+        if not self.write:
+            collect_state(self.to_save)
+            self.last_iteration = state.iteration
             return None
         started = time.perf_counter()
         frozen = self._snapshots.take(self.to_save)
@@ -169,8 +187,9 @@ class Checkpointer:
     def close(self, timeout: float | None = None) -> None:
         """Finish the queued writes, then stop the writer thread."""
         self.wait(timeout)
-        self._queue.put(None)
-        self._writer.join(timeout)
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join(timeout)
 
     # ---- the writer thread ------------------------------------------------------------------
 

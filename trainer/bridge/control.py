@@ -70,7 +70,8 @@ _IGNORED_KEPT = 1000
 class StopCause:
     """Why the run must stop: the signal, its reason and the source it came from."""
 
-    signal: str  # "TERMINATE" or "VOTE"
+    # "TERMINATE" or "VOTE"; with several ranks also "PROGRAM" (a rank's own terminate())
+    signal: str
     reason: str
     by: str | None
     tally: Tally | None = None  # the tally behind a vote stop

@@ -11,6 +11,13 @@ with run:                          # RUN_STARTED ... RUN_FINISHED, on events and
 
 Stop signals (TERMINATE, a vote tally, in barrier mode the barrier's tally) are applied only at
 the primary's iteration boundaries, by `engine.terminate()`; RUN_FINISHED then names the cause.
+
+Several ranks (torchrun): each rank runs its own BusRun with its `rank` and `world_size`. When
+torch.distributed is initialised, every stop and checkpoint request of any rank (control, or the
+program's own `terminate()`) is agreed by all ranks every `stop_sync_every` iterations and at
+every EPOCH_COMPLETED (`trainer.bridge.ranks`), so all ranks stop at the same iteration with the
+same cause; only rank 0 writes checkpoints. With one rank nothing of this runs and
+torch.distributed is never called.
 """
 
 from __future__ import annotations
@@ -31,12 +38,14 @@ from trainer.bridge.boundaries import Boundaries
 from trainer.bridge.checkpointer import Checkpointer, CheckpointStat
 from trainer.bridge.control import ControlReader, ControlState
 from trainer.bridge.lifecycle import EngineLink, RunNotStarted
+from trainer.bridge.ranks import RankBoundaries
 from trainer.bridge.sender import Sender
 from trainer.vote_tally import parse_policy
 
 if TYPE_CHECKING:
     import concurrent.futures
 
+    from trainer.distributed import StopAgreement
     from trainer.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -94,6 +103,10 @@ class BusRun:
     `heartbeat_timeout` s is no longer counted. With a `secret` (default: the environment
     variable TRAINER_BUS_SECRET) unsigned or forged control envelopes are ignored. Pass
     `publisher` to share a ThreadedPublisher (the caller then closes it).
+
+    With `world_size` > 1 and an initialised torch.distributed process group of that size, the
+    ranks agree on stops and checkpoints every `stop_sync_every` iterations and at every
+    EPOCH_COMPLETED; `agreements` and `agreement_seconds` say what that cost.
     """
 
     def __init__(
@@ -105,6 +118,7 @@ class BusRun:
         config: Mapping[str, Any] | None = None,
         rank: int = 0,
         world_size: int = 1,
+        stop_sync_every: int = 10,
         publish_every: int = 1,
         policy: str | int = "any",
         barrier: bool = False,
@@ -122,6 +136,7 @@ class BusRun:
         if rank >= world_size:
             raise ValueError(f"BusRun rank {rank} must be below world_size {world_size}")
         self.publish_every = _number("publish_every", publish_every, minimum=1, integer=True)
+        self.stop_sync_every = _number("stop_sync_every", stop_sync_every, minimum=1, integer=True)
         self.policy = parse_policy(policy, "BusRun policy")
         self.barrier = bool(barrier)
         self.barrier_timeout = float(_number("barrier_timeout", barrier_timeout, minimum=0))
@@ -133,6 +148,8 @@ class BusRun:
         self.namespace = namespace
         self.topics = Topics(namespace)
         self.topics.events(self.run_id)  # refuses a run id unusable in a topic name, now
+        # Before any thread starts: a rank that disagrees with its process group is refused.
+        self._agreement = self._rank_agreement()
         self.source = f"trainer:{rank}"
         self.secret = secret if secret is not None else (os.environ.get(SECRET_ENV) or None)
         self.config = _native_config(config)
@@ -164,14 +181,29 @@ class BusRun:
         self._reader_future: concurrent.futures.Future[None] | None = None
         self.links: list[EngineLink] = []
         self._checkpointer: Checkpointer | None = None
-        self._boundaries = Boundaries(
-            self.run_id,
-            self.control,
-            barrier=self.barrier,
-            barrier_timeout=self.barrier_timeout,
-            checkpointer=lambda: self._checkpointer,
-            before_barrier=self._flush_for_barrier,
-        )
+        self._boundaries: Boundaries
+        if self._agreement is not None:
+            self._boundaries = RankBoundaries(
+                self.run_id,
+                self.control,
+                agreement=self._agreement,
+                every=self.stop_sync_every,
+                rank=self.rank,
+                source=self.source,
+                barrier=self.barrier,
+                barrier_timeout=self.barrier_timeout,
+                checkpointer=lambda: self._checkpointer,
+                before_barrier=self._flush_for_barrier,
+            )
+        else:
+            self._boundaries = Boundaries(
+                self.run_id,
+                self.control,
+                barrier=self.barrier,
+                barrier_timeout=self.barrier_timeout,
+                checkpointer=lambda: self._checkpointer,
+                before_barrier=self._flush_for_barrier,
+            )
         self._phase = "new"  # -> "started" -> "finished" -> "closed"
         self._failure: BaseException | None = None  # what ended the primary's run, if anything
         self._end: RunEnd | None = None
@@ -187,6 +219,16 @@ class BusRun:
     def barriers(self) -> list[BarrierResult]:
         """One record per barrier passed (barrier mode): who was counted, waited for, tallied."""
         return list(self._boundaries.barriers)
+
+    @property
+    def agreements(self) -> int:
+        """How many times the ranks agreed on stops and checkpoints (0 with one rank)."""
+        return 0 if self._agreement is None else self._agreement.agreements
+
+    @property
+    def agreement_seconds(self) -> float:
+        """Seconds this rank spent in the agreements' collectives (0.0 with one rank)."""
+        return 0.0 if self._agreement is None else self._agreement.seconds
 
     @property
     def checkpoint_stats(self) -> list[CheckpointStat]:
@@ -260,6 +302,8 @@ class BusRun:
             directory=self.checkpoint_dir,
             name=name,
             max_pending=max_pending,
+            # Rank 0 writes; the other ranks take part (collective state_dicts) and drop it.
+            write=self.rank == 0,
         )
         if self.primary is not None:
             self._checkpointer.attach(self.primary)
@@ -356,6 +400,31 @@ class BusRun:
 
     # ---- internals --------------------------------------------------------------------------
 
+    def _rank_agreement(self) -> StopAgreement | None:
+        """The agreement among the ranks, when there are several in an initialised group."""
+        if self.world_size == 1:
+            return None  # one rank: torch.distributed is not even imported
+        from trainer import distributed
+
+        rank, size = distributed.world()
+        if size == 1:
+            log.warning(
+                "run %s: rank %d of %d without an initialised torch.distributed process group: "
+                "stops are not agreed with the other ranks (call "
+                "trainer.distributed.init_from_env() before BusRun)",
+                self.run_id,
+                self.rank,
+                self.world_size,
+            )
+            return None
+        if (rank, size) != (self.rank, self.world_size):
+            raise ValueError(
+                f"BusRun rank={self.rank}, world_size={self.world_size} disagree with the "
+                f"torch.distributed process group (rank {rank} of {size}); pass the group's "
+                "(trainer.distributed.world())"
+            )
+        return distributed.StopAgreement()
+
     def _flush_for_barrier(self) -> None:
         """Write this epoch's events now: the voters vote on them while the barrier waits."""
         try:
@@ -412,7 +481,19 @@ class BusRun:
             # A run that ended with an epoch (not in the middle of one) ends after that epoch's
             # EPOCH_COMPLETED, validation included: its metrics score this checkpoint too.
             at_epoch_end = primary.state_dict()["epoch_iteration"] == 0
-            checkpointer.take(primary, "final", epoch_end=at_epoch_end)
+            try:
+                checkpointer.take(primary, "final", epoch_end=at_epoch_end)
+            except Exception as exc:
+                if self._agreement is None:
+                    raise
+                # A lost rank fails the collective state_dicts (DistributedRNGState): the run's
+                # end must still reach the bus, and the last agreed checkpoint is on disk.
+                log.error(
+                    "run %s: rank %d could not take the final checkpoint with the other ranks: %s",
+                    self.run_id,
+                    self.rank,
+                    exc,
+                )
         if not checkpointer.wait(WRITE_TIMEOUT):
             log.error(
                 "run %s: checkpoint writes still pending after %.0f s; RUN_FINISHED goes out "
