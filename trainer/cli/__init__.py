@@ -16,6 +16,7 @@ from trainer.cli import config as config_command
 from trainer.cli import monitor as monitor_command
 from trainer.cli import run as run_command
 from trainer.cli import runs as runs_command
+from trainer.cli import web as web_command
 from trainer.cli import worker as worker_command
 from trainer.cli.errors import USAGE_ERROR, UsageError
 from trainer.config import ConfigError
@@ -24,7 +25,14 @@ from trainer.config import ConfigError
 FAILED = 1
 STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
-COMMANDS = (run_command, worker_command, monitor_command, config_command, runs_command)
+COMMANDS = (
+    run_command,
+    worker_command,
+    monitor_command,
+    config_command,
+    runs_command,
+    web_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
