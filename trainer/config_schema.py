@@ -150,6 +150,20 @@ class BusSection:
 
 
 @dataclass
+class DistSection:
+    """How the ranks of one job (`trainer run --nproc N`, torchrun) agree and wait for others."""
+
+    # a stop or checkpoint request reaching one rank is agreed on by all every n iterations
+    # (and at every epoch end), so every rank stops at the same iteration
+    stop_sync_every: int = field(default=10, metadata=limits(ge=1))
+    # seconds a collective waits for a rank that is lost before the run fails
+    timeout: float = field(default=60.0, metadata=limits(gt=0.0))
+    # seconds the metrics worker waits for every rank's metric states of an epoch, then reports
+    # with the ranks it has (naming the missing ones)
+    rank_timeout: float = field(default=30.0, metadata=limits(gt=0.0))
+
+
+@dataclass
 class TrackingSection:
     """How the run appears in the tracking store (`trainer runs ls`, TensorBoard, MLflow)."""
 
@@ -170,6 +184,7 @@ class TrainerConfig:
     early_stopping: EarlyStoppingSection = field(default_factory=EarlyStoppingSection)
     sched: SchedSection = field(default_factory=SchedSection)
     bus: BusSection = field(default_factory=BusSection)
+    dist: DistSection = field(default_factory=DistSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
     # the workers `trainer run` runs beside the trainer when no --bus is given
     workers: list[str] = field(

@@ -8,17 +8,23 @@ has one (`sched`). Both engines are attached to a run on the bus (`trainer.bridg
 workers aggregate the metrics, keep the checkpoints and vote on stopping, and the run obeys
 them. The trainer checkpoints model, optimizer, schedule, its own state and the RNG states
 through the run.
+
+In a job of several ranks (torchrun, `trainer run --nproc N`), each rank builds the same job on
+its share of the data (`trainer.tasks.sharding`), trains the model wrapped in
+DistributedDataParallel, checkpoints every rank's RNG state (`DistributedRNGState`) and
+publishes its own events as `trainer:<rank>`. Only rank 0 writes the config and reports; the
+values it reports are those of every rank's data together (the metric states all-reduced).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainer.checkpoint_store import RNGState, load_checkpoint, restore_state
+from trainer.checkpoint_store import CheckpointError, RNGState, load_checkpoint, restore_state
 from trainer.config import Config, ConfigError
 from trainer.engine import Engine
 from trainer.events import Events
@@ -29,11 +35,15 @@ from trainer.reproducibility import seed_everything, set_threads
 from trainer.run_dir import CHECKPOINT_DIR, CONFIG_FILE, ResumePoint
 from trainer.tasks import Objective, build_data, build_model, build_optimizer, objective_for
 from trainer.tasks.objectives import TRAIN_GOALS
+from trainer.tasks.sharding import shard
 
 if TYPE_CHECKING:
     from trainer.bridge import BusRun
 
 Printer = Callable[[str], None]
+# Turns the exception that ended a rank's run into the one its RUN_FINISHED reports (e.g. a
+# collective's socket error into "rank 1 was lost").
+Explain = Callable[[BaseException], BaseException]
 # Within the trainer's EPOCH_COMPLETED: validate, step the schedule, report; the bridge's
 # checkpoint and barrier come after all three, so an epoch's checkpoint holds the stepped schedule.
 VALIDATE_PRIORITY, SCHEDULE_PRIORITY, REPORT_PRIORITY = 100, 50, -100
@@ -98,24 +108,38 @@ class Job:
 
     def __init__(self, cfg: Config, resume: ResumePoint | None = None) -> None:
         self.cfg, self.resume = cfg, resume
-        self.resume_state = _load_resume_state(cfg, resume) if resume is not None else None
+        # The process group, if the CLI joined one (torchrun): this rank and the number of ranks.
+        self.rank, self.world_size = _world()
+        self.resume_state: dict[str, Any] | None = None
+        if resume is not None:
+            self.resume_state = _load_resume_state(cfg, resume)
+            check_resume_ranks(self.resume_state, resume, self.world_size)
         set_threads(cfg.run.threads)
         seed_everything(cfg.run.seed)
 
         trainer: Engine  # the sampler reads the epoch from it when a pass over the data starts
-        self.data = data = build_data(cfg, lambda: trainer.state.epoch)
+        data = build_data(cfg, lambda: trainer.state.epoch)
+        # Each rank its share; the Engine tells the training sampler the epoch, resume included.
+        self.data = data = shard(data, self.rank, self.world_size, cfg.run.seed, cfg.data.shuffle)
         self.objective = objective = objective_for(data.task)
         _check_metrics(cfg, objective)
         assert data.num_outputs is not None  # DataBundle fills it in for every task
         self.model = model = build_model(cfg, data.in_features, data.num_outputs)
+        # The module itself is what checkpoints hold and what evaluates (its own share, with no
+        # collective); the wrapper all-reduces the gradients of every training step.
+        network = _parallel(model) if self.world_size > 1 else model
         self.optimizer = optimizer = build_optimizer(cfg, model.parameters())
         loss_fn = objective.loss()
+        if self.world_size > 1:
+            # Alike on every rank for the model's initial weights (above); from here on each
+            # rank draws its own numbers (dropout, augmentation), which checkpoints keep per rank.
+            seed_everything(cfg.run.seed + self.rank)
 
         def train_step(engine: Engine, batch: Any) -> dict[str, float]:
             x, y = batch
-            model.train()
+            network.train()
             optimizer.zero_grad()
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(network(x), y)
             loss.backward()
             optimizer.step()
             return {"loss": loss.item()}
@@ -138,27 +162,49 @@ class Job:
             "model": self.model,
             "optimizer": self.optimizer,
             "trainer": self.trainer,
-            "rng": RNGState(),
+            "rng": _distributed_rng() if self.world_size > 1 else RNGState(),
         }
         if self.scheduler is not None:
             to_save["lr_scheduler"] = self.scheduler
         return to_save
 
-    def run(self, run_dir: Path, link: BusRun, echo: Printer = print) -> RunResult:
-        """Train on `link`'s run, writing the config and checkpoints under `run_dir`."""
+    def run(
+        self,
+        run_dir: Path,
+        link: BusRun,
+        echo: Printer = print,
+        explain: Explain | None = None,
+    ) -> RunResult:
+        """Train on `link`'s run, writing the config and checkpoints under `run_dir`.
+
+        `explain` may turn the exception that ends the run into the one RUN_FINISHED reports.
+        """
         cfg, trainer, evaluator, data = self.cfg, self.trainer, self.evaluator, self.data
+        lead, several = self.rank == 0, self.world_size > 1
         link.attach(trainer, "train")
         link.attach(evaluator, "val")
         trainer.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan())
         evaluated_at = {"iteration": -1}
+        train_metrics: dict[str, Any] = {}  # the last epoch's, over every rank's data
 
         def validate(engine: Engine) -> None:
             evaluator.run(data.val)
+            if several:
+                # The whole split's values, before the schedule steps on them: every rank then
+                # steps alike. The bus got each rank's own states already.
+                evaluator.state.metrics.update(_global_metrics(evaluator))
             evaluated_at["iteration"] = engine.state.iteration
 
         def report(engine: Engine) -> None:
+            train_metrics.clear()
+            train_metrics.update(_global_metrics(trainer) if several else engine.state.metrics)
+            if not lead:
+                return
             s, val = engine.state, evaluator.state.metrics
-            parts = [f"epoch {s.epoch + 1}/{s.max_epochs}", f"train_loss {s.metrics['loss']:.4f}"]
+            parts = [
+                f"epoch {s.epoch + 1}/{s.max_epochs}",
+                f"train_loss {train_metrics['loss']:.4f}",
+            ]
             parts += [f"val_{name} {val[name]:.4f}" for name in self.objective.val_metrics]
             if self.scheduler is not None:
                 parts.append(f"lr {self.scheduler.lrs[0]:.3g}")
@@ -177,7 +223,7 @@ class Job:
                 unit=cfg.checkpoint.unit,
                 directory=run_dir / CHECKPOINT_DIR,
             )
-        if cfg.train.progress_bar:
+        if cfg.train.progress_bar and lead:
             bar = ProgressBar(disable=None, miniters=cfg.train.log_every)
             bar.attach(trainer, output_transform=lambda out: {"loss": out["loss"]})
         trainer.add_event_handler(Events.EPOCH_COMPLETED, report, priority=REPORT_PRIORITY)
@@ -187,7 +233,8 @@ class Job:
             present = {k: v for k, v in to_save.items() if k in self.resume_state}
             restore_state(present, self.resume_state)
 
-        cfg.save(run_dir / CONFIG_FILE)
+        if lead:
+            cfg.save(run_dir / CONFIG_FILE)
         link.start()
         try:
             trainer.run(
@@ -196,9 +243,14 @@ class Job:
             if evaluated_at["iteration"] != trainer.state.iteration:  # e.g. stopped mid-epoch
                 validate(trainer)
         except BaseException as exc:
-            link.finish(exc)
-            raise
+            reported = explain(exc) if explain is not None else exc
+            link.finish(reported)
+            if reported is exc:
+                raise
+            raise reported from exc
         end = link.finish()
+        if not train_metrics and trainer.state.metrics:
+            train_metrics.update(trainer.state.metrics)  # stopped before any epoch's report
         return RunResult(
             run_dir=run_dir,
             run_id=link.run_id,
@@ -209,7 +261,63 @@ class Job:
             iteration=end.iteration,
             task=self.objective.task,
             val={k: float(evaluator.state.metrics[k]) for k in self.objective.ranked()},
-            train={"loss": float(trainer.state.metrics["loss"])} if trainer.state.metrics else {},
+            train={"loss": float(train_metrics["loss"])} if "loss" in train_metrics else {},
+        )
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group; (0, 1) without one."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, 1  # one process: nothing of torch.distributed is touched
+    from trainer.distributed import world
+
+    return world()
+
+
+def _parallel(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` in DistributedDataParallel: its gradients all-reduced at every backward."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model)
+
+
+def _distributed_rng() -> Any:
+    """Every rank's RNG states in one checkpoint entry (collected from all ranks at a save)."""
+    from trainer.distributed import DistributedRNGState
+
+    return DistributedRNGState()
+
+
+def _global_metrics(engine: Engine) -> dict[str, Any]:
+    """`engine`'s metric values over every rank's data (a collective: every rank calls it)."""
+    from trainer.metrics import Distributed
+
+    values: dict[str, Any] = {}
+    for name, metric in engine.metrics.items():
+        wrapped = metric if isinstance(metric, Distributed) else Distributed(metric)
+        value = wrapped.compute()
+        values[name] = value
+        if isinstance(value, Mapping):
+            values.update(value)  # as the Engine stores a metric computing several values
+    return values
+
+
+def check_resume_ranks(state: Mapping[str, Any], resume: ResumePoint, world_size: int) -> None:
+    """Refuse to resume a checkpoint of several ranks with another number of ranks.
+
+    Each rank continues with its own saved RNG states, which another count leaves undefined.
+    (A single process's checkpoint continues on any number of ranks: all start from its state.)
+    """
+    rng = state.get("rng")
+    saved = len(rng["ranks"]) if isinstance(rng, Mapping) and "ranks" in rng else 1
+    if saved > 1 and saved != world_size:
+        how = f"trainer run --nproc {saved}"
+        raise CheckpointError(
+            resume.checkpoint,
+            f"saved by a job of {saved} rank(s), resumed by one of {world_size}: resume it with "
+            f"as many ranks ({how})",
         )
 
 

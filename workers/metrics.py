@@ -3,7 +3,10 @@
 On EPOCH_COMPLETED it checks `metric_states` (name -> {"class", "settings", "state"}) as far as
 is cheap (the class is registered, the settings build it, the state has the class's entries)
 and keeps the states as received, until every rank of the run (`world_size`) has sent its
-states for that (split, epoch). Then it merges them with the metric classes' own `merge` and
+states for that (split, epoch), or `--rank-timeout` seconds (default: the run config's
+`dist.rank_timeout`, else 30) have passed since the first of them came: then it reports with
+the ranks it has and logs a warning naming the missing ones (a rank's states that come later
+are left out, with a warning). It merges them with the metric classes' own `merge` and
 `compute`, on a metric rebuilt by class name from `trainer.metrics.registry` once per (class,
 settings) and reset for each epoch, and publishes METRICS {split, epoch, values, ranks,
 running: False}. A metric whose states turn out not to merge is logged and left out. With
@@ -16,6 +19,7 @@ One replica per run: the ranks' EPOCH_COMPLETED of one epoch must reach the same
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
@@ -33,6 +37,9 @@ from workers.context import RunContext
 from workers.messages import EPOCH_COMPLETED, ITERATION_COMPLETED, METRICS
 
 Key = tuple[str, int]  # (split, trainer epoch)
+# Seconds to wait for every rank's states of an epoch when neither --rank-timeout nor the run's
+# config (dist.rank_timeout) says.
+DEFAULT_RANK_TIMEOUT = 30.0
 
 
 @dataclass
@@ -41,6 +48,7 @@ class _EpochStates:
 
     ranks: dict[int, dict[str, MetricPart]] = field(default_factory=dict)
     iteration: int = 0
+    world_size: int = 1
 
 
 @dataclass
@@ -95,7 +103,7 @@ class MetricsWorker(Worker):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """--running-every N."""
+        """--running-every N, --rank-timeout SECONDS."""
         parser.add_argument(
             "--running-every",
             type=int,
@@ -104,14 +112,31 @@ class MetricsWorker(Worker):
             help="also publish running means of the iteration outputs every N iterations "
             "(METRICS with running: true); default: off",
         )
+        parser.add_argument(
+            "--rank-timeout",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="how long to wait for every rank's metric states of an epoch before reporting "
+            "with the ranks that sent theirs (a warning names the missing ones); default: the "
+            f"run config's dist.rank_timeout, else {DEFAULT_RANK_TIMEOUT:g}",
+        )
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> None:
-        """Refuse a --running-every below 1."""
+        """Refuse a --running-every below 1 or a --rank-timeout that is not > 0."""
         every = options.get("running_every")
         if every is not None and (not _is_int(every) or every < 1):
             raise ValueError(
                 f"--running-every must be an integer >= 1 (or left out for off), got {every!r}"
+            )
+        timeout = options.get("rank_timeout")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+        ):
+            raise ValueError(
+                f"--rank-timeout must be a number of seconds > 0 (or left out for the run "
+                f"config's dist.rank_timeout), got {timeout!r}"
             )
 
     def __init__(self, ctx: RunContext, options: Mapping[str, Any]) -> None:
@@ -120,6 +145,10 @@ class MetricsWorker(Worker):
         self.running_every: int | None = self.options.get("running_every")
         self._pending: dict[Key, _EpochStates] = {}
         self._published: set[Key] = set()
+        # Per (split, epoch) still waiting for ranks: the task that reports without them.
+        self._deadlines: dict[Key, asyncio.Task[None]] = {}
+        # Per (split, epoch) reported without every rank: the ranks it went without.
+        self._missing: dict[Key, list[int]] = {}
         self._running: dict[Key, _RunningMeans] = {}
         self._last_iteration: dict[str, int] = {}  # per split: the highest iteration seen
         self._unknown_classes: set[Any] = set()
@@ -130,6 +159,9 @@ class MetricsWorker(Worker):
         if env.type == EPOCH_COMPLETED:
             complete = self._collect(env)
             if complete is not None:
+                deadline = self._deadlines.pop(complete, None)
+                if deadline is not None:
+                    deadline.cancel()
                 await self._publish_epoch(complete)
         elif env.type == ITERATION_COMPLETED and self.running_every is not None:
             await self._iteration_completed(env)
@@ -161,14 +193,20 @@ class MetricsWorker(Worker):
         parts = self._parts(states, env, split)
         key: Key = (split, env.epoch)
         if key in self._published:
-            # A redelivery, or a second evaluation within the same trainer epoch.
-            self.ctx.log.info(
-                "metrics already published", extra={"split": split, "epoch": env.epoch}
-            )
+            context = {"split": split, "epoch": env.epoch, "rank": rank}
+            if rank in self._missing.get(key, ()):
+                self.ctx.log.warning(
+                    "rank's metric states came after the rank timeout, left out", extra=context
+                )
+            else:
+                # A redelivery, or a second evaluation within the same trainer epoch.
+                self.ctx.log.info("metrics already published", extra=context)
             return None
         pending = self._pending.get(key)
         if pending is None:
-            pending = self._pending[key] = _EpochStates()
+            pending = self._pending[key] = _EpochStates(world_size=world_size)
+            if world_size > 1:
+                self._deadlines[key] = self.ctx.spawn(self._report_without_missing(key))
         pending.ranks[rank] = parts
         if env.iteration > pending.iteration:
             pending.iteration = env.iteration
@@ -194,6 +232,45 @@ class MetricsWorker(Worker):
                 self._unknown_classes.add(cls)
                 self.ctx.log.warning("metric left out", extra={"reason": str(exc)})
         return parts
+
+    def rank_timeout(self) -> float:
+        """Seconds to wait for every rank: --rank-timeout, else the run's dist.rank_timeout."""
+        value = self.ctx.setting(self.options.get("rank_timeout"), "dist.rank_timeout", None)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            return DEFAULT_RANK_TIMEOUT  # unset, null, or not a usable number in the config
+        return float(value)
+
+    async def _report_without_missing(self, key: Key) -> None:
+        """After the rank timeout, report `key` with the ranks that sent their states."""
+        timeout = self.rank_timeout()
+        await asyncio.sleep(timeout)
+        self._deadlines.pop(key, None)
+        pending = self._pending.get(key)
+        if pending is None or key in self._published:
+            return
+        missing = [r for r in range(pending.world_size) if r not in pending.ranks]
+        self.ctx.log.warning(
+            "metrics reported without every rank",
+            extra={
+                "split": key[0],
+                "epoch": key[1],
+                "missing_ranks": missing,
+                "ranks": sorted(pending.ranks),
+                "waited": timeout,
+            },
+        )
+        self._missing[key] = missing
+        # Marked before the publish's await: the missing rank's states, should they come
+        # meanwhile, must not make a second report.
+        self._published.add(key)
+        try:
+            await self._publish_epoch(key)
+        except Exception:  # no delivery to retry with: say so rather than fail the side task
+            self.ctx.log.error(
+                "METRICS without the missing ranks could not be published",
+                extra={"split": key[0], "epoch": key[1]},
+                exc_info=True,
+            )
 
     async def _publish_epoch(self, key: Key) -> None:
         split, epoch = key

@@ -1,20 +1,36 @@
-"""`trainer run [CONFIG] [key=value ...] [--bus URL] [--run-id ID] [--resume ...] [--run-dir DIR]`.
+"""`trainer run [CONFIG] [key=value ...] [--bus URL] [--run-id ID] [--resume ...] [--run-dir DIR]
+[--nproc N]`.
 
 Without --bus the embedded default runs: the trainer and the workers the config lists, in this
 process, on an in-memory bus. With --bus only the trainer runs, publishing run ID; workers
 attach to it from anywhere (`trainer worker KIND --bus URL --run ID`).
+
+With --nproc N > 1 this process starts N ranks through torch's launcher (`trainer.cli.launch`)
+and waits for them. Under torchrun (WORLD_SIZE > 1 in the environment) this process is one rank:
+it joins the process group and trains its share of the job on the shared run.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 from trainer import config
 from trainer.cli.environment import BUS_URL_ENV, SECRET_ENV
-from trainer.cli.errors import UsageError
+from trainer.cli.errors import USAGE_ERROR, UsageError
+from trainer.cli.launch import (
+    RANKS_DIR,
+    RankLost,
+    RankProcess,
+    RankStopped,
+    launch_ranks,
+    refuse_without_bus,
+    world_from_env,
+)
 from trainer.cli.overrides import split_config_and_overrides
 from trainer.cli.reach import check_bus
 from trainer.config import Config, ConfigError
@@ -76,13 +92,22 @@ def add_parser(commands: Any) -> None:
         help="write outputs here (default: <run.dir>/<run.name>-<timestamp>-<id>, or the "
         "resumed run's directory)",
     )
+    run.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train with N ranks on this machine (CPU, gloo), started by torch's launcher "
+        "(torch.distributed.run); they share the run on --bus, which N > 1 needs (default: "
+        "this process trains alone)",
+    )
     run.set_defaults(handler=command)
 
 
 def command(args: argparse.Namespace, extras: list[str]) -> int:
-    """Build the config, find the run directory and checkpoint, and train."""
+    """Build the config, find the run directory and checkpoint, and train (or start ranks)."""
     config_path, overrides = split_config_and_overrides(args.config, args.overrides, extras)
     cfg = config.load(config_path, overrides)
+    nproc, world = _nproc(args), world_from_env()
     resume: ResumePoint | None = None
     try:
         if args.resume is not None:
@@ -96,8 +121,122 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
     except ResumeError as exc:
         raise UsageError(str(exc)) from None
 
+    if nproc > 1 or world > 1:
+        refuse_without_bus(max(nproc, world), args.bus)
     if args.bus is not None:
         check_bus(args.bus, cfg.bus.namespace)  # before any run directory is made
+    if nproc > 1:
+        return _start_ranks(args, nproc, config_path, overrides, cfg, resume, run_dir)
+    if world > 1:
+        return _as_rank(args, cfg, policy, resume, run_dir)
+    return _train(args, cfg, policy, resume, run_dir, None)
+
+
+def _nproc(args: argparse.Namespace) -> int:
+    """--nproc, checked: a number of ranks >= 1, not given to a process that is a rank already."""
+    if args.nproc is None:
+        return 1
+    if args.nproc < 1:
+        raise UsageError(f"--nproc {args.nproc}: the number of ranks must be 1 or more")
+    if args.nproc > 1 and world_from_env() > 1:
+        raise UsageError(
+            f"--nproc {args.nproc} inside a launcher that started this process as one of "
+            f"WORLD_SIZE={os.environ.get('WORLD_SIZE')} ranks: leave --nproc out under torchrun"
+        )
+    return args.nproc
+
+
+def _start_ranks(
+    args: argparse.Namespace,
+    nproc: int,
+    config_path: str | Path | None,
+    overrides: list[str],
+    cfg: Config,
+    resume: ResumePoint | None,
+    run_dir: Path | None,
+) -> int:
+    """Make the run directory and id, then run `nproc` ranks of this command on them."""
+    if resume is not None:
+        _refuse_other_ranks(resume, nproc)  # here, rather than in every rank
+    fresh = run_dir is None
+    if run_dir is None:
+        run_dir = new_run_dir(cfg.run.dir, cfg.run.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_id = args.run_id or run_dir.name
+    status = launch_ranks(
+        nproc,
+        config_path,
+        overrides,
+        bus_url=args.bus,
+        run_id=run_id,
+        run_dir=run_dir,
+        # The checkpoint found here, so every rank resumes from the same one.
+        resume=resume.checkpoint if resume is not None else None,
+    )
+    if status != 0 and fresh and not any(p.name != RANKS_DIR for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)  # the ranks refused the job: nothing to keep
+    return status
+
+
+def _refuse_other_ranks(resume: ResumePoint, nproc: int) -> None:
+    """UsageError if the checkpoint cannot be read, or was saved by another number of ranks."""
+    from trainer.checkpoint_store import CheckpointError, load_checkpoint
+    from trainer.job import check_resume_ranks
+
+    try:
+        state = load_checkpoint(resume.checkpoint, sha256=resume.sha256)
+        check_resume_ranks(state, resume, nproc)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _as_rank(
+    args: argparse.Namespace,
+    cfg: Config,
+    policy: str | int,
+    resume: ResumePoint | None,
+    run_dir: Path | None,
+) -> int:
+    """Train as one rank of a torchrun job; the exit status of this rank."""
+    status = FAILED
+    ranks: RankProcess | None = None
+    try:
+        ranks = RankProcess.join(cfg.dist.timeout)
+        status = _train(args, cfg, policy, resume, run_dir, ranks)
+    except (RankLost, RankStopped) as exc:
+        rank = ranks.rank if ranks is not None else os.environ.get("RANK", "?")
+        print(f"trainer: error: rank {rank}: {exc}", file=sys.stderr, flush=True)
+    except (ConfigError, UsageError):
+        status = USAGE_ERROR  # what the command exits with: the record says the same
+        raise
+    finally:
+        if ranks is not None:
+            ranks.quiet()
+            _leave_group()
+            ranks.ended(status)
+    return status
+
+
+def _leave_group() -> None:
+    """Leave the process group (no collective: a lost rank cannot make it hang)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception as exc:  # the run's end is already out; this rank only exits
+            print(f"trainer: warning: leaving the process group: {exc}", file=sys.stderr)
+
+
+def _train(
+    args: argparse.Namespace,
+    cfg: Config,
+    policy: str | int,
+    resume: ResumePoint | None,
+    run_dir: Path | None,
+    ranks: RankProcess | None,
+) -> int:
+    """Build the job, then train it on the run (as one rank of several when `ranks` is given)."""
     from trainer.checkpoint_store import CheckpointError  # torch loads only when training
     from trainer.job import Job
 
@@ -105,11 +244,20 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
         job = Job(cfg, resume)  # refuses a bad job before any directory is created
     except (CheckpointError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
-    if run_dir is None:
-        run_dir = new_run_dir(cfg.run.dir, cfg.run.name)
+    lead = ranks is None or ranks.rank == 0
+
+    def fresh_dir() -> Path:
+        return new_run_dir(cfg.run.dir, cfg.run.name)
+
+    if ranks is not None:
+        run_dir = ranks.shared_run_dir(run_dir, fresh_dir)  # plain torchrun: rank 0 makes it
+    elif run_dir is None:
+        run_dir = fresh_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
+    if ranks is not None:
+        ranks.record(run_dir)
     run_id = args.run_id or run_dir.name
-    if resume is not None:
+    if resume is not None and lead:
         print(f"resuming from {resume.checkpoint}", flush=True)
 
     from trainer.bridge import BusRun
@@ -120,6 +268,8 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
         run_id,
         namespace=cfg.bus.namespace,
         config=cfg.to_dict(),
+        rank=job.rank,
+        world_size=job.world_size,
         publish_every=cfg.bus.publish_every,
         policy=policy,
         barrier=cfg.bus.barrier,
@@ -129,19 +279,31 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
         resumed_from=str(resume.checkpoint) if resume is not None else None,
         checkpoint_dir=(run_dir / CHECKPOINT_DIR).resolve(),
         run_dir=run_dir.resolve(),
+        stop_sync_every=cfg.dist.stop_sync_every,  # between ranks: how often they agree
     )
-    print(f"run id: {run_id}", flush=True)
+    if lead:
+        print(f"run id: {run_id}", flush=True)
     workers = None
     try:
         if args.bus is None:
             workers = EmbeddedWorkers.start(link, cfg.workers, namespace=cfg.bus.namespace)
-        result = job.run(run_dir, link, echo=lambda line: print(line, flush=True))
+        result = job.run(
+            run_dir,
+            link,
+            echo=(lambda line: print(line, flush=True)) if lead else (lambda line: None),
+            explain=ranks.explain if ranks is not None else None,
+        )
+        if ranks is not None:
+            ranks.quiet()  # the run is over: a late stop signal must not cut its report short
         if workers is not None:
             workers.wait()
     finally:
         if workers is not None:
             workers.stop()
         link.close()
+    status = FAILED if result.status == "failed" else 0
+    if not lead:
+        return status
     result.latest_checkpoint, result.best_checkpoint = _kept(run_dir / CHECKPOINT_DIR)
     result.write()
     by = f" by {result.by}" if result.by else ""
@@ -151,7 +313,7 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
         f"{result.iteration} iterations{ending}"
     )
     print(f"outputs: {run_dir}")
-    return FAILED if result.status == "failed" else 0
+    return status
 
 
 def _vote_policy(cfg: Config) -> str | int:
