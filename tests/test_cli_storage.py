@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_cli import EXAMPLE, trainer_cli
+from test_cli import EXAMPLE, run_main, trainer_cli
 
 
 def _mount(*args: str) -> bool:
@@ -67,10 +67,10 @@ def test_a_full_disk_ends_the_run_with_one_line_and_nothing_torn(small_disk: Pat
         assert hashlib.sha256(data).hexdigest() == entry["sha256"]
 
 
-def test_a_read_only_runs_directory_is_one_line_and_no_run(read_only: Path, tmp_path):
-    done = trainer_cli("run", EXAMPLE, f"run.dir={read_only}/runs", cwd=tmp_path)
-    assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == [
+def test_a_read_only_runs_directory_is_one_line_and_no_run(read_only: Path, capsys):
+    status, _, err = run_main(capsys, "run", EXAMPLE, f"run.dir={read_only}/runs")
+    assert status == 1
+    assert err.strip().splitlines() == [
         f"trainer: error: cannot write {read_only}/runs: Read-only file system"
     ]
     assert list(read_only.iterdir()) == []
