@@ -7,11 +7,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from trainer.tasks.objectives import REGRESSION
 from trainer.tasks.registry import DataBundle
-from trainer.tasks.sampling import EpochShuffleSampler
+from trainer.tasks.sampling import tensor_loaders
 
 
 def diabetes_tensors(
@@ -52,12 +51,7 @@ def diabetes_tensors(
 def build(cfg: Any, epoch_fn: Callable[[], int]) -> DataBundle:
     """The `data.name: diabetes` builder: a regression bundle batched by `data.batch_size`."""
     x_train, y_train, x_val, y_val = diabetes_tensors(cfg.data.val_fraction, cfg.run.seed)
-    train_set = TensorDataset(x_train, y_train)
-    sampler = (
-        EpochShuffleSampler(len(train_set), cfg.run.seed, epoch_fn) if cfg.data.shuffle else None
-    )
-    train = DataLoader(train_set, batch_size=cfg.data.batch_size, sampler=sampler)
-    val = DataLoader(TensorDataset(x_val, y_val), batch_size=max(cfg.data.batch_size, 256))
+    train, val = tensor_loaders(cfg, epoch_fn, x_train, y_train, x_val, y_val)
     return DataBundle(
         train=train,
         val=val,
