@@ -3,12 +3,15 @@
 The checkpoint store, the manifest and the checkpoint worker all write this way: a temporary
 file in the same directory, flushed and fsynced, made readable to other processes, renamed
 over the target, and the directory fsynced so that the rename itself survives a crash.
+`copy_file` copies a file the same way (the tracking store's artifacts and its exports).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,3 +56,33 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb", **options: Any) 
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def copy_file(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Copy the bytes of `source` to `target` (replaced atomically), never sharing its inode.
+
+    The copy keeps the bytes `source` has now, whatever happens to `source` afterwards (a hard
+    link would follow a rewrite in place). `os.copy_file_range` lets filesystems that can
+    (btrfs, XFS, NFS 4.2) share blocks copy-on-write (a reflink) instead of copying them.
+    """
+    with open(source, "rb") as src, atomic_file(target, "wb") as out:
+        _copy_bytes(src, out)
+
+
+def _copy_bytes(src: IO[bytes], out: IO[bytes]) -> None:
+    copy_range = getattr(os, "copy_file_range", None)
+    if copy_range is not None:
+        try:
+            while copy_range(src.fileno(), out.fileno(), 1 << 30):
+                pass
+        except OSError as exc:  # not offered here (old kernel, another filesystem): copy below
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+        else:
+            # Some filesystems (procfs, some FUSE) answer 0 early: trust only a whole copy.
+            if os.lseek(out.fileno(), 0, os.SEEK_CUR) == os.fstat(src.fileno()).st_size:
+                return
+        src.seek(0)
+        out.seek(0)
+        out.truncate()
+    shutil.copyfileobj(src, out, 1 << 20)

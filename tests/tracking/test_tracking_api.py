@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -382,3 +383,93 @@ def test_importing_tracking_loads_neither_torch_nor_the_bus() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_logged_version_keeps_its_bytes_when_the_source_is_rewritten_in_place(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "checkpoint.pt"
+    with tracking.run("p", dir=tmp_path / "runs") as run:
+        for content in (b"first weights", b"second weights"):
+            source.write_bytes(content)  # rewrites the same inode: what a script does
+            artifact = tracking.Artifact("checkpoint", type="model")
+            artifact.add_file(source)
+            run.log_artifact(artifact)
+    index = read_run(run.dir).artifacts["checkpoint"]
+    stored = [run.dir / v["files"][0]["stored"] for v in index["versions"]]
+    assert [p.read_bytes() for p in stored] == [b"first weights", b"second weights"]
+    assert all(p.stat().st_ino != source.stat().st_ino for p in stored)
+    first = index["versions"][0]["files"][0]
+    assert first["size"] == len(b"first weights")
+    assert first["sha256"] == hashlib.sha256(b"first weights").hexdigest()
+
+
+def test_the_guides_keyword_calls_work_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.zeros((4, 5, 3), dtype=np.uint8)).save("pred.png")
+    Path("model.pt").write_bytes(b"weights")
+    run = tracking.run(
+        project="digits", name="guide", config={"lr": 0.1}, tags=["baseline"], dir=tmp_path
+    )
+    run.log({"loss": 0.5}, step=100)
+    run.log_image(name="prediction", image_path="pred.png", caption="Model prediction", step=100)
+    run.log_image(name="as-path", image_path=Path("pred.png"), caption="a Path", step=101)
+    run.log_histogram(name="weights", values=[0.1, 0.2, 0.3], bins=4, step=100)
+    artifact = tracking.Artifact(name="model", type="model")
+    artifact.add_file("model.pt", name="weights.pt")
+    assert run.log_artifact(artifact, aliases=["best"]) == "v0"
+    run.finish()
+    record = read_run(run.dir)
+    assert record.meta["name"] == "guide" and record.meta["tags"] == ["baseline"]
+    assert record.meta["status"] == "completed" and record.summary["last"] == {"loss": 0.5}
+    images = {r["name"]: r for r in record.images}
+    assert images["prediction"]["caption"] == "Model prediction"
+    assert images["prediction"]["step"] == 100
+    assert images["prediction"]["width"] == 5 and images["prediction"]["height"] == 4
+    assert images["as-path"]["caption"] == "a Path"
+    assert record.histograms[0]["name"] == "weights" and len(record.histograms[0]["counts"]) == 4
+    assert record.artifacts["model"]["versions"][0]["files"][0]["name"] == "weights.pt"
+
+
+def test_log_image_refuses_both_or_neither_image_and_image_path(tmp_path: Path) -> None:
+    picture = tmp_path / "pred.png"
+    Image.fromarray(np.zeros((2, 2), dtype=np.uint8)).save(picture)
+    with tracking.run("p", dir=tmp_path / "runs") as run:
+        with pytest.raises(TypeError, match="image_path"):
+            run.log_image("x", picture, image_path=picture)
+        with pytest.raises(TypeError, match="image_path"):
+            run.log_image("x")
+
+
+def version_aliases(index: dict) -> dict[str, list[str]]:
+    return {v["version"]: sorted(v.get("aliases", [])) for v in index["versions"]}
+
+
+def test_an_alias_is_on_exactly_one_version_of_the_index(tmp_path: Path) -> None:
+    source = tmp_path / "model.pt"
+    source.write_bytes(b"w")
+    with tracking.run("p", dir=tmp_path / "runs") as run:
+        for aliases in (["latest", "best"], ["latest"]):  # as the checkpoint worker logs them
+            artifact = tracking.Artifact("checkpoints", type="model")
+            artifact.add_file(source)
+            run.log_artifact(artifact, aliases=aliases)
+        index = read_run(run.dir).artifacts["checkpoints"]
+        assert version_aliases(index) == {"v0": ["best"], "v1": ["latest"]}
+        assert index["aliases"] == {"latest": "v1", "best": "v0"}
+
+        artifact = tracking.Artifact("checkpoints", type="model")
+        artifact.add_file(source)
+        run.log_artifact(artifact, aliases=["best", "production"])
+        artifact = tracking.Artifact("checkpoints", type="model")
+        artifact.add_file(source)
+        run.log_artifact(artifact, aliases=["production"])  # a custom alias moved on
+    index = read_run(run.dir).artifacts["checkpoints"]
+    assert version_aliases(index) == {
+        "v0": [],
+        "v1": [],
+        "v2": ["best"],
+        "v3": ["latest", "production"],
+    }
+    assert index["aliases"] == {"latest": "v3", "best": "v2", "production": "v3"}

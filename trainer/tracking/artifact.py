@@ -25,8 +25,9 @@ def check_file_name(name: str, artifact: str) -> str:
 class Artifact:
     """A set of files logged together as one version of `name` (`run.log_artifact(artifact)`).
 
-    `add_file` copies a file (a hard link when the filesystem allows) when the artifact is
-    logged; `add_reference` only records where a file is (e.g. a big checkpoint kept elsewhere).
+    `add_file` copies a file when the artifact is logged (a copy, never a link: the version
+    keeps the bytes the file had then); `add_reference` only records where a file is (e.g. a
+    big checkpoint kept elsewhere).
     """
 
     def __init__(

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from trainer.atomic_file import atomic_file
+from trainer.atomic_file import atomic_file, copy_file
 from trainer.manifest import file_sha256
 from trainer.tracking.artifact import check_file_name
 from trainer.tracking.errors import TrackingError, tracking_error
@@ -107,6 +107,7 @@ class _RunDirState:
         self.last_step: int | None = None
         self.tensorboard: EventFileWriter | None = None
         self.has_run_file = False
+        self._digests: dict[Path, str] = {}  # staged copy -> its sha256 (see _stage_artifact)
         self.handlers: dict[str, Callable[[Mapping[str, Any]], Any]] = {
             "meta": self._meta,
             "log": self._log,
@@ -132,8 +133,10 @@ class _RunDirState:
                             return self._commit_artifact(record, staged)
                         return handler(record)
                 finally:
-                    if staged is not None and staged.exists():
-                        shutil.rmtree(staged, ignore_errors=True)
+                    if staged is not None:
+                        self._digests.clear()
+                        if staged.exists():
+                            shutil.rmtree(staged, ignore_errors=True)
             except OSError as exc:
                 raise tracking_error(exc, "write", self.dir) from exc
 
@@ -304,27 +307,42 @@ class _RunDirState:
     # -- artifacts ----------------------------------------------------------------------------
 
     def _stage_artifact(self, record: Mapping[str, Any]) -> Path:
-        """Copy the artifact's files into a staging directory (outside the lock: may be big)."""
+        """Copy the artifact's files into a staging directory (outside the lock: may be big).
+
+        Each copy's sha256 is taken from the copy, also outside the lock (kept in _digests).
+        """
         name = check_name(_required_str(record, "name"), "artifact name")
         files = record.get("files")
         if not isinstance(files, list):
             raise ValueError(f"artifact record {name!r} needs a 'files' list")
         staging = self.dir / ARTIFACTS_DIR / name / f".staging-{secrets.token_hex(4)}"
         staging.mkdir(parents=True)
-        for entry in files:
-            file_name = check_file_name(str(entry.get("name", "")), name)
-            target = staging / file_name
-            if "data" in entry:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(bytes(entry["data"]))
-            elif "source" in entry:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                _link_or_copy(Path(entry["source"]), target)
-            elif "path" not in entry:
-                raise ValueError(
-                    f"artifact {name!r}: file {file_name!r} has neither 'data', 'source' nor 'path'"
-                )
+        try:
+            for entry in files:
+                self._stage_file(name, entry, staging)
+        except BaseException:
+            self._digests.clear()
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return staging
+
+    def _stage_file(self, name: str, entry: Mapping[str, Any], staging: Path) -> None:
+        file_name = check_file_name(str(entry.get("name", "")), name)
+        target = staging / file_name
+        if "data" in entry:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(bytes(entry["data"]))
+        elif "source" in entry:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _copy_source(Path(entry["source"]), target)
+        elif "path" in entry:
+            return  # a reference: nothing stored
+        else:
+            raise ValueError(
+                f"artifact {name!r}: file {file_name!r} has neither 'data', 'source' nor 'path'"
+            )
+        # Of the bytes stored: a source rewritten since it was hashed is told apart.
+        self._digests[target] = file_sha256(target)
 
     def _commit_artifact(self, record: Mapping[str, Any], staging: Path) -> str:
         name = str(record["name"])
@@ -356,7 +374,7 @@ class _RunDirState:
                 staged = staging / file_name
                 item.update(
                     size=staged.stat().st_size,
-                    sha256=entry.get("sha256") or file_sha256(staged),
+                    sha256=self._digests.pop(staged, None) or file_sha256(staged),
                     stored=f"{ARTIFACTS_DIR}/{name}/{version}/{file_name}",
                 )
             files.append(item)
@@ -370,14 +388,12 @@ class _RunDirState:
         }
         if key is not None:
             entry_out["key"] = str(key)
-        aliases = [str(a) for a in record.get("aliases") or ()]
-        if aliases:
-            entry_out["aliases"] = aliases
         index["versions"].append(entry_out)
         index["type"] = str(record.get("type", index.get("type", "")))
         index["description"] = str(record.get("description", index.get("description", "")))
-        for alias in ["latest", *aliases]:
+        for alias in ["latest", *(str(a) for a in record.get("aliases") or ())]:
             index["aliases"][alias] = version
+        _version_aliases(index)
         self._ensure_run_file()
         write_json(index_path, index)
         return version
@@ -408,6 +424,7 @@ class _RunDirState:
                 for alias, v in index["aliases"].items()
                 if alias == "latest" or v not in marked
             }
+            _version_aliases(index)
             write_json(index_path, index)
         return marked
 
@@ -473,6 +490,23 @@ class _RunDirState:
         _forget(self.dir)
 
 
+def _version_aliases(index: dict[str, Any]) -> None:
+    """Give each version the `aliases` that name it in the index's map, and no others.
+
+    The map is the truth; the lists repeat it per version, so an alias that moved on is no
+    longer listed on the version it left (each alias is on exactly one version).
+    """
+    named: dict[str, list[str]] = {}
+    for alias, version in index["aliases"].items():
+        named.setdefault(version, []).append(alias)
+    for entry in index["versions"]:
+        aliases = named.get(entry["version"])
+        if aliases:
+            entry["aliases"] = aliases
+        else:
+            entry.pop("aliases", None)
+
+
 def _time(record: Mapping[str, Any]) -> float:
     value = record.get("time")
     return float(value) if isinstance(value, (int, float)) else time.time()
@@ -496,13 +530,14 @@ def _checked_values(values: Any) -> dict[str, Any]:
     return dict(values)
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def _copy_source(source: Path, target: Path) -> None:
+    """A copy, never a hard link: the version keeps these bytes if the source is rewritten."""
     try:
-        os.link(source, target)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"artifact file {source} no longer exists") from None
-    except OSError:  # another filesystem, or links not allowed: copy the bytes
-        shutil.copyfile(source, target)
+        copy_file(source, target)
+    except FileNotFoundError as exc:
+        if exc.filename is not None and Path(exc.filename) == source:
+            raise FileNotFoundError(f"artifact file {source} no longer exists") from None
+        raise
 
 
 # One state per process and run directory, shared by every LocalSink on it.

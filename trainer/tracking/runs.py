@@ -27,6 +27,9 @@ from trainer.tracking.sink import NullSink, Sink, online_sink
 from trainer.tracking.summary import ROW_FIELDS, check_goal
 from trainer.tracking.values import histogram, jsonable, png_bytes, to_number
 
+# The reason of a run ended by Ctrl-C in its `with` block: a run killed, not one that finished.
+INTERRUPTED = "interrupted (KeyboardInterrupt)"
+
 
 class Run:
     """One run: `log` metrics, histograms, images and artifacts; `finish` with a status.
@@ -118,20 +121,30 @@ class Run:
     def log_image(
         self,
         name: str,
-        image: str | os.PathLike[str] | Any,
+        image: str | os.PathLike[str] | Any = None,
         caption: str | None = None,
         step: int | None = None,
         *,
+        image_path: str | os.PathLike[str] | None = None,
         key: str | None = None,
     ) -> None:
         """Log an image file or an HxW / HxWx{1,3,4} array (uint8, or floats in [0, 1]) as PNG.
 
-        `step` defaults to the step of the latest metrics row (0 before any).
+        The file may also be given as `image_path=` (the guide's spelling); `caption` is kept
+        with the image. `step` defaults to the step of the latest metrics row (0 before any).
         """
+        if (image is None) == (image_path is None):
+            given = "both" if image is not None else "neither"
+            raise TypeError(
+                f"log_image({name!r}): give the image or image_path=, not {given} "
+                "(e.g. log_image(name='prediction', image_path='pred.png'))"
+            )
         if self._off:
             return
         self._check_open()
-        png, width, height = png_bytes(name, image)
+        if caption is not None and not isinstance(caption, str):
+            raise TypeError(f"log_image({name!r}): caption must be a string, not {caption!r}")
+        png, width, height = png_bytes(name, image if image is not None else image_path)
         record = {"kind": "image", "name": _name(name), "step": _step(step), "png": png}
         record.update(caption=caption, width=width, height=height)
         self._write(record, key)
@@ -228,7 +241,7 @@ class Run:
         if exc is None:
             self.finish()
         elif isinstance(exc, KeyboardInterrupt):
-            self.finish("terminated", reason="interrupted (KeyboardInterrupt)")
+            self.finish("terminated", reason=INTERRUPTED)
         else:
             self.finish("failed", error=f"{type(exc).__name__}: {exc}")
 
