@@ -8,6 +8,7 @@ import pytest
 
 from trainer import tracking
 from trainer.tracking.mlflow_export import export_mlflow
+from trainer.tracking.runs import INTERRUPTED
 
 
 @pytest.fixture
@@ -70,7 +71,10 @@ def test_exports_of_one_project_share_an_experiment_and_map_the_status(
     runs = [
         finished_run(tmp_path / "runs", "ok"),
         finished_run(tmp_path / "runs", "bad", "failed", error="ValueError: nan"),
-        finished_run(tmp_path / "runs", "stopped", "terminated", reason="early stop", by="es"),
+        finished_run(
+            tmp_path / "runs", "stopped", "terminated", reason="no improvement", by="early-stop:es"
+        ),
+        finished_run(tmp_path / "runs", "ctrl-c", "terminated", reason=INTERRUPTED),
     ]
     for run in runs:
         export_mlflow(run.dir, tmp_path / "mlruns")
@@ -80,8 +84,31 @@ def test_exports_of_one_project_share_an_experiment_and_map_the_status(
     found = client.search_runs([experiment.experiment_id])
     assert sorted((r.info.run_name, r.info.status) for r in found) == [
         ("bad", "FAILED"),
+        ("ctrl-c", "KILLED"),
         ("ok", "FINISHED"),
-        ("stopped", "KILLED"),
+        ("stopped", "FINISHED"),  # an early stop is a run that finished
     ]
     bad = next(r for r in found if r.info.run_name == "bad")
     assert bad.data.tags["trainer.error"] == "ValueError: nan"
+    stopped = next(r for r in found if r.info.run_name == "stopped")
+    assert stopped.data.tags["trainer.status"] == "terminated"
+    assert stopped.data.tags["trainer.stopped_by"] == "early-stop:es"
+    assert stopped.data.tags["trainer.stop_reason"] == "no improvement"
+    ok = next(r for r in found if r.info.run_name == "ok")
+    assert "trainer.stopped_by" not in ok.data.tags and "trainer.stop_reason" not in ok.data.tags
+
+
+def test_exported_artifact_files_are_copies_not_links_of_the_runs_files(tmp_path: Path) -> None:
+    source = tmp_path / "model.pt"
+    source.write_bytes(b"weights")
+    with tracking.run("digits", name="art", dir=tmp_path / "runs") as run:
+        artifact = tracking.Artifact("model", type="model")
+        artifact.add_file(source)
+        run.log_artifact(artifact)
+    stored = run.dir / "artifacts" / "model" / "v0" / "model.pt"
+    exported = export_mlflow(run.dir, tmp_path / "mlruns") / "artifacts" / "model" / "v0"
+    copy = exported / "model.pt"
+    assert copy.read_bytes() == b"weights"
+    assert copy.stat().st_ino != stored.stat().st_ino and copy.stat().st_nlink == 1
+    copy.write_bytes(b"edited in the export")  # in place: the run's version is not touched
+    assert stored.read_bytes() == b"weights"

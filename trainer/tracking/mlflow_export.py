@@ -5,7 +5,7 @@
         metrics/<key>    one line per logged value: "<ms timestamp> <value> <step>"
         params/<key>     the flattened config ("optimizer.lr" -> "0.1")
         tags/<key>       mlflow.runName, mlflow.note.content, trainer.* (id, project, tags...)
-        artifacts/       copies (hard links when possible) of the run's stored artifact files
+        artifacts/       copies of the run's stored artifact files (never links: see copy_file)
 
 This is the layout mlflow.store.tracking.file_store.FileStore reads. Exports into one `dest`
 share the experiment of their project; the run uuid is derived from the run id, so exporting a
@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from trainer.atomic_file import copy_file
 from trainer.tracking.layout import RUN_FILE, SUMMARY_FILE
 from trainer.tracking.reader import read_run
 from trainer.tracking.summary import row_values
@@ -34,7 +35,10 @@ META_FILE = "meta.yaml"
 DEFAULT_EXPERIMENT = ("0", "Default")
 # MLflow's RunStatus numbers (mlflow/protos/service.proto).
 RUNNING, FINISHED, FAILED, KILLED = 1, 3, 4, 5
-STATUS = {"running": RUNNING, "completed": FINISHED, "failed": FAILED, "terminated": KILLED}
+# A run stopped on purpose (an early-stop vote, a TERMINATE) is a run that finished: its
+# trainer.stopped_by and trainer.stop_reason tags say who stopped it and why. Only a run
+# interrupted in the middle (Ctrl-C) is KILLED, and only a failed one FAILED.
+STATUS = {"running": RUNNING, "completed": FINISHED, "failed": FAILED, "terminated": FINISHED}
 SOURCE_TYPE_LOCAL = 4
 MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values
 MAX_TAG_LENGTH = 8000
@@ -64,6 +68,15 @@ def export_mlflow(run_dir: str | os.PathLike[str], dest: str | os.PathLike[str])
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def mlflow_status(meta: Mapping[str, Any]) -> int:
+    """MLflow's RunStatus for a run.json: terminated is FINISHED unless it was interrupted."""
+    status = str(meta.get("status"))
+    # "interrupted (KeyboardInterrupt)": trainer.tracking.runs.INTERRUPTED, and its kin.
+    if status == "terminated" and str(meta.get("reason") or "").startswith("interrupted"):
+        return KILLED
+    return STATUS.get(status, RUNNING)
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -130,7 +143,7 @@ def _experiment_id(dest: Path, name: str) -> str:
 
 def _write_run(record: Any, directory: Path, experiment: str, run_uuid: str, final: Path) -> None:
     meta = record.meta
-    status = STATUS.get(str(meta.get("status")), RUNNING)
+    status = mlflow_status(meta)
     start = _ms(meta.get("started_at"))
     end = _ms(meta.get("finished_at")) if status != RUNNING else None
     _write_yaml(
@@ -185,6 +198,9 @@ def _write_run(record: Any, directory: Path, experiment: str, run_uuid: str, fin
         "trainer.host": meta.get("host") or "",
         "trainer.dir": str(Path(record.dir).absolute()),
     }
+    if meta.get("status") == "terminated":
+        tags["trainer.stopped_by"] = meta.get("by") or ""
+        tags["trainer.stop_reason"] = meta.get("reason") or ""
     for key, value in tags.items():
         if value or key in ("mlflow.runName",):
             _write_text(directory / "tags" / key, str(value)[:MAX_TAG_LENGTH])
@@ -202,13 +218,11 @@ def _copy_artifacts(run_dir: Path, artifacts: Mapping[str, Any], target: Path) -
                     continue
                 out = target / name / version["version"] / entry["name"]
                 out.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.link(run_dir / stored, out)
-                except OSError:
-                    shutil.copyfile(run_dir / stored, out)
+                # A copy: a link would let an edit of the export rewrite the run's version.
+                copy_file(run_dir / stored, out)
     for name in (RUN_FILE, SUMMARY_FILE):  # the run's own record, for the curious
         if (run_dir / name).is_file():
-            shutil.copyfile(run_dir / name, target / f"trainer-{name}")
+            copy_file(run_dir / name, target / f"trainer-{name}")
 
 
 def _write_text(path: Path, text: str) -> None:
