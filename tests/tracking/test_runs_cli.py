@@ -52,9 +52,9 @@ def test_ls_lists_runs_newest_first_with_status_epochs_and_best(
     lines = [line.split() for line in out.splitlines()[1:]]
     assert [line[0] for line in lines] == ["elsewhere", "slow", "fast"]
     fast = lines[2]
-    assert fast[1] == run_id(root, "fast") and fast[2] == "completed" and fast[3] == "3"
+    assert fast[1] == run_id(root, "fast") and fast[2] == "completed" and fast[3] == "3/3"
     assert fast[4:6] == ["val/loss", "0.06667"]  # the first val/ metric, at its best (min)
-    assert lines[1][2:4] == ["terminated", "2"]
+    assert lines[1][2:4] == ["terminated", "2/2"]
     assert lines[0][2] == "failed"
 
     assert main(["runs", "ls", "--project", "digits", "--dir", str(root)]) == 0
@@ -93,7 +93,7 @@ def test_compare_shows_config_differences_and_final_metrics_side_by_side(
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
     assert rows["optimizer.lr"] == ["0.1", "0.01"]
-    assert rows["epochs"] == ["3", "2"]
+    assert ["epochs", "3", "2"] in [line.split() for line in out.splitlines()]  # the config
     assert "optimizer.momentum" not in rows  # the same in both: not a difference
     assert rows["train/loss"] == ["0.03333", "0.005"]
     assert rows["epoch"] == ["3", "2"]
@@ -167,16 +167,106 @@ def test_a_run_not_found_is_one_line_naming_it_and_the_nearest_ids_with_status_2
     assert run_id(root, "fast") in err or run_id(root, "slow") in err
 
 
-def test_an_ambiguous_prefix_or_unknown_metric_is_a_usage_error(
-    root: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    make_run(root, "fast", 0.2)  # a second run named fast
-    with pytest.raises(SystemExit) as exited:
-        main(["runs", "show", "fast", "--dir", str(root)])
-    assert exited.value.code == 2
-    assert "ambiguous" in capsys.readouterr().err
+def test_an_unknown_metric_is_a_usage_error(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["runs", "plot", "slow", "--metric", "f1", "-o", "x.png", "--dir", str(root)])
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "no logged metric 'f1'" in err and "val/accuracy" in err
+
+
+def test_a_name_or_prefix_matching_several_runs_picks_the_newest_and_names_the_others(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    older = run_id(root, "fast")
+    time.sleep(0.01)
+    newer = make_run(root, "fast", 0.2).id  # a second run named fast
+    assert main(["runs", "show", "fast", "--dir", str(root)]) == 0
+    captured = capsys.readouterr()
+    assert f"id         {newer}" in captured.out and older not in captured.out
+    assert newer in captured.err and older in captured.err  # which one, and the others
+
+    tracking.run("digits", name="mlp", id="custom", dir=root).finish()
+    time.sleep(0.01)
+    tracking.run("digits", name="mlp", id="custom-2", dir=root).finish()
+    assert main(["runs", "show", "mlp", "--dir", str(root)]) == 0  # by name
+    captured = capsys.readouterr()
+    assert "id         custom-2" in captured.out and "custom" in captured.err
+    assert main(["runs", "show", "custom", "--dir", str(root)]) == 0  # an exact id wins
+    captured = capsys.readouterr()
+    assert "id         custom " in captured.out and captured.err == ""
+
+
+def checkpoint_run(root: Path) -> tracking.Run:
+    """A trainer-like run: 3 of 10 epochs, checkpoints filed as the tracking worker does."""
+    run = tracking.run("digits", name="ckpt", config={"train": {"epochs": 10}}, dir=root)
+    sink = tracking.LocalSink(run.dir)
+    for epoch in range(3):  # the events' epoch is 0-based; the rows count epochs completed
+        run.log({"epoch": epoch + 1, "val/accuracy": 0.5 + epoch / 10}, step=(epoch + 1) * 23)
+        sha = f"{epoch:064d}"
+        sink.apply(
+            {
+                "kind": "artifact",
+                "name": "checkpoints",
+                "type": "model",
+                "files": [
+                    {
+                        "name": f"ckpt-{epoch}.pt",
+                        "path": f"/x/ckpt-{epoch}.pt",
+                        "sha256": sha,
+                        "size": 1,
+                    }
+                ],
+                "aliases": ["latest", "best"],
+                "metadata": {"epoch": epoch, "iteration": (epoch + 1) * 23},
+            }
+        )
+        if epoch == 1:
+            sink.apply({"kind": "removed", "name": "checkpoints", "sha256": f"{0:064d}"})
+    run.update_meta(epochs=3)
+    run.finish("terminated", reason="no improvement", by="early-stop:es")
+    return run
+
+
+def test_show_lists_only_the_kept_checkpoints_with_their_epochs_counted_from_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = checkpoint_run(tmp_path / "runs")
+    assert main(["runs", "show", run.id, "--dir", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[2]: line.split() for line in out.splitlines() if ".pt" in line}
+    assert sorted(rows) == ["v1", "v2"]  # v0 was pruned
+    assert rows["v1"][3] == "2/10" and rows["v2"][3] == "3/10"
+    assert "1 pruned version not shown" in out
+    assert "epochs     3/10" in out
+
+
+def test_ls_and_compare_count_epochs_from_one_out_of_the_total(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "runs"
+    run = checkpoint_run(root)
+    other = make_run(root, "fast", 0.1)
+    assert main(["runs", "ls", "--dir", str(root)]) == 0
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
+    assert lines["ckpt"][3] == "3/10" and lines["fast"][3] == "3/3"
+    assert main(["runs", "compare", run.id, other.id, "--dir", str(root)]) == 0
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in capsys.readouterr().out.splitlines()
+        if line.strip()
+    }
+    assert rows["epochs"] == ["3/10", "3/3"]
+
+
+def test_show_describes_the_media_with_their_captions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with tracking.run("digits", name="media", dir=tmp_path) as run:
+        run.log_image("prediction", [[0, 255], [255, 0]], caption="Model prediction", step=100)
+        run.log_histogram("weights", [0.1, 0.2], bins=2, step=100)
+    assert main(["runs", "show", run.id, "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "prediction" in line)
+    assert "Model prediction" in line and "100" in line and "media/images/" in line
+    assert "weights" in out

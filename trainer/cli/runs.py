@@ -1,8 +1,9 @@
 """`trainer runs ls|show|compare|plot|export`: look at tracked runs in a runs directory.
 
-RUN is a run id, a unique prefix of one, or a run directory's path. The runs directory is
---dir ROOT, else $TRAINER_RUNS_DIR, else ./runs. rich and matplotlib are imported only by the
-actions that use them.
+RUN is a run id, a run's name or a prefix of its id (the newest run matching, with a note on
+stderr naming the others), or a run directory's path. The runs directory is --dir ROOT, else
+$TRAINER_RUNS_DIR, else ./runs. Epochs are shown counted from 1 ("3/10": the third of ten), as
+the trainer prints them. rich and matplotlib are imported only by the actions that use them.
 """
 
 from __future__ import annotations
@@ -18,8 +19,15 @@ from typing import Any
 
 from trainer.cli.errors import UsageError
 from trainer.tracking.errors import RunNotFound
-from trainer.tracking.layout import RUNS_DIR_ENV, runs_root
-from trainer.tracking.reader import RunRecord, find_run, list_runs, read_run
+from trainer.tracking.layout import CHECKPOINTS_ARTIFACT, RUNS_DIR_ENV, runs_root
+from trainer.tracking.reader import (
+    RunRecord,
+    epochs_completed,
+    find_run,
+    list_runs,
+    max_epochs,
+    read_run,
+)
 
 STATUS_STYLE = {
     "completed": "green",
@@ -34,9 +42,9 @@ def add_parser(commands: Any) -> None:
     runs = commands.add_parser(
         "runs",
         help="list, show, compare, plot and export tracked runs",
-        description="Look at the runs the tracking store wrote. RUN is a run id, a unique prefix "
-        f"of one, or a run directory. The runs directory is --dir, else ${RUNS_DIR_ENV}, "
-        "else ./runs.",
+        description="Look at the runs the tracking store wrote. RUN is a run id, a run's name or "
+        "a prefix of its id (the newest matching run; stderr names the others), or a run "
+        f"directory. The runs directory is --dir, else ${RUNS_DIR_ENV}, else ./runs.",
     )
     actions = runs.add_subparsers(dest="action", required=True, metavar="ACTION")
 
@@ -112,7 +120,7 @@ def list_command(args: argparse.Namespace, root: Path) -> int:
             info.name,
             info.id,
             _status(info.status),
-            "" if info.epochs is None else str(info.epochs),
+            format_epochs(info.epochs, info.max_epochs),
             best,
             format_duration(info.duration_s),
             format_time(info.started_at),
@@ -126,8 +134,9 @@ def show_command(args: argparse.Namespace, root: Path) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    record = read_run(find_run(root, args.run))
+    record = read_run(_find(root, args.run))
     meta = record.meta
+    total = max_epochs(meta)
     console = _console()
     about = Table.grid(padding=(0, 2))
     about.add_column(style="bold")
@@ -144,6 +153,7 @@ def show_command(args: argparse.Namespace, root: Path) -> int:
         ("error", meta.get("error") or ""),
         ("tags", ", ".join(meta.get("tags") or [])),
         ("notes", meta.get("notes") or ""),
+        ("epochs", format_epochs(epochs_completed(record.dir, meta, record.summary), total)),
         ("host", f"{meta.get('host', '')} (pid {meta.get('pid', '?')})"),
         ("started", format_time(meta.get("started_at"))),
         ("finished", format_time(meta.get("finished_at"))),
@@ -180,29 +190,85 @@ def show_command(args: argparse.Namespace, root: Path) -> int:
         console.print(f"{summary['steps']} rows, last step {summary['last_step']}")
 
     if record.artifacts:
-        table = Table(title="artifacts", box=None, title_justify="left", header_style="bold")
-        for column in ("name", "type", "version", "aliases", "files"):
-            table.add_column(column)
-        for name, index in record.artifacts.items():
-            aliases: dict[str, list[str]] = {}
-            for alias, version in index.get("aliases", {}).items():
-                aliases.setdefault(version, []).append(alias)
-            for version in index.get("versions", []):
-                files = ", ".join(
-                    f"{f['name']}" + (" (reference)" if "path" in f else "")
-                    for f in version.get("files", [])
-                )
-                table.add_row(
-                    name,
-                    index.get("type", ""),
-                    version["version"],
-                    ", ".join(aliases.get(version["version"], [])),
-                    files,
-                )
-        console.print(table)
-    if record.histograms or record.images:
-        console.print(f"media: {len(record.histograms)} histograms, {len(record.images)} images")
+        _print_artifacts(console, record, total)
+    _print_media(console, record)
     return 0
+
+
+def _print_artifacts(console: Any, record: RunRecord, total: int | None) -> None:
+    """The versions kept of each artifact (pruned ones only counted), with their aliases."""
+    from rich.table import Table
+
+    table = Table(title="artifacts", box=None, title_justify="left", header_style="bold")
+    for column in ("name", "type", "version", "epoch", "aliases", "files"):
+        table.add_column(column)
+    pruned: dict[str, int] = {}
+    for name, index in record.artifacts.items():
+        aliases: dict[str, list[str]] = {}
+        for alias, version in index.get("aliases", {}).items():
+            aliases.setdefault(version, []).append(alias)
+        for version in index.get("versions", []):
+            if version.get("removed"):  # its file is gone: history, not something kept
+                pruned[name] = pruned.get(name, 0) + 1
+                continue
+            files = ", ".join(
+                f"{f['name']}" + (" (reference)" if "path" in f else "")
+                for f in version.get("files", [])
+            )
+            table.add_row(
+                name,
+                index.get("type", ""),
+                version["version"],
+                _checkpoint_epoch(name, version, total),
+                ", ".join(aliases.get(version["version"], [])),
+                files,
+            )
+    if table.rows:
+        console.print(table)
+    for name, count in pruned.items():
+        console.print(f"{name}: {count} pruned version{'s' if count > 1 else ''} not shown")
+
+
+def _checkpoint_epoch(name: str, version: dict[str, Any], total: int | None) -> str:
+    """The epoch a trainer checkpoint holds, counted from 1 (its metadata has the 0-based one)."""
+    epoch = (version.get("metadata") or {}).get("epoch")
+    if name != CHECKPOINTS_ARTIFACT or not isinstance(epoch, int) or isinstance(epoch, bool):
+        return ""  # another artifact's metadata means what its author meant
+    return format_epochs(epoch + 1, total)
+
+
+def _print_media(console: Any, record: RunRecord, limit: int = 20) -> None:
+    """The images (step, caption, file; the last `limit`) and the histograms logged."""
+    from rich.table import Table
+
+    if not (record.histograms or record.images):
+        return
+    console.print(f"media: {len(record.histograms)} histograms, {len(record.images)} images")
+    if record.images:
+        table = Table(title="images", box=None, title_justify="left", header_style="bold")
+        for column in ("name", "step", "size", "caption", "file"):
+            table.add_column(column, justify="right" if column == "step" else "left")
+        for image in record.images[-limit:]:
+            width, height = image.get("width"), image.get("height")
+            table.add_row(
+                str(image.get("name", "")),
+                str(image.get("step", "")),
+                f"{width}x{height}" if width and height else "",
+                str(image.get("caption") or ""),
+                str(image.get("file", "")),
+            )
+        console.print(table)
+        if len(record.images) > limit:
+            console.print(f"(the last {limit} of {len(record.images)} images)")
+    if record.histograms:
+        steps: dict[str, list[int]] = {}
+        for row in record.histograms:
+            steps.setdefault(str(row.get("name", "")), []).append(row.get("step", 0))
+        described = (
+            f"{name} ({len(s)} step{'s' if len(s) > 1 else ''}, last {max(s)})"
+            for name, s in steps.items()
+        )
+        console.print(f"histograms: {', '.join(described)}")
 
 
 def compare_command(args: argparse.Namespace, root: Path) -> int:
@@ -211,7 +277,7 @@ def compare_command(args: argparse.Namespace, root: Path) -> int:
 
     if len(args.runs) < 2:
         raise UsageError("trainer runs compare: give two runs or more")
-    records = [read_run(find_run(root, ref)) for ref in args.runs]
+    records = [read_run(_find(root, ref)) for ref in args.runs]
     headers = _headers(records)
     console = _console()
 
@@ -244,6 +310,13 @@ def compare_command(args: argparse.Namespace, root: Path) -> int:
             for i, v in enumerate(values)
         ]
         table.add_row(key, *cells)
+    table.add_row(
+        "epochs",
+        *(
+            format_epochs(epochs_completed(r.dir, r.meta, r.summary), max_epochs(r.meta))
+            for r in records
+        ),
+    )
     table.add_row("status", *(_status(str(r.meta.get("status", "unknown"))) for r in records))
     table.add_row("duration", *(format_duration(r.meta.get("duration_s")) for r in records))
     console.print(table)
@@ -254,7 +327,7 @@ def plot_command(args: argparse.Namespace, root: Path) -> int:
     """`runs plot RUN... -o FILE.png`: metrics against step, a line per run and split."""
     from trainer.tracking.plot import plot_runs
 
-    records = [read_run(find_run(root, ref)) for ref in args.runs]
+    records = [read_run(_find(root, ref)) for ref in args.runs]
     try:
         path = plot_runs(records, args.metric, args.output)
     except ValueError as exc:
@@ -267,12 +340,19 @@ def export_command(args: argparse.Namespace, root: Path) -> int:
     """`runs export RUN --format mlflow DIR`: an MLflow file store holding the run."""
     from trainer.tracking.mlflow_export import export_mlflow
 
-    run_dir = find_run(root, args.run)
+    run_dir = _find(root, args.run)
     path = export_mlflow(run_dir, args.dest)
     store = Path(args.dest).absolute()
     print(f"exported {run_dir.name} to {path}")
     print(f"view it: MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri {store.as_uri()}")
     return 0
+
+
+def format_epochs(done: int | None, total: int | None) -> str:
+    """Epochs completed as people count them, out of the total when known: "3/10", "3"."""
+    if done is None:
+        return ""
+    return f"{done}/{total}" if total else str(done)
 
 
 def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -308,6 +388,11 @@ def format_time(stamp: Any) -> str:
     if not isinstance(stamp, (int, float)):
         return ""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+def _find(root: Path, ref: str) -> Path:
+    """The run `ref` names; when it matched several, a note on stderr says which and why."""
+    return find_run(root, ref, note=lambda text: print(f"note: {text}", file=sys.stderr))
 
 
 def _best_index(values: Sequence[Any], goal: str) -> int | None:

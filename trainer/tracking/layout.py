@@ -26,6 +26,9 @@ IMAGES_DIR = f"{MEDIA_DIR}/images"
 IMAGES_FILE = f"{MEDIA_DIR}/images.jsonl"
 ARTIFACTS_DIR = "artifacts"
 ARTIFACT_INDEX = "index.json"
+# The artifact the tracking worker files the trainer's checkpoints in (metadata: the 0-based
+# epoch and the iteration of each, as in the CHECKPOINT_SAVED event).
+CHECKPOINTS_ARTIFACT = "checkpoints"
 LOCK_FILE = ".lock"
 EVENTS_PREFIX = "events.out.tfevents."
 

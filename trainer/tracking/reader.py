@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ class RunInfo:
     duration_s: float | None
     started_at: float | None
     dir: Path
+    max_epochs: int | None = None  # the epochs the config asked for, when it says
 
 
 @dataclass
@@ -147,7 +149,7 @@ def run_info(run_dir: Path) -> RunInfo:
     """The listing line of one run directory."""
     meta = read_meta(run_dir)
     summary = read_summary(run_dir)
-    epochs = _epochs(run_dir, meta, summary)
+    epochs = epochs_completed(run_dir, meta, summary)
     started = meta.get("started_at")
     duration = meta.get("duration_s")
     if duration is None and meta.get("status") == "running" and isinstance(started, (int, float)):
@@ -166,11 +168,28 @@ def run_info(run_dir: Path) -> RunInfo:
         duration_s=duration,
         started_at=started if isinstance(started, (int, float)) else None,
         dir=run_dir,
+        max_epochs=max_epochs(meta),
     )
 
 
-def _epochs(run_dir: Path, meta: dict[str, Any], summary: dict[str, Any]) -> int | None:
-    """The highest "epoch" logged, else run.json's "epochs"."""
+def max_epochs(meta: dict[str, Any]) -> int | None:
+    """The epochs the run's config asks for: `train.epochs` (the trainer's), else `epochs`."""
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        return None
+    train = config.get("train")
+    for value in (train.get("epochs") if isinstance(train, dict) else None, config.get("epochs")):
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def epochs_completed(run_dir: Path, meta: dict[str, Any], summary: dict[str, Any]) -> int | None:
+    """The epochs the run completed: the highest "epoch" logged, else run.json's "epochs".
+
+    Both count epochs as people do (the tracking worker logs `epoch` as the trainer's
+    0-based `state.epoch` + 1), so the first epoch's row says 1.
+    """
     if "epoch" in summary["last"]:
         if summary["goal"].get("epoch") == "max" and "epoch" in summary["best"]:
             highest = summary["best"]["epoch"]  # the summary already knows the maximum
@@ -215,8 +234,13 @@ def _newest_first(info: RunInfo) -> tuple[float, str]:
     return (-started, info.id)
 
 
-def find_run(root: str | os.PathLike[str], ref: str | os.PathLike[str]) -> Path:
-    """The run directory `ref` names: a path, an id under `root`, or a unique id prefix."""
+def find_run(
+    root: str | os.PathLike[str],
+    ref: str | os.PathLike[str],
+    note: Callable[[str], None] | None = None,
+) -> Path:
+    """The run directory `ref` names: a path, an exact id, else the newest run named `ref` or
+    whose id starts with `ref` (`note`, if given, is told which one and which others matched)."""
     as_path = Path(ref)
     if is_run_dir(as_path):
         return as_path
@@ -224,21 +248,45 @@ def find_run(root: str | os.PathLike[str], ref: str | os.PathLike[str]) -> Path:
     root = Path(root)
     if "/" not in ref and is_run_dir(root / ref):
         return root / ref
-    ids = sorted(p.name for p in run_dirs(root))
-    matches = [i for i in ids if i.startswith(ref)] or [
-        p.name for p in run_dirs(root) if read_meta(p).get("id") == ref
+    dirs = run_dirs(root)
+    metas = {p: _meta_or_empty(p) for p in dirs}
+    matches = [p for p in dirs if metas[p].get("id") == ref] or [
+        p for p in dirs if p.name.startswith(ref) or metas[p].get("name") == ref
     ]
-    if len(matches) == 1:
-        return root / matches[0]
     if matches:
-        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
-        raise RunNotFound(f"run {ref!r} is ambiguous in {root}: it matches {shown}; say more")
+        matches.sort(key=lambda p: _newest_first_dir(p, metas[p]))
+        chosen, others = matches[0], matches[1:]
+        if others and note is not None:
+            shown = ", ".join(p.name for p in others[:5]) + (", ..." if len(others) > 5 else "")
+            note(
+                f"run {ref!r} matches {len(matches)} runs in {root}: showing the newest, "
+                f"{chosen.name} (also: {shown}); give a full id to pick another"
+            )
+        return chosen
     if not root.is_dir():
         raise RunNotFound(
             f"no run {ref!r}: runs directory {root} does not exist "
             "(pass --dir ROOT or set TRAINER_RUNS_DIR)"
         )
+    ids = sorted(p.name for p in dirs)
     if not ids:
         raise RunNotFound(f"no run {ref!r} in {root}: it holds no runs")
     nearest = difflib.get_close_matches(ref, ids, n=3, cutoff=0.0)
     raise RunNotFound(f"no run {ref!r} in {root}; nearest ids: {', '.join(nearest)}")
+
+
+def _meta_or_empty(run_dir: Path) -> dict[str, Any]:
+    try:
+        return read_meta(run_dir)
+    except (OSError, ValueError):  # junk, or being replaced on some filesystems: no name
+        return {}
+
+
+def _newest_first_dir(run_dir: Path, meta: dict[str, Any]) -> tuple[float, str]:
+    started = meta.get("started_at")
+    if not isinstance(started, (int, float)):
+        try:
+            started = (run_dir / RUN_FILE).stat().st_mtime
+        except OSError:
+            started = 0.0
+    return (-started, run_dir.name)
