@@ -181,10 +181,16 @@ def test_a_name_or_prefix_matching_several_runs_picks_the_newest_and_names_the_o
     older = run_id(root, "fast")
     time.sleep(0.01)
     newer = make_run(root, "fast", 0.2).id  # a second run named fast
+    time.sleep(0.01)
+    other = make_run(root, "fast-lr", 0.3).id  # newest, its id starts with "fast" too
     assert main(["runs", "show", "fast", "--dir", str(root)]) == 0
     captured = capsys.readouterr()
     assert f"id         {newer}" in captured.out and older not in captured.out
     assert newer in captured.err and older in captured.err  # which one, and the others
+    assert other not in captured.err  # a name is not a prefix of another name
+    assert main(["runs", "show", "fast-", "--dir", str(root)]) == 0  # an id prefix
+    captured = capsys.readouterr()
+    assert f"id         {other}" in captured.out and newer in captured.err
 
     tracking.run("digits", name="mlp", id="custom", dir=root).finish()
     time.sleep(0.01)

@@ -239,8 +239,8 @@ def find_run(
     ref: str | os.PathLike[str],
     note: Callable[[str], None] | None = None,
 ) -> Path:
-    """The run directory `ref` names: a path, an exact id, else the newest run named `ref` or
-    whose id starts with `ref` (`note`, if given, is told which one and which others matched)."""
+    """The run directory `ref` names: a path or an exact id, else the newest run named `ref`,
+    else the newest whose id starts with `ref` (`note` is told which one and which others)."""
     as_path = Path(ref)
     if is_run_dir(as_path):
         return as_path
@@ -250,9 +250,13 @@ def find_run(
         return root / ref
     dirs = run_dirs(root)
     metas = {p: _meta_or_empty(p) for p in dirs}
-    matches = [p for p in dirs if metas[p].get("id") == ref] or [
-        p for p in dirs if p.name.startswith(ref) or metas[p].get("name") == ref
-    ]
+    # An exact id, else a name (`digits` is not `digits-lr0005`, whose id starts with it too),
+    # else an id prefix.
+    matches = (
+        [p for p in dirs if metas[p].get("id") == ref]
+        or [p for p in dirs if metas[p].get("name") == ref]
+        or [p for p in dirs if p.name.startswith(ref)]
+    )
     if matches:
         matches.sort(key=lambda p: _newest_first_dir(p, metas[p]))
         chosen, others = matches[0], matches[1:]
