@@ -129,7 +129,8 @@ class TrackingWorker(Worker):
             "status": "running",
             "host": data.get("host"),
             "pid": data.get("pid"),
-            "world_size": data.get("world_size", 1),
+            # A rank 0 that speaks for every rank (no shared bus) says how many there are.
+            "world_size": data.get("reduced_ranks") or data.get("world_size", 1),
             "resumed_from": data.get("resumed_from"),
             "started_at": env.ts,
             "finished_at": None,

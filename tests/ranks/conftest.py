@@ -52,10 +52,15 @@ class RankStack(Stack):
         """Kill whatever still runs, the ranks included (torch's launcher starts each in a
         session of its own, out of reach of a kill of the launcher's process group)."""
         super().close()
-        for record in self.cwd.glob("**/.ranks/[0-9]*.json"):
-            with contextlib.suppress(ValueError, OSError, KeyError):
-                if not record.name.endswith(".exit.json"):
-                    os.kill(json.loads(record.read_text())["pid"], signal.SIGKILL)
+        kill_ranks(self.cwd)
+
+
+def kill_ranks(cwd: Path) -> None:
+    """SIGKILL every rank recorded under `cwd` (in a run directory's .ranks/) that still runs."""
+    for record in cwd.glob("**/.ranks/[0-9]*.json"):
+        with contextlib.suppress(ValueError, OSError, KeyError):
+            if not record.name.endswith(".exit.json"):
+                os.kill(json.loads(record.read_text())["pid"], signal.SIGKILL)
 
 
 def rank_record(run_dir: Path, rank: int) -> dict[str, Any]:

@@ -58,19 +58,25 @@ def run_main(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int
     return status, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("bus", [None, "memory://here"])
-def test_several_ranks_without_a_shared_bus_are_refused_in_one_line(
-    capsys, tmp_path, monkeypatch, bus
+def test_several_ranks_on_an_in_memory_bus_are_refused_in_one_line(
+    capsys, tmp_path, monkeypatch
 ) -> None:
     monkeypatch.delenv("TRAINER_BUS_URL", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    extra = [] if bus is None else ["--bus", bus]
     status, err = run_main(
-        capsys, "run", EXAMPLE, f"run.dir={tmp_path}/runs", "--nproc", "2", *extra
+        capsys,
+        "run",
+        EXAMPLE,
+        f"run.dir={tmp_path}/runs",
+        "--nproc",
+        "2",
+        "--bus",
+        "memory://here",
     )
     assert status == 2
-    assert err.count("\n") == 1 and err.startswith("trainer: error: --nproc 2 needs a shared bus")
-    assert "TRAINER_BUS_URL" in err
+    assert err.count("\n") == 1
+    assert err.startswith("trainer: error: --nproc 2 with --bus memory://here: the in-memory bus")
+    assert "leave --bus (and TRAINER_BUS_URL) out" in err
     assert not (tmp_path / "runs").exists()
 
 
@@ -79,6 +85,11 @@ def test_a_number_of_ranks_below_one_is_refused(capsys, tmp_path, monkeypatch) -
     status, err = run_main(capsys, "run", EXAMPLE, f"run.dir={tmp_path}/runs", "--nproc", "0")
     assert status == 2 and "--nproc 0" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_without_a_bus_the_ranks_run_the_embedded_default(tmp_path) -> None:
+    argv = torchrun_argv(2, None, [], bus_url=None, run_id="r1", run_dir=tmp_path, resume=None)
+    assert argv[7:] == ["trainer.cli", "run", "--run-id", "r1", "--run-dir", str(tmp_path)]
 
 
 def test_the_ranks_run_the_same_command_on_one_run_id_and_directory(tmp_path) -> None:

@@ -72,6 +72,7 @@ class EngineLink:
         world_size: int,
         before_run: Callable[[], None],
         on_exception: ExceptionHook | None = None,
+        reduce: bool = False,
     ) -> None:
         self.engine = engine
         self.split = split
@@ -81,6 +82,9 @@ class EngineLink:
         self.world_size = world_size
         self._before_run = before_run
         self._on_exception = on_exception
+        # EPOCH_COMPLETED carries the metrics of every rank's data, all-reduced (a collective
+        # at each of the engine's EPOCH_COMPLETED): ranks that do not share a bus.
+        self.reduce = reduce
         self._window = OutputWindow()
         self._metric_states = MetricStates(split)
         self._custom: set[EventEnum] = set()
@@ -153,10 +157,14 @@ class EngineLink:
 
     def _epoch_completed(self, engine: Engine) -> None:
         self._flush()
+        if self.reduce:
+            metrics, states = self._metric_states.reduced(engine)
+        else:
+            metrics, states = scalar_metrics(engine.state.metrics), self._metric_states(engine)
         data: dict[str, Any] = {
             "split": self.split,
-            "metrics": scalar_metrics(engine.state.metrics),
-            "metric_states": self._metric_states(engine),
+            "metrics": metrics,
+            "metric_states": states,
             "rank": self.rank,
             "world_size": self.world_size,
         }

@@ -66,12 +66,42 @@ class MetricStates:
             try:
                 states[name] = metric_state(metric)
             except Exception as exc:  # a metric that cannot travel must not stop training
-                if name not in self._left_out:
-                    self._left_out.add(name)
-                    log.warning(
-                        "metric %r of split %r is left out of metric_states: %s",
-                        name,
-                        self.split,
-                        exc,
-                    )
+                self._leave_out(name, exc)
         return states
+
+    def reduced(self, engine: Engine) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+        """`metrics` and `metric_states` of `engine` over every rank's data, all-reduced.
+
+        A collective call: every rank of the process group makes it at the same event. A
+        metric that cannot be reduced (alike on every rank) is left out of both, rather than
+        published with this rank's own value as if it were the job's.
+        """
+        from trainer.metrics.distributed import Distributed
+
+        values: dict[str, Any] = dict(engine.state.metrics)
+        states = {}
+        for name, metric in attached_metrics(engine).items():
+            wrapped = metric if isinstance(metric, Distributed) else Distributed(metric)
+            try:
+                twin = wrapped.reduced()
+                value = twin.compute()
+            except Exception as exc:
+                values.pop(name, None)
+                self._leave_out(name, exc)
+                continue
+            values[name] = value
+            if isinstance(value, Mapping):
+                values.update(value)  # as the Engine stores a metric computing several values
+            try:
+                states[name] = metric_state(twin)
+            except Exception as exc:
+                self._leave_out(name, exc)
+        return scalar_metrics(values), states
+
+    def _leave_out(self, name: str, exc: Exception) -> None:
+        """Log once per metric that it is left out of metric_states, and why."""
+        if name not in self._left_out:
+            self._left_out.add(name)
+            log.warning(
+                "metric %r of split %r is left out of metric_states: %s", name, self.split, exc
+            )

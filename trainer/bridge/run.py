@@ -18,6 +18,14 @@ program's own `terminate()`) is agreed by all ranks every `stop_sync_every` iter
 every EPOCH_COMPLETED (`trainer.bridge.ranks`), so all ranks stop at the same iteration with the
 same cause; only rank 0 writes checkpoints. With one rank nothing of this runs and
 torch.distributed is never called.
+
+Several ranks on in-memory buses (`memory://`, the embedded default of `trainer run --nproc N`):
+such a bus lives inside one process, so each rank's is its own and only rank 0's has readers
+(the workers it hosts). Rank 0 then presents the job as a run of one publisher: its RUN_STARTED
+says `world_size` 1 and `reduced_ranks` N, its EPOCH_COMPLETED carry `metrics` and
+`metric_states` all-reduced over every rank's data (so the metrics worker, waiting for one rank,
+reports the job's figures), and the other ranks publish nothing. Stops and checkpoints are
+agreed as above, so a vote that reaches rank 0 stops every rank.
 """
 
 from __future__ import annotations
@@ -106,7 +114,8 @@ class BusRun:
 
     With `world_size` > 1 and an initialised torch.distributed process group of that size, the
     ranks agree on stops and checkpoints every `stop_sync_every` iterations and at every
-    EPOCH_COMPLETED; `agreements` and `agreement_seconds` say what that cost.
+    EPOCH_COMPLETED; `agreements` and `agreement_seconds` say what that cost. With an in-memory
+    `bus_url` as well, rank 0 speaks for every rank (see the module's docstring).
     """
 
     def __init__(
@@ -144,6 +153,8 @@ class BusRun:
             _number("heartbeat_timeout", heartbeat_timeout, minimum=1e-3)
         )
         self.bus_url = bus_url
+        # Each rank's in-memory bus is its own: rank 0 publishes the job as one rank's run.
+        self.speaks_for_ranks = self.world_size > 1 and bus_url.startswith("memory:")
         self.run_id = run_id if run_id is not None else bus.new_id()
         self.namespace = namespace
         self.topics = Topics(namespace)
@@ -164,6 +175,7 @@ class BusRun:
             lambda: open_bus(bus_url, **options), flush_interval=PUBLISH_LINGER
         )
         self.sender = Sender(self.publisher, self.topics, self.run_id, self.source)
+        self.sender.muted = self.speaks_for_ranks and self.rank != 0
         self.control = ControlState(
             self.run_id,
             policy=self.policy,
@@ -221,6 +233,11 @@ class BusRun:
         return list(self._boundaries.barriers)
 
     @property
+    def _published_world_size(self) -> int:
+        """The world size the bus's readers see: 1 when rank 0 speaks for every rank."""
+        return 1 if self.speaks_for_ranks else self.world_size
+
+    @property
     def agreements(self) -> int:
         """How many times the ranks agreed on stops and checkpoints (0 with one rank)."""
         return 0 if self._agreement is None else self._agreement.agreements
@@ -258,9 +275,10 @@ class BusRun:
             self.sender,
             self.publish_every,
             rank=self.rank,
-            world_size=self.world_size,
+            world_size=self._published_world_size,
             before_run=self._check_running,
             on_exception=self._primary_failed if is_primary else None,
+            reduce=self.speaks_for_ranks,
         )
         link.attach()
         self.links.append(link)
@@ -321,7 +339,7 @@ class BusRun:
         data = {
             "config": self.config,
             "rank": self.rank,
-            "world_size": self.world_size,
+            "world_size": self._published_world_size,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "resumed_from": self.resumed_from,
@@ -329,6 +347,8 @@ class BusRun:
             "run_dir": None if self.run_dir is None else str(self.run_dir),
             "namespace": self.namespace,
         }
+        if self.speaks_for_ranks:
+            data["reduced_ranks"] = self.world_size
         self._announce("RUN_STARTED", data)
         self._phase = "started"
         # Voters that registered before this start must count from the first boundary on.

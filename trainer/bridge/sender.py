@@ -32,6 +32,9 @@ class Sender:
         self.registry_topic = topics.registry()
         self.primary: Engine | None = None
         self.dropped = 0
+        # Nothing reads this process's bus (a rank other than 0 without a shared bus): send
+        # nothing rather than pile up envelopes in memory.
+        self.muted = False
 
     def progress(self) -> tuple[int, int]:
         """The primary engine's (epoch, iteration) now; (0, 0) before one is attached."""
@@ -50,6 +53,8 @@ class Sender:
 
     def send(self, type: str, data: dict[str, Any]) -> None:
         """Publish an event on the run's events topic (EnvelopeTooLarge is the caller's)."""
+        if self.muted:
+            return
         primary = self.primary
         if primary is None:
             env = Envelope(type, self.run_id, self.source, data)
@@ -60,6 +65,8 @@ class Sender:
 
     def publish(self, topic: str, env: Envelope) -> None:
         """Queue `env` for `topic`; a failed or closed publisher drops it with a log line."""
+        if self.muted:
+            return
         try:
             self.publisher.publish(topic, env)
         except (PublisherClosed, PublisherFailed) as exc:

@@ -1,5 +1,9 @@
 """The ranks of one job: `trainer run CONFIG --nproc N` starting them, and each rank's own part.
 
+With --bus the ranks share the run on that bus; without it (the embedded default) they share it
+through torch.distributed alone: rank 0 runs the config's workers on its in-memory bus and
+publishes the job's figures, reduced over every rank, there (`trainer.bridge.run`).
+
 The parent (`launch_ranks`) makes the run directory and the run id, then runs torch's own
 launcher, `python -m torch.distributed.run --standalone --nproc-per-node N -m trainer.cli run
 ...`, which gives each rank RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT. When a
@@ -81,14 +85,13 @@ def world_from_env() -> int:
 # --- the parent: `trainer run --nproc N` -----------------------------------------------------
 
 
-def refuse_without_bus(nproc: int, bus_url: str | None) -> None:
-    """UsageError unless `bus_url` is a bus several processes can share."""
-    if bus_url is None or bus_url.startswith("memory:"):
-        given = "no --bus" if bus_url is None else f"--bus {bus_url}"
+def refuse_unshared_bus(nproc: int, bus_url: str | None) -> None:
+    """UsageError if `bus_url` is given but several processes cannot share it (memory:)."""
+    if bus_url is not None and bus_url.startswith("memory:"):
         raise UsageError(
-            f"--nproc {nproc} needs a shared bus, got {given}: the ranks share one run through "
-            "Redis (the in-memory bus lives inside one process); pass --bus "
-            "redis://HOST:PORT/0 or set TRAINER_BUS_URL"
+            f"--nproc {nproc} with --bus {bus_url}: the in-memory bus lives inside one process, "
+            "so the ranks cannot share it; leave --bus (and TRAINER_BUS_URL) out for the "
+            "embedded default, where rank 0 runs the workers, or pass --bus redis://HOST:PORT/0"
         )
 
 
@@ -97,7 +100,7 @@ def torchrun_argv(
     config_path: str | Path | None,
     overrides: Sequence[str],
     *,
-    bus_url: str,
+    bus_url: str | None,
     run_id: str,
     run_dir: Path,
     resume: str | Path | None,
@@ -116,7 +119,10 @@ def torchrun_argv(
     ]
     if config_path is not None:
         argv.append(str(config_path))
-    argv += [*overrides, "--bus", bus_url, "--run-id", run_id, "--run-dir", str(run_dir)]
+    argv += overrides
+    if bus_url is not None:  # without: the embedded default, its workers on rank 0
+        argv += ["--bus", bus_url]
+    argv += ["--run-id", run_id, "--run-dir", str(run_dir)]
     if resume is not None:
         argv += ["--resume", str(resume)]
     return argv
@@ -213,7 +219,7 @@ def launch_ranks(
     config_path: str | Path | None,
     overrides: Sequence[str],
     *,
-    bus_url: str,
+    bus_url: str | None,
     run_id: str,
     run_dir: Path,
     resume: str | Path | None,

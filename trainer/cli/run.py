@@ -7,7 +7,8 @@ attach to it from anywhere (`trainer worker KIND --bus URL --run ID`).
 
 With --nproc N > 1 this process starts N ranks through torch's launcher (`trainer.cli.launch`)
 and waits for them. Under torchrun (WORLD_SIZE > 1 in the environment) this process is one rank:
-it joins the process group and trains its share of the job on the shared run.
+it joins the process group and trains its share of the job on the shared run (without --bus,
+rank 0 runs the workers and the ranks share the run through torch.distributed).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from trainer.cli.launch import (
     RankProcess,
     RankStopped,
     launch_ranks,
-    refuse_without_bus,
+    refuse_unshared_bus,
     world_from_env,
 )
 from trainer.cli.overrides import split_config_and_overrides
@@ -97,8 +98,8 @@ def add_parser(commands: Any) -> None:
         type=int,
         metavar="N",
         help="train with N ranks on this machine (CPU, gloo), started by torch's launcher "
-        "(torch.distributed.run); they share the run on --bus, which N > 1 needs (default: "
-        "this process trains alone)",
+        "(torch.distributed.run); they share the run on --bus, or without it through "
+        "torch.distributed, rank 0 running the workers (default: this process trains alone)",
     )
     run.set_defaults(handler=command)
 
@@ -122,7 +123,7 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
         raise UsageError(str(exc)) from None
 
     if nproc > 1 or world > 1:
-        refuse_without_bus(max(nproc, world), args.bus)
+        refuse_unshared_bus(max(nproc, world), args.bus)
     if args.bus is not None:
         check_bus(args.bus, cfg.bus.namespace)  # before any run directory is made
     if nproc > 1:
@@ -285,7 +286,7 @@ def _train(
         print(f"run id: {run_id}", flush=True)
     workers = None
     try:
-        if args.bus is None:
+        if args.bus is None and lead:  # without a bus, rank 0 hosts the workers
             workers = EmbeddedWorkers.start(link, cfg.workers, namespace=cfg.bus.namespace)
         result = job.run(
             run_dir,

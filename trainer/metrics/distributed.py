@@ -235,15 +235,20 @@ class Distributed(Metric):
 
     def compute(self) -> Any:
         """Return the wrapped metric's value over every rank's data (a collective call)."""
+        return self.reduced().compute()
+
+    def reduced(self) -> Metric:
+        """A twin of the wrapped metric holding the state of every rank's data (a collective
+        call); the wrapped metric itself when no other rank takes part."""
         if not _active(self.group):
-            return self.metric.compute()
+            return self.metric
         reduced = reduce_state(
             self.metric.state_dict(), self.metric.reductions, self.group, self._check_merge
         )
         # A shallow twin takes the reduced state: the local one is left as it was.
         twin = copy.copy(self.metric)
         twin.load_state_dict(reduced)
-        return twin.compute()
+        return twin
 
     def _check_merge(self, template: dict[str, StateValue]) -> None:
         """Raise as the wrapped metric's merge would, folding this rank's state into `template`."""
