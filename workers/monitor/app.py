@@ -2,7 +2,8 @@
 
 A run is always read from its beginning, so a monitor attached mid-run has the whole history;
 without `replay` the history is read at once and the view starts at the present, with `replay`
-it is played back at its recorded pace times `speed`. Then the topics are followed live until
+it is played back at its recorded pace times `speed` (see ReplayPacer), and ages and worker
+liveness are judged on the replay clock rather than today's. Then the topics are followed live until
 the run has finished (every rank's RUN_FINISHED, then `linger` seconds without news on the
 events topic, so that the reports workers file after the end are shown), or `stop` is set.
 Without a run id the newest run of the registry is followed, and a newer one when it starts;
