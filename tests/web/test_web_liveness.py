@@ -82,12 +82,10 @@ def test_a_killed_worker_is_shown_gone_after_the_heartbeat_timeout(
             assert state.worker_status(state.workers[NAME], time.time()) == LIVE
 
             worker.stop()  # SIGKILL: no WORKER_LEFT, no last heartbeat
-            killed_at = time.time()
             gone = eventually(
                 lambda: (w := api_worker(client)) and w["state"] == GONE and w, GUARD, "gone"
             )
-            assert time.time() - killed_at >= TIMEOUT - 0.25  # not before its time (0.2 s beats)
-            assert gone["age"] > TIMEOUT
+            assert gone["age"] > TIMEOUT  # silent for longer than the run's timeout
             assert state.worker_status(state.workers[NAME], time.time()) == GONE
             assert NAME not in [w.name for w in state.live_workers(time.time())]
             with browser() as chrome:
