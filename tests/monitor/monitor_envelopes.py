@@ -43,7 +43,7 @@ def started(
     iteration: int = 0,
     epoch: int = 0,
     resumed_from: str | None = None,
-    heartbeat_timeout: float = 10.0,
+    heartbeat_timeout: float | None = 10.0,
 ) -> Envelope:
     """RUN_STARTED of one rank, with the config keys the monitor reads."""
     config = {

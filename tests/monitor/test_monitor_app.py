@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -16,11 +18,12 @@ from monitor_envelopes import (
     saved,
     started,
     training,
+    worker,
 )
 from rich.console import Console
 
 from bus import DEAD_LETTER, Bus, Topics, open_bus
-from workers.monitor.app import Monitor, MonitorOptions, monitor
+from workers.monitor.app import Monitor, MonitorOptions, ReplayPacer, monitor
 
 # Hang guard of every wait in these tests; never a statement about speed.
 HANG_GUARD = 20.0
@@ -176,3 +179,70 @@ async def test_stop_ends_the_monitor_with_status_0_after_a_final_render(memory: 
     session.stop.set()
     assert await asyncio.wait_for(task, HANG_GUARD) == 0
     assert "status: running" in out.export_text()
+
+
+def test_a_replay_feeds_each_envelope_when_due_on_a_clock_anchored_at_the_first() -> None:
+    now = [500.0]  # a fake monotonic clock
+    pacer = ReplayPacer(4.0, clock=lambda: now[0])
+    assert pacer.stream_time() is None
+    for i in range(401):  # 4 s of envelopes 10 ms apart, at 4x: due every 2.5 ms for 1 s
+        now[0] += pacer.wait(T0 + 0.01 * i)
+        now[0] += 0.002  # each one overshoots its wait and costs time to feed and render
+    # The overheads are absorbed by the next waits instead of adding up (400 x 2 ms = 0.8 s).
+    assert now[0] - 500.0 == pytest.approx(1.0, abs=0.005)
+    assert pacer.stream_time() == pytest.approx(T0 + 4.0, abs=0.02)  # where the replay is
+    # Behind the schedule it does not wait; an envelope stamped earlier is due at once.
+    now[0] += 2.0
+    assert pacer.wait(T0 + 5.0) == 0.0 and pacer.wait(T0 - 1.0) == 0.0
+    assert pacer.wait(T0 + 16.0) == pytest.approx(504.0 - now[0])  # due 4 s after the first
+
+
+async def test_a_replay_judges_worker_liveness_on_the_replay_clock(memory: Bus) -> None:
+    # bus.heartbeat_timeout 1 s: the worker's last heartbeat is at 0.5 s of a 3 s run.
+    run = "killed"
+    events = [
+        started(run, epochs=2, heartbeat_timeout=1.0),
+        *training(run, epochs=2, length=30, t0=T0, dt=0.05, losses=[1.0, 0.9]),
+    ]
+    events.append(finished(run, "completed", "", None, 2, 60, events[-1].ts + 0.05))
+    control = [
+        worker("WORKER_JOINED", "b-1", "budget", T0, run=run, votes=True, heartbeat=0.25),
+        worker("HEARTBEAT", "b-1", "budget", T0 + 0.5, run=run),
+    ]
+    await publish(memory, TOPICS.registry(), events[:1])
+    await publish(memory, TOPICS.control(run), control)
+    await publish(memory, TOPICS.events(run), events)
+    frames = console(terminal=True)
+    _, task = start(memory, frames, run_id=run, replay=True, speed=4.0)
+    assert await asyncio.wait_for(task, HANG_GUARD) == 0
+    text = frames.export_text()
+    assert text.index("b-1") < text.index("gone")  # shown live first, then gone
+    last = text[text.rindex("run killed (digits)") :]
+    row = next(line for line in last.splitlines() if "b-1" in line).split()
+    # gone, heard seconds ago in the replayed run's time (the wall clock would say years)
+    assert row[3] == "gone" and re.fullmatch(r"\d+s", row[4]) and row[5] == "ago", row
+
+
+async def test_a_replay_at_4x_of_4_s_takes_about_1_s_whatever_else_the_namespace_holds(
+    redis_url: str,
+) -> None:
+    bus = open_bus(redis_url)
+    try:
+        # 4 s of run, an envelope every 2 ms; the namespace's dead-letter topic also holds
+        # other runs' entries, 20 s before and after this run.
+        await publish_run(bus, "paced", epochs=4, length=500, dt=0.002)
+        others = [
+            env(DEAD_LETTER, {"reason": "x", "topic": "trainer:run:o:events"}, run="o", ts=ts)
+            for ts in (T0 - 20, T0 + 24)
+        ]
+        await publish(bus, TOPICS.dead_letter(), others)
+        out = console()
+        began = time.monotonic()
+        _, task = start(bus, out, run_id="paced", replay=True, speed=4.0)
+        assert await asyncio.wait_for(task, HANG_GUARD) == 0
+        took = time.monotonic() - began
+    finally:
+        await bus.close()
+    assert "status: completed" in out.export_text()
+    # 1 s of replay and a 0.2 s linger; a hang guard more than a speed statement.
+    assert took < 2.0, f"a replay at 4x of 4 s took {took:.1f} s"

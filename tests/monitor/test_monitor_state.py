@@ -200,3 +200,36 @@ def test_a_terminate_on_the_control_topic_is_a_request_on_the_events_topic_an_ev
     assert state.terminate_requests == []
     fed(env("TERMINATE", {"reason": "by hand"}, source="ops"), kind=CONTROL, state=state)
     assert state.terminate_requests == [("ops", "by hand")]
+
+
+def test_a_worker_heard_of_no_more_for_the_heartbeat_timeout_is_gone_until_heard_again() -> None:
+    # bus.heartbeat_timeout 3 s in the run's config: the trainer stops counting the worker then.
+    state = fed(started(heartbeat_timeout=3.0))
+    joined = worker("WORKER_JOINED", "b-1", "budget", T0, votes=True, heartbeat=1.0)
+    fed(joined, worker("HEARTBEAT", "b-1", "budget", T0 + 1), kind=CONTROL, state=state)
+    fed(worker("WORKER_JOINED", "ck", "checkpoint", T0), kind=CONTROL, state=state)
+    fed(worker("WORKER_LEFT", "ck", "checkpoint", T0 + 1), kind=CONTROL, state=state)
+    b1, ck = state.workers["b-1"], state.workers["ck"]
+    assert state.worker_status(b1, T0 + 4) == "live"  # 3 s since its last heartbeat: counted
+    assert state.worker_status(b1, T0 + 4.5) == "gone"
+    assert state.worker_status(b1, T0 + 3600) == "gone"  # and stays so (killed: no goodbye)
+    assert state.worker_status(ck, T0 + 3600) == "left"
+    assert state.live_workers(T0 + 4.5) == []
+    fed(worker("HEARTBEAT", "b-1", "budget", T0 + 5), kind=CONTROL, state=state)
+    assert state.worker_status(b1, T0 + 5.5) == "live"  # back (a stalled host, not a dead one)
+    # Without bus.heartbeat_timeout in the config: the trainer's default, 10 s.
+    default = fed(started(heartbeat_timeout=None))
+    fed(joined, kind=CONTROL, state=default)
+    assert default.heartbeat_timeout == 10.0
+    assert default.worker_status(default.workers["b-1"], T0 + 10) == "live"
+    assert default.worker_status(default.workers["b-1"], T0 + 10.5) == "gone"
+
+
+def test_only_the_runs_own_envelopes_concern_it_another_runs_dead_letter_does_not() -> None:
+    state = MonitorState("r1")
+    assert state.concerns(EVENTS, started("r1"))
+    assert not state.concerns(EVENTS, started("r2"))
+    assert state.concerns(CONTROL, worker("HEARTBEAT", "w", "budget", T0))
+    ours = env(DEAD_LETTER, {"reason": "x", "topic": "trainer:run:r1:control"}, run="")
+    theirs = env(DEAD_LETTER, {"reason": "x", "topic": "trainer:run:r2:events"}, run="r2")
+    assert state.concerns(DEAD_LETTERS, ours) and not state.concerns(DEAD_LETTERS, theirs)

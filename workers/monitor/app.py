@@ -2,7 +2,8 @@
 
 A run is always read from its beginning, so a monitor attached mid-run has the whole history;
 without `replay` the history is read at once and the view starts at the present, with `replay`
-it is played back at its recorded pace times `speed`. Then the topics are followed live until
+it is played back at its recorded pace times `speed` (see ReplayPacer), and ages and worker
+liveness are judged on the replay clock rather than today's. Then the topics are followed live until
 the run has finished (every rank's RUN_FINISHED, then `linger` seconds without news on the
 events topic, so that the reports workers file after the end are shown), or `stop` is set.
 Without a run id the newest run of the registry is followed, and a newer one when it starts;
@@ -99,6 +100,38 @@ class _Stopped(Exception):
     """`stop` was set while waiting for the bus."""
 
 
+class ReplayPacer:
+    """When each envelope of a replay is due: at `t0 + (ts - ts0) / speed`, where `ts0` is the
+    first envelope's timestamp and `t0` the moment it was fed.
+
+    Every wait is measured from that one anchor, not from the previous envelope, so the time
+    spent feeding and rendering (and a sleep's overshoot) is taken out of the next wait instead
+    of adding up over thousands of envelopes.
+    """
+
+    def __init__(self, speed: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.speed = speed
+        self.clock = clock  # seconds, monotonic
+        self._anchor: tuple[float, float] | None = None  # (ts0, t0)
+
+    def wait(self, ts: float) -> float:
+        """Seconds to wait before feeding the envelope stamped `ts` (0 when it is due)."""
+        now = self.clock()
+        if self._anchor is None:
+            self._anchor = (ts, now)
+            return 0.0
+        ts0, t0 = self._anchor
+        return max(0.0, t0 + (ts - ts0) / self.speed - now)
+
+    def stream_time(self) -> float | None:
+        """The replay clock: the run's time (seconds since the epoch) the replay stands at
+        now; None before the first envelope."""
+        if self._anchor is None:
+            return None
+        ts0, t0 = self._anchor
+        return ts0 + (self.clock() - t0) * self.speed
+
+
 class Monitor:
     """One monitor session on an open bus: picks the run, reads it and drives the display."""
 
@@ -117,6 +150,7 @@ class Monitor:
         self.live: Live | None = None
         self.last_ids: dict[str, str] = {}  # topic kind -> the last entry id of its history
         self.awaiting_newer = False  # showing a finished run until a newer one starts
+        self.pacer: ReplayPacer | None = None  # the replay clock of the run played back
         self._next_render = 0.0
 
     # -- the bus, with errors a user can act on -----------------------------------------
@@ -347,15 +381,16 @@ class Monitor:
             histories = await self._read_history(state)
         except _Stopped:
             return None
+        self.pacer = None
         if self.options.replay:
             outcome = await self._replay(state, histories)
             if outcome is not None:
-                self._show(render(state, state.clock or time.time()))
+                self._show(render(state, self._now()))
                 return outcome or None
         else:
             for kind, env in _merged(histories):
                 state.feed(kind, env)
-        self._show(render(state, time.time()))
+        self._show(render(state, self._now()))
         pumps = [
             asyncio.create_task(self._pump(generation, kind, topic), name=f"monitor:{kind}")
             for kind, topic in self._run_topics(run_id).items()
@@ -373,35 +408,43 @@ class Monitor:
     ) -> str | None:
         """Feed the history at its recorded pace times `speed`; "" once stopped, a run id to
         switch to, or None when done."""
-        speed = self.options.speed
-        clock: float | None = None
+        pacer = self.pacer = ReplayPacer(self.options.speed)
         for kind, env in _merged(histories):
-            if clock is not None and env.ts > clock:
-                outcome = await self._pause((env.ts - clock) / speed, state, clock)
-                if outcome is not None:
-                    return outcome
-            clock = env.ts if clock is None else max(clock, env.ts)
-            state.feed(kind, env)
-            self._maybe_show(state, clock)
+            # Only the run's own envelopes set the pace: the dead-letter topic holds the whole
+            # namespace's, hours before or after this run.
+            if state.concerns(kind, env):
+                wait = pacer.wait(env.ts)
+                if wait > 0:
+                    outcome = await self._pause(wait, state)
+                    if outcome is not None:
+                        return outcome
+                state.feed(kind, env)
+                self._maybe_show(state, self._now())
         return None
 
-    async def _pause(self, seconds: float, state: MonitorState, clock: float) -> str | None:
-        """Wait `seconds` of replay time, rendering as the replay clock moves; a stop or a run
-        switch ends the wait (see `_switch`)."""
-        start = time.monotonic()
-        speed = self.options.speed
-        while (left := seconds - (time.monotonic() - start)) > 0:
+    async def _pause(self, seconds: float, state: MonitorState) -> str | None:
+        """Wait `seconds`, rendering as the replay clock moves; a stop or a run switch ends
+        the wait (see `_switch`)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
             try:
                 _, kind, env = await asyncio.wait_for(
                     self.queue.get(), min(left, self.options.refresh)
                 )
             except asyncio.TimeoutError:
-                self._maybe_show(state, clock + (time.monotonic() - start) * speed)
+                self._maybe_show(state, self._now())
                 continue
             outcome = self._switch(kind, env, state.run_id)
             if outcome is not None:
                 return outcome
         return None
+
+    def _now(self) -> float:
+        """The time the view stands at, which ages and liveness are judged against: the replay
+        clock while a run is played back (up to the present), else the wall clock."""
+        wall = time.time()
+        replayed = self.pacer.stream_time() if self.pacer is not None else None
+        return wall if replayed is None else min(replayed, wall)
 
     async def _pump(self, generation: int, kind: str, topic: str) -> None:
         tail = Tail(
@@ -437,7 +480,7 @@ class Monitor:
             for item_generation, kind, env in items:
                 outcome = self._switch(kind, env, state.run_id)
                 if outcome is not None:
-                    self._show(self._view(state, time.time()))
+                    self._show(self._view(state, self._now()))
                     return outcome or None
                 if item_generation != generation or env is None:
                     continue
@@ -451,9 +494,9 @@ class Monitor:
             may_end = seen_running or options.run_id is not None
             self.awaiting_newer = finished_at is not None and not may_end
             if finished_at is not None and may_end and self._settled(state, last_news, finished_at):
-                self._show(self._view(state, time.time()))
+                self._show(self._view(state, self._now()))
                 return None
-            self._maybe_show(state, time.time())
+            self._maybe_show(state, self._now())
 
     def _settled(self, state: MonitorState, last_news: float, finished_at: float) -> bool:
         """Whether a finished run is done being reported on: quiet for `linger` seconds, and
@@ -463,7 +506,7 @@ class Monitor:
             return False
         if now - finished_at >= SETTLE_MAX:
             return True
-        filing = state.pending_ready and state.live_workers(time.time(), "checkpoint")
+        filing = state.pending_ready and state.live_workers(self._now(), "checkpoint")
         return not filing
 
     # -- display ------------------------------------------------------------------------

@@ -51,6 +51,9 @@ RATE_WINDOW = 30.0
 OUTPUT_HISTORY = 120
 # The trainer's default bus.heartbeat_timeout: a worker silent this long no longer counts.
 HEARTBEAT_TIMEOUT = 10.0
+# What a worker is: heard of within the heartbeat timeout, not heard of for longer (killed, or
+# cut off: the trainer no longer counts it), or departed with WORKER_LEFT.
+LIVE, GONE, LEFT = "live", "gone", "left"
 
 
 def _int(value: Any) -> int | None:
@@ -114,6 +117,11 @@ class RankProgress:
         samples.append((env.ts, env.iteration))
         while len(samples) > 2 and samples[1][0] < env.ts - RATE_WINDOW:
             samples.popleft()
+
+    @property
+    def epoch_shown(self) -> int:
+        """The epoch it is in, or stopped in, counted from 1 as people read it."""
+        return self.epoch + 1
 
     def rate(self) -> float | None:
         """Iterations per second: over the run once it finished, else over the last window."""
@@ -293,17 +301,32 @@ class MonitorState:
             return None
         return max(0, total - progress.iteration) / rate
 
+    def worker_status(self, worker: WorkerState, now: float) -> str:
+        """LEFT, GONE (not heard of for longer than `heartbeat_timeout` at `now`) or LIVE.
+
+        `now` is the time the view stands at: the wall clock when following a run live, the
+        replay clock when playing one back (the run's own time, not today's).
+        """
+        if worker.left:
+            return LEFT
+        age = worker.age(now)
+        return GONE if age is None or age > self.heartbeat_timeout else LIVE
+
     def live_workers(self, now: float, kind: str | None = None) -> list[WorkerState]:
         """Workers (of `kind`) that joined, have not left and were heard of lately."""
-        timeout = self.heartbeat_timeout
         return [
             w
             for w in self.workers.values()
-            if not w.left
-            and (kind is None or w.kind == kind)
-            and (age := w.age(now)) is not None
-            and age <= timeout
+            if (kind is None or w.kind == kind) and self.worker_status(w, now) == LIVE
         ]
+
+    def workers_shown(self, now: float) -> list[WorkerState]:
+        """The workers in the order they are shown: live, then gone, then left; by kind, name."""
+        order = {LIVE: 0, GONE: 1, LEFT: 2}
+        return sorted(
+            self.workers.values(),
+            key=lambda w: (order[self.worker_status(w, now)], w.kind, w.name),
+        )
 
     # -- feeding ------------------------------------------------------------------------
 
@@ -312,13 +335,22 @@ class MonitorState:
         self.undecodable[topic_kind] = self.undecodable.get(topic_kind, 0) + 1
         self.last_undecodable = reason
 
+    def concerns(self, topic_kind: str, env: Envelope) -> bool:
+        """Whether `env`, read from the `topic_kind` topic, is about this run (the dead-letter
+        topic holds the whole namespace's)."""
+        if topic_kind == DEAD_LETTERS:
+            return env.type == DEAD_LETTER and (
+                env.run_id == self.run_id or _str(env.data.get("topic")) in self._run_topics
+            )
+        return env.run_id == self.run_id
+
     def feed(self, topic_kind: str, env: Envelope) -> None:
         """Account for `env`, read from the run's `topic_kind` topic (EVENTS, CONTROL or
         DEAD_LETTERS); envelopes of other runs are left out."""
+        if not self.concerns(topic_kind, env):
+            return
         if topic_kind == DEAD_LETTERS:
             self._on_dead_letter(env)
-            return
-        if env.run_id != self.run_id:
             return
         self.envelopes += 1
         self._tick(env)
@@ -484,11 +516,7 @@ class MonitorState:
     # -- the namespace's dead letters -------------------------------------------------
 
     def _on_dead_letter(self, env: Envelope) -> None:
-        if env.type != DEAD_LETTER:
-            return
         data = env.data
-        if env.run_id != self.run_id and _str(data.get("topic")) not in self._run_topics:
-            return
         letters = self.dead_letters
         letters.count += 1
         letters.last_reason = _str(data.get("reason")) or "?"

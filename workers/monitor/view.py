@@ -16,7 +16,15 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from workers.monitor.state import Checkpoint, MonitorState, RankProgress, WorkerState
+from workers.monitor.state import (
+    GONE,
+    LEFT,
+    LIVE,
+    Checkpoint,
+    MonitorState,
+    RankProgress,
+    WorkerState,
+)
 
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 30
@@ -97,7 +105,8 @@ def _status_line(state: MonitorState) -> Text:
             line.append(f": {reason}")
         epochs, iteration = finish.get("epochs"), finish.get("iteration")
         if isinstance(epochs, int) and isinstance(iteration, int):
-            line.append(f" (after {epochs} epochs, {iteration} iterations)", style="dim")
+            done = f"{epochs} epoch{'s' if epochs != 1 else ''}"  # a count of completed epochs
+            line.append(f" (after {done}, {iteration} iterations)", style="dim")
     return line
 
 
@@ -129,9 +138,10 @@ def header(state: MonitorState, now: float) -> RenderableType:
 
 
 def _epoch_cell(state: MonitorState, rank: RankProgress) -> str:
+    # The epoch the rank is in, or stopped in (RUN_FINISHED carries it too): a run stopped
+    # mid-epoch shows the epoch its last checkpoint and votes name, not the epochs completed.
     max_epochs = state.max_epochs
-    epochs = rank.finish.get("epochs") if rank.finish is not None else None
-    shown = epochs if isinstance(epochs, int) else rank.epoch + 1
+    shown = rank.epoch_shown
     return f"{shown}/{max_epochs}" if max_epochs else str(shown)
 
 
@@ -218,13 +228,12 @@ def metrics_table(state: MonitorState) -> Table:
 # -- workers -----------------------------------------------------------------------------
 
 
+WORKER_STYLES = {LIVE: "green", GONE: "red", LEFT: "dim"}
+
+
 def _worker_state(state: MonitorState, worker: WorkerState, now: float) -> Text:
-    if worker.left:
-        return Text("left", style="dim")
-    age = worker.age(now)
-    if age is not None and age > state.heartbeat_timeout:
-        return Text("silent", style="red")
-    return Text("live", style="green")
+    status = state.worker_status(worker, now)
+    return Text(status, style=WORKER_STYLES[status])
 
 
 def _vote_cell(worker: WorkerState) -> Text:
@@ -245,9 +254,10 @@ def workers_table(state: MonitorState, now: float) -> Table:
     table.add_column("name", no_wrap=True)
     table.add_column("kind", no_wrap=True)
     table.add_column("state")
+    # Since its last heartbeat (or any sign of life): how long a gone worker has been silent.
     table.add_column("heard", justify="right", no_wrap=True)
     table.add_column("last vote", overflow="fold")
-    for worker in sorted(state.workers.values(), key=lambda w: (w.left, w.kind, w.name)):
+    for worker in state.workers_shown(now):
         age = worker.age(now)
         table.add_row(
             worker.name,

@@ -50,21 +50,14 @@ def _finish(data: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _worker(state: MonitorState, worker: WorkerState, now: float) -> dict[str, Any]:
-    age = worker.age(now)
-    if worker.left:
-        status = "left"
-    elif age is not None and age > state.heartbeat_timeout:
-        status = "silent"
-    else:
-        status = "live"
     vote = worker.vote
     return {
         "name": worker.name,
         "kind": worker.kind,
         "votes": worker.votes,
-        "state": status,
+        "state": state.worker_status(worker, now),  # "live", "gone" or "left"
         "last_seen": worker.last_seen,
-        "age": age,
+        "age": worker.age(now),  # seconds since it was last heard of (a heartbeat, a vote)
         "vote": None
         if vote is None
         else {
@@ -97,14 +90,13 @@ def live_run(state: MonitorState, now: float | None = None) -> dict[str, Any]:
     finish = _finish(state.finish if state.finished else None)
     ranks = []
     for rank in sorted(state.ranks.values(), key=lambda r: r.rank):
-        epochs = rank.finish.get("epochs") if rank.finish is not None else None
         ranks.append(
             {
                 "rank": rank.rank,
                 "source": rank.source,
                 "host": rank.host,
                 "pid": rank.pid,
-                "epoch": epochs if isinstance(epochs, int) else rank.epoch + 1,
+                "epoch": rank.epoch_shown,  # the one it is or stopped in, from 1
                 "iteration": rank.iteration,
                 "rate": rank.rate(),
                 "eta": state.eta(rank),
@@ -133,10 +125,8 @@ def live_run(state: MonitorState, now: float | None = None) -> dict[str, Any]:
         "epoch_length": state.epoch_length,
         "total_iterations": state.total_iterations,
         "ranks": ranks,
-        "workers": [
-            _worker(state, w, now)
-            for w in sorted(state.workers.values(), key=lambda w: (w.left, w.kind, w.name))
-        ],
+        "heartbeat_timeout": state.heartbeat_timeout,  # beyond it a silent worker is gone
+        "workers": [_worker(state, w, now) for w in state.workers_shown(now)],
         "checkpoints": [
             {
                 "name": c.name,
@@ -352,11 +342,11 @@ def bus_listing_row(state: MonitorState, watched: MonitorState | None) -> dict[s
     shown = watched if watched is not None and watched.started is not None else state
     finish = _finish(state.finish if state.finished else None)
     rank0 = min(shown.ranks.values(), key=lambda r: r.rank, default=None)
+    # The epoch rank 0 is in, or stopped in (its RUN_FINISHED, on the registry too, says): as
+    # the run page shows it. The registry alone has no news of a running run's progress.
     epochs = None
-    if finish is not None:
-        epochs = finish["epochs"]
-    elif rank0 is not None and watched is not None:
-        epochs = rank0.epoch + 1
+    if rank0 is not None and (watched is not None or finish is not None):
+        epochs = rank0.epoch_shown
     return {
         "id": state.run_id,
         "name": state.name,

@@ -97,7 +97,8 @@
     if (finish.by) text += " by " + finish.by;
     if (finish.reason && finish.reason !== finish.status) text += ": " + finish.reason;
     if (finish.epochs !== null && finish.epochs !== undefined && finish.iteration !== null && finish.iteration !== undefined) {
-      text += " (after " + finish.epochs + " epochs, " + finish.iteration + " iterations)";
+      // a count of completed epochs, not an epoch number
+      text += " (after " + finish.epochs + " epoch" + (finish.epochs === 1 ? "" : "s") + ", " + finish.iteration + " iterations)";
     }
     return text;
   }
@@ -349,6 +350,9 @@
       const elapsed = (Date.now() - stateAt) / 1000;
       fill($("workers").querySelector("tbody"), (view.workers || []).map((worker) => {
         const age = worker.age === null || worker.age === undefined ? null : worker.age + elapsed;
+        // Between two snapshots a silent worker goes past the heartbeat timeout here too.
+        const gone = worker.state === "live" && age !== null && view.heartbeat_timeout && age > view.heartbeat_timeout;
+        const status = gone ? "gone" : worker.state;
         let vote = worker.votes ? "-" : "";
         if (worker.vote) {
           vote = el("span", {}, [
@@ -360,7 +364,7 @@
         return [
           worker.name,
           worker.kind + (worker.votes ? " (voter)" : ""),
-          el("span", { class: worker.state, text: worker.state }),
+          el("span", { class: "w-" + status, text: status }),
           age === null ? "-" : duration(age) + " ago",
           vote,
         ];
