@@ -244,5 +244,6 @@ async def test_a_replay_at_4x_of_4_s_takes_about_1_s_whatever_else_the_namespace
     finally:
         await bus.close()
     assert "status: completed" in out.export_text()
-    # 1 s of replay and a 0.2 s linger; a hang guard more than a speed statement.
-    assert took < 2.0, f"a replay at 4x of 4 s took {took:.1f} s"
+    # 1 s of replay and a 0.2 s linger. The bound is loose for a loaded machine; pacing on the
+    # other runs' dead letters (24 s away, so 6 s at 4x) or drift per envelope would exceed it.
+    assert 0.9 < took < 5.0, f"a replay at 4x of 4 s took {took:.1f} s"
