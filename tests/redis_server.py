@@ -17,11 +17,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _read(s: socket.socket, n: int) -> bytes:
+    """Up to `n` bytes from `s`, fewer only if the peer stops sending."""
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 class RedisServer:
     """A real redis-server process; `stop()` and `start()` again keep the port and the data dir."""
 
     def __init__(
-        self, port: int | None = None, *, durable: bool = False, extra: list[str] | None = None
+        self,
+        port: int | None = None,
+        *,
+        durable: bool = False,
+        extra: list[str] | None = None,
+        password: str | None = None,
     ) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
@@ -30,12 +46,14 @@ class RedisServer:
         self.port = port or free_port()
         self.durable = durable
         self.extra = extra or []
+        self.password = password  # --requirepass; the URL and the start-up PING carry it
         self.dir = Path(tempfile.mkdtemp(prefix="redis-test-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         """Start the server and wait until it answers PING."""
@@ -60,7 +78,10 @@ class RedisServer:
             "warning",
             *persistence,
             *self.extra,
+            *(["--requirepass", self.password] if self.password else []),
         ]
+        hello = f"AUTH {self.password}\r\nPING\r\n" if self.password else "PING\r\n"
+        answer = b"+OK\r\n+PONG" if self.password else b"+PONG"
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -69,8 +90,8 @@ class RedisServer:
                 raise RuntimeError(f"redis-server exited on start: {err}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    s.sendall(hello.encode())
+                    if _read(s, len(answer)).startswith(answer):
                         return self
             except OSError:
                 time.sleep(0.02)

@@ -24,6 +24,10 @@ _VARIABLE = re.compile(
 )
 
 
+class MissingVariable(ValueError):
+    """A `${VAR:?message}` (or `${VAR?message}`) whose variable has no value."""
+
+
 def load(path: Path = COMPOSE_FILE) -> dict[str, Any]:
     """The compose file as data, anchors and merge keys expanded, nothing interpolated."""
     return yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -48,7 +52,11 @@ def variables(node: Any) -> list[tuple[str, str | None, str | None]]:
 
 
 def interpolate(node: Any, env: Mapping[str, str]) -> Any:
-    """`node` with every `${VAR...}` replaced as Compose does, from `env`."""
+    """`node` with every `${VAR...}` replaced as Compose does, from `env`.
+
+    A required variable without a value raises `MissingVariable` with Compose's message;
+    `:?` and `:-` treat an empty value as none, `?` and `-` only an unset one.
+    """
     if isinstance(node, str):
 
         def replace(match: re.Match[str]) -> str:
@@ -61,7 +69,8 @@ def interpolate(node: Any, env: Mapping[str, str]) -> Any:
                 value = None
             if value is None:
                 if op and op.endswith("?"):
-                    raise KeyError(f"compose.yaml: variable {name} is required: {arg}")
+                    # Compose's own words (compose-go's MissingRequiredError).
+                    raise MissingVariable(f"required variable {name} is missing a value: {arg}")
                 return arg if op and op.endswith("-") else ""
             return value
 

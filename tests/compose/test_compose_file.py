@@ -1,6 +1,7 @@
 """compose.yaml checked without a Docker engine: the Compose specification's JSON schema, then
 what the schema cannot know: every command is a real `trainer` command with valid options and
-config, every `depends_on` waits on a healthcheck, every variable has a value."""
+config, every `depends_on` waits on a healthcheck, the secrets are required (and never
+committed), Redis is not published, every other variable has a value."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from compose_file import (
     COMPOSE_FILE,
     ROOT,
+    MissingVariable,
     environment,
     interpolate,
     load,
@@ -29,10 +31,15 @@ SPEC = load()
 SERVICES = SPEC["services"]
 # Services built from this project's image: they run `trainer` commands.
 OURS = [name for name, service in SERVICES.items() if service.get("image") != "redis:7-alpine"]
-DEFAULTS = interpolate(SPEC, {})  # what `docker compose up` sees with nothing set
+# The variables a user must set (in .env): nothing starts without them.
+REQUIRED = ("REDIS_PASSWORD", "TRAINER_BUS_SECRET")
+SECRETS = {"REDIS_PASSWORD": "0123abcd" * 8, "TRAINER_BUS_SECRET": "fedc9876" * 8}
+DEFAULTS = interpolate(SPEC, SECRETS)  # what `docker compose up` sees with only .env made
+PORT_FILE = ROOT / "compose.redis-port.yaml"
 
 
-def test_the_file_follows_the_compose_specification():
+@pytest.mark.parametrize("path", [COMPOSE_FILE, PORT_FILE], ids=lambda p: p.name)
+def test_the_file_follows_the_compose_specification(path):
     result = subprocess.run(
         [
             sys.executable,
@@ -40,7 +47,7 @@ def test_the_file_follows_the_compose_specification():
             "check_jsonschema",
             "--builtin-schema",
             "vendor.compose-spec",
-            str(COMPOSE_FILE),
+            str(path),
         ],
         capture_output=True,
         text=True,
@@ -103,17 +110,63 @@ def test_every_depends_on_waits_for_a_service_with_a_healthcheck():
             assert how.get("condition") == "service_healthy", (name, needed, how)
 
 
-def test_every_variable_used_has_a_value_when_nothing_is_set():
-    for name, op, _ in variables(SPEC):
-        assert op in ("-", ":-"), f"${{{name}}} has no default: `docker compose up` would fail"
+@pytest.mark.parametrize("missing", REQUIRED)
+@pytest.mark.parametrize("how", ["unset", "empty"])
+def test_without_a_secret_compose_refuses_naming_it_and_what_to_do(missing, how):
+    env = {**SECRETS, missing: ""}
+    if how == "unset":
+        del env[missing]
+    with pytest.raises(MissingVariable) as refused:
+        interpolate(SPEC, env)
+    message = str(refused.value)
+    assert message.startswith(f"required variable {missing} is missing a value: "), message
+    assert ".env" in message and "README" in message, message
+
+
+def test_the_secrets_are_required_and_every_other_variable_has_a_default():
+    used = variables(SPEC)
+    assert {name for name, _, _ in used} >= set(REQUIRED)
+    for name, op, _ in used:
+        if name in REQUIRED:
+            assert op == ":?", f"${{{name}}} must be required (`:?`), empty included"
+        else:
+            assert op in ("-", ":-"), f"${{{name}}} has no default: `docker compose up` would fail"
+
+
+def test_the_example_env_file_left_unfilled_is_refused_too():
+    example = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    assert set(example) == set(REQUIRED)
+    with pytest.raises(MissingVariable):
+        interpolate(SPEC, example)
+
+
+def test_the_env_file_is_neither_committed_nor_copied_into_the_image():
+    for ignore in (".gitignore", ".dockerignore"):
+        assert ".env" in (ROOT / ignore).read_text().splitlines(), ignore
+
+
+def test_redis_requires_the_password_and_is_not_published_on_the_host():
+    for name, service in DEFAULTS["services"].items():
+        assert "ports" not in service, f"service {name} publishes {service['ports']} by default"
+    command = DEFAULTS["services"]["redis"]["command"]
+    assert command[command.index("--requirepass") + 1] == SECRETS["REDIS_PASSWORD"]
+    # Publishing is opt-in, and then on this machine only unless REDIS_HOST_IP says otherwise.
+    ports = interpolate(load(PORT_FILE), {})["services"]["redis"]["ports"]
+    assert ports == ["127.0.0.1:6379:6379"]
 
 
 def test_every_trainer_service_reaches_redis_and_shares_the_runs_volume():
-    redis_port = 6379  # the port inside the compose network, whatever REDIS_PORT publishes
+    password = SECRETS["REDIS_PASSWORD"]
     for name in OURS:
         service = DEFAULTS["services"][name]
         env = environment(service)
-        assert env.get("TRAINER_BUS_URL") == f"redis://redis:{redis_port}/0", name
+        # The port inside the compose network, whatever compose.redis-port.yaml publishes.
+        assert env.get("TRAINER_BUS_URL") == f"redis://:{password}@redis:6379/0", name
+        assert env.get("TRAINER_BUS_SECRET") == SECRETS["TRAINER_BUS_SECRET"], name
         if name == "monitor":
             continue  # reads the bus only
         runs = env.get("TRAINER_RUNS_DIR")
