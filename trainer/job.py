@@ -257,6 +257,7 @@ class Job:
             status=end.status,
             reason=end.reason,
             by=end.by,
+            voter=end.voter,
             epochs=end.epochs,
             iteration=end.iteration,
             task=self.objective.task,

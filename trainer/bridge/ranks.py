@@ -147,7 +147,12 @@ class RankBoundaries(Boundaries):
             control.pending = False  # cleared before reading: a later signal sets it again
             stop = control.stop
             if stop is not None and self._held is None:
-                self._held = {"signal": stop.signal, "reason": stop.reason, "by": stop.by}
+                self._held = {
+                    "signal": stop.signal,
+                    "reason": stop.reason,
+                    "by": stop.by,
+                    "voter": stop.voter,
+                }
             request = control.take_checkpoint_request()
             if request is not None:
                 self._wanted = request
@@ -156,7 +161,10 @@ class RankBoundaries(Boundaries):
         if agreed.stop and not self._stopping:
             cause = agreed.cause or {}
             self.stop_cause = StopCause(
-                str(cause.get("signal", PROGRAM)), str(cause.get("reason", "")), cause.get("by")
+                str(cause.get("signal", PROGRAM)),
+                str(cause.get("reason", "")),
+                cause.get("by"),
+                voter=cause.get("voter"),
             )
             self._held = None
             self._stopping = True

@@ -71,6 +71,7 @@ class RunEnd:
     by: str | None  # the source of the signal that stopped the run, if one did
     epochs: int  # epochs the primary engine completed
     iteration: int
+    voter: str | None = None  # the voter's name, when a vote stopped the run
 
 
 def _number(name: str, value: object, *, minimum: float, integer: bool = False) -> Any:
@@ -359,6 +360,7 @@ class BusRun:
                 "status": end.status,
                 "reason": end.reason,
                 "by": end.by,
+                "voter": end.voter,
                 "epochs": end.epochs,
                 "iteration": end.iteration,
             }
@@ -469,7 +471,7 @@ class BusRun:
             cause = self._boundaries.stop_cause
             if cause is None:
                 return RunEnd("terminated", "terminated by the program", None, epochs, iteration)
-            return RunEnd("terminated", cause.reason, cause.by, epochs, iteration)
+            return RunEnd("terminated", cause.reason, cause.by, epochs, iteration, cause.voter)
         return RunEnd("completed", "completed", None, epochs, iteration)
 
     def _final_checkpoint(self, end: RunEnd) -> None:
