@@ -95,6 +95,7 @@ def test_the_events_and_their_data_follow_the_catalogue(
         "status": "completed",
         "reason": "completed",
         "by": None,
+        "voter": None,
         "epochs": 2,
         "iteration": 6,
     }
@@ -158,6 +159,7 @@ def test_a_stop_by_the_program_publishes_the_open_window_then_terminate(
         "status": "terminated",
         "reason": "terminated by the program",
         "by": None,
+        "voter": None,
         "epochs": 0,
         "iteration": 5,
     }
