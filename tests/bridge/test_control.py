@@ -7,6 +7,8 @@ the trainer's control reader has seen them, so that where the run stops is deter
 
 from __future__ import annotations
 
+import logging
+
 import msgpack
 import pytest
 
@@ -99,7 +101,7 @@ def test_a_vote_stop_is_by_the_votes_source_and_names_the_voter_apart(
 
 
 def test_terminate_stops_the_run_whatever_the_votes(
-    bus_url: str, client: BusClient, run_id: str
+    bus_url: str, client: BusClient, run_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     trainer = counting_trainer()
     run = BusRun(bus_url, run_id, policy="all")
@@ -111,20 +113,24 @@ def test_terminate_stops_the_run_whatever_the_votes(
     )
     at_iteration(
         trainer,
-        5,
+        15,
         lambda: send_and_wait_seen(
             client, run, control(run_id, "TERMINATE", {"reason": "operator says so"}, "alice")
         ),
     )
-    with run:
+    with caplog.at_level(logging.INFO, logger="trainer.bridge"), run:
         trainer.run(range(10), max_epochs=3)
     end = run.finish()
-    assert (end.status, end.reason, end.by, end.iteration) == (
+    assert (end.status, end.reason, end.by, end.iteration, end.epochs) == (
         "terminated",
         "operator says so",
         "alice",
-        5,
+        15,
+        1,
     )
+    # Text for people counts epochs from 1 (the second of three); the wire keeps epoch 1.
+    assert "stopping in epoch 2/3, iteration 15" in caplog.text
+    assert client.read(TOPICS.events(run_id))[-2].epoch == 1
 
 
 # Each step: (voter, stop); the run must stop exactly at the step marked True.
