@@ -123,7 +123,7 @@ class DistributedRNGState:
 
 
 def encode_cause(cause: Mapping[str, Any], size: int = CAUSE_BYTES) -> bytes:
-    """`cause` as UTF-8 JSON of at most `size` bytes; a long reason (then `by`, `voter`) is cut short."""
+    """`cause` as UTF-8 JSON of at most `size` bytes; a long reason (then by, voter) is cut."""
     fields = {key: cause.get(key) for key in ("signal", "reason", "by", "rank", "voter")}
 
     def dumped() -> bytes:
@@ -161,7 +161,7 @@ class Agreed:
 
     stop: bool
     checkpoint: bool
-    # {"signal", "reason", "by", "rank", "voter"} of the lowest rank that asked to stop; None if none did.
+    # {"signal", "reason", "by", "rank", "voter"} of the lowest rank that asked to stop, or None.
     cause: dict[str, Any] | None = None
 
 
