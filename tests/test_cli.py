@@ -263,3 +263,72 @@ def test_resume_latest_and_best_read_the_manifest(tmp_path):
     assert resolve_resume(str(run_dir), None, "", "").checkpoint == checkpoints / "c.pt"
     by_path = resolve_resume(str(checkpoints / "b.pt"), None, "", "")
     assert (by_path.checkpoint, by_path.run_dir) == (checkpoints / "b.pt", run_dir)
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under `directory` with its mtime and bytes: what "nothing modified" compares."""
+    return {
+        str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def copied_run(uninterrupted, tmp_path: Path) -> Path:
+    """A copy of the uninterrupted run's directory, for a test to damage."""
+    import shutil
+
+    run_dir, _ = uninterrupted
+    copy = tmp_path / "runs" / run_dir.name
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def by_step(run_dir: Path, step: int) -> Path:
+    (name,) = [e["file"] for e in manifest(run_dir)["checkpoints"] if e["step"] == step]
+    return run_dir / "checkpoints" / name
+
+
+def test_resume_latest_truncated_names_it_and_the_intact_one_to_use(uninterrupted, tmp_path):
+    run_dir = copied_run(uninterrupted, tmp_path)
+    latest = by_step(run_dir, 69)
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    before = snapshot(run_dir)
+    done = trainer_cli(
+        "run", "--resume", "latest", "--run-dir", run_dir, "train.epochs=4", cwd=tmp_path
+    )
+    assert done.returncode != 0
+    (line,) = done.stderr.strip().splitlines()  # one line, no traceback
+    assert str(latest) in line and "damaged" in line
+    assert f"resume from {by_step(run_dir, 60)} instead" in line
+    assert snapshot(run_dir) == before
+
+
+def test_resume_of_a_garbage_file_names_it_and_the_newest_intact_one(uninterrupted, tmp_path):
+    run_dir = copied_run(uninterrupted, tmp_path)
+    garbage = by_step(run_dir, 60)
+    garbage.write_bytes(os.urandom(5000))
+    before = snapshot(run_dir)
+    done = trainer_cli("run", "--resume", garbage, "train.epochs=4", cwd=tmp_path)
+    assert done.returncode != 0
+    (line,) = done.stderr.strip().splitlines()
+    assert str(garbage) in line and "damaged" in line
+    assert f"resume from {by_step(run_dir, 69)} instead" in line
+    assert snapshot(run_dir) == before
+
+
+def test_a_damaged_checkpoint_with_no_intact_one_says_so(capsys, tmp_path):
+    lone = tmp_path / "lone" / "checkpoint_5.pt"
+    lone.parent.mkdir()
+    lone.write_bytes(b"PK\x03\x04 not really a zip archive")
+    status, _, err = run_main(capsys, "run", "--resume", lone, f"run.dir={tmp_path}/runs")
+    assert status == 2
+    (line,) = err.strip().splitlines()
+    assert str(lone) in line and "damaged" in line and "no other checkpoint" in line
+    assert not (tmp_path / "runs").exists()
+
+    torch.save(101, lone)  # sound, but not a checkpoint of a run
+    status, _, err = run_main(capsys, "run", "--resume", lone, f"run.dir={tmp_path}/runs")
+    assert status == 2
+    (line,) = err.strip().splitlines()
+    assert str(lone) in line and "of type int" in line

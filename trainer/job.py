@@ -344,6 +344,12 @@ def _scheduler(
 def _load_resume_state(cfg: Config, resume: ResumePoint) -> dict[str, Any]:
     """The checkpoint's content, refused if this config cannot continue from it."""
     state = load_checkpoint(resume.checkpoint, sha256=resume.sha256)
+    if not isinstance(state, Mapping):
+        raise CheckpointError(
+            resume.checkpoint,
+            f"holds a value of type {type(state).__name__}, not the states of a trainer run "
+            "(model, optimizer, trainer): pass a checkpoint `trainer run` wrote",
+        )
     missing = [k for k in ("model", "optimizer", "trainer") if k not in state]
     if missing:
         raise ConfigError(f"checkpoint {resume.checkpoint} has no state for {missing}")
