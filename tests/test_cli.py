@@ -332,3 +332,14 @@ def test_a_damaged_checkpoint_with_no_intact_one_says_so(capsys, tmp_path):
     assert status == 2
     (line,) = err.strip().splitlines()
     assert str(lone) in line and "of type int" in line
+
+
+def test_resume_of_a_finished_run_says_there_is_nothing_to_do(uninterrupted, tmp_path):
+    run_dir = copied_run(uninterrupted, tmp_path)
+    before = snapshot(run_dir)
+    done = trainer_cli("run", "--resume", "latest", "--run-dir", run_dir, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.strip().splitlines()
+    assert line.startswith("nothing to do:") and "3/3 epochs" in line and "train.epochs" in line
+    assert snapshot(run_dir) == before
+    # Raising train.epochs trains on: test_resume_latest_of_a_shorter_run_with_its_saved_config.

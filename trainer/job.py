@@ -111,9 +111,12 @@ class Job:
         # The process group, if the CLI joined one (torchrun): this rank and the number of ranks.
         self.rank, self.world_size = _world()
         self.resume_state: dict[str, Any] | None = None
+        # Set when the checkpoint trained every epoch already: the line that says so.
+        self.nothing_to_do: str | None = None
         if resume is not None:
             self.resume_state = _load_resume_state(cfg, resume)
             check_resume_ranks(self.resume_state, resume, self.world_size)
+            self.nothing_to_do = nothing_to_do(cfg, self.resume_state, resume)
         set_threads(cfg.run.threads)
         seed_everything(cfg.run.seed)
 
@@ -339,6 +342,23 @@ def _scheduler(
         min_lr=s.min_lr,
     )
     return LRScheduler(plateau, metric_name=s.metric, metric_engine=evaluator)
+
+
+def nothing_to_do(cfg: Config, state: Mapping[str, Any], resume: ResumePoint) -> str | None:
+    """The line to print when the checkpoint has trained every epoch of `train.epochs` already.
+
+    None when there is more to train (a raised `train.epochs`, or a checkpoint mid-run).
+    """
+    engine_state = state.get("trainer") if isinstance(state, Mapping) else None
+    if not isinstance(engine_state, Mapping):
+        return None
+    done, epochs = engine_state.get("epochs_completed"), cfg.train.epochs
+    if not isinstance(done, int) or done < epochs or engine_state.get("epoch_iteration", 0):
+        return None
+    return (
+        f"nothing to do: checkpoint {resume.checkpoint} has trained {done}/{epochs} epochs "
+        f"(train.epochs={epochs}); to train on, resume with train.epochs={epochs + 1} or more"
+    )
 
 
 def _load_resume_state(cfg: Config, resume: ResumePoint) -> dict[str, Any]:

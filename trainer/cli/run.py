@@ -157,7 +157,13 @@ def _start_ranks(
 ) -> int:
     """Make the run directory and id, then run `nproc` ranks of this command on them."""
     if resume is not None:
-        _refuse_other_ranks(resume, nproc)  # here, rather than in every rank
+        state = _refuse_other_ranks(resume, nproc)  # here, rather than in every rank
+        from trainer.job import nothing_to_do
+
+        done = nothing_to_do(cfg, state, resume)
+        if done is not None:
+            print(done, flush=True)
+            return 0
     fresh = run_dir is None
     if run_dir is None:
         run_dir = new_run_dir(cfg.run.dir, cfg.run.name)
@@ -178,8 +184,9 @@ def _start_ranks(
     return status
 
 
-def _refuse_other_ranks(resume: ResumePoint, nproc: int) -> None:
-    """UsageError if the checkpoint cannot be read, or was saved by another number of ranks."""
+def _refuse_other_ranks(resume: ResumePoint, nproc: int) -> dict[str, Any]:
+    """The checkpoint's states; UsageError if it cannot be read, or was saved by another
+    number of ranks."""
     from trainer.checkpoint_store import CheckpointError, load_checkpoint
     from trainer.job import check_resume_ranks
 
@@ -188,6 +195,7 @@ def _refuse_other_ranks(resume: ResumePoint, nproc: int) -> None:
         check_resume_ranks(state, resume, nproc)
     except (CheckpointError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
+    return state
 
 
 def _as_rank(
@@ -245,6 +253,11 @@ def _train(
     except (CheckpointError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
     lead = ranks is None or ranks.rank == 0
+    if job.nothing_to_do is not None:
+        # A finished run resumed as it was: nothing is trained, published or rewritten.
+        if lead:
+            print(job.nothing_to_do, flush=True)
+        return 0
 
     def fresh_dir() -> Path:
         return new_run_dir(cfg.run.dir, cfg.run.name)
