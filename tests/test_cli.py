@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,7 @@ def test_resume_mid_epoch_ends_with_the_uninterrupted_weights(uninterrupted, tmp
     assert done.returncode == 0, done.stderr
     epochs_run = re.findall(r"^epoch (\d+)/3", done.stdout, re.MULTILINE)
     assert epochs_run == ["2", "3"]  # iteration 30 lies in epoch 2: epoch 1 is not redone
+    assert re.search(r"^resuming from .+ \(in epoch 2/3, after iteration 30\)$", done.stdout, re.M)
     metrics = json.loads((resumed_dir / "metrics.json").read_text())
     assert metrics["iteration"] == 69
     assert_same_weights(final_weights(resumed_dir), final_weights(run_dir))
@@ -146,6 +148,9 @@ def test_resume_latest_of_a_shorter_run_with_its_saved_config(uninterrupted, tmp
     first = trainer_cli("run", EXAMPLE, "train.epochs=2", "run.dir=short", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     short_dir = tmp_path / printed(r"^outputs: (.+)$", first.stdout)
+    first_duration = json.loads((short_dir / "metrics.json").read_text())["duration_s"]
+    down = 3.0
+    time.sleep(down)  # the run is down for a while: its duration must not count it
 
     # No CONFIG: the newest run named "digits" under run.dir, with the config it saved.
     again = trainer_cli(
@@ -156,6 +161,11 @@ def test_resume_latest_of_a_shorter_run_with_its_saved_config(uninterrupted, tmp
     assert re.findall(r"^epoch (\d+)/3", again.stdout, re.MULTILINE) == ["3"]
     assert_same_weights(final_weights(short_dir), final_weights(run_dir))
     assert config.load(short_dir / "config.yaml").train.epochs == 3
+    # The duration sums the time spent training, in metrics.json and in the tracked run.json.
+    duration = json.loads((short_dir / "metrics.json").read_text())["duration_s"]
+    tracked = read_run(short_dir).meta
+    assert tracked["duration_s"] == pytest.approx(duration)
+    assert first_duration < duration < tracked["finished_at"] - tracked["started_at"] - down
 
 
 def run_main(capsys, *args: str | Path) -> tuple[int, str, str]:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from trainer.bridge.clock import saved_run_id
 from trainer.checkpoint_store import CheckpointError, RNGState, load_checkpoint, restore_state
 from trainer.config import Config, ConfigError
 from trainer.engine import Engine
@@ -117,6 +118,8 @@ class Job:
             self.resume_state = _load_resume_state(cfg, resume)
             check_resume_ranks(self.resume_state, resume, self.world_size)
             self.nothing_to_do = nothing_to_do(cfg, self.resume_state, resume)
+        # The id the checkpoint's run had (None for a checkpoint of an older version).
+        self.resumed_run_id = saved_run_id(self.resume_state) if self.resume_state else None
         set_threads(cfg.run.threads)
         seed_everything(cfg.run.seed)
 
@@ -218,7 +221,8 @@ class Job:
             trainer.add_event_handler(
                 Events.EPOCH_COMPLETED, self.scheduler, priority=SCHEDULE_PRIORITY
             )
-        to_save = self.to_save()
+        # The run's id and training time go into its checkpoints: a resume counts on from them.
+        to_save = {**self.to_save(), "run": link.clock}
         if cfg.checkpoint.every is not None:
             link.checkpoint(
                 to_save,
@@ -261,6 +265,7 @@ class Job:
             reason=end.reason,
             by=end.by,
             voter=end.voter,
+            duration_s=end.duration_s,
             epochs=end.epochs,
             iteration=end.iteration,
             task=self.objective.task,

@@ -20,6 +20,7 @@ class RunResult:
     epochs: int  # epochs completed
     iteration: int
     voter: str | None = None  # the voter's name, when a vote stopped it (`by` is its source)
+    duration_s: float = 0.0  # seconds of training over every session, not the time it was down
     task: str = "classification"  # the task type the data set declared
     # the task's validation metrics, its headline first (accuracy; r2 for regression)
     val: dict[str, float] = field(default_factory=dict)

@@ -27,7 +27,7 @@ import os
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,7 @@ from bus import ThreadedPublisher, Topics, Verifier, open_bus
 from trainer.bridge.barrier import BarrierResult
 from trainer.bridge.boundaries import Boundaries
 from trainer.bridge.checkpointer import Checkpointer, CheckpointStat
+from trainer.bridge.clock import RunClock
 from trainer.bridge.control import ControlReader, ControlState
 from trainer.bridge.lifecycle import EngineLink, RunNotStarted
 from trainer.bridge.ranks import RankBoundaries
@@ -72,6 +73,8 @@ class RunEnd:
     epochs: int  # epochs the primary engine completed
     iteration: int
     voter: str | None = None  # the voter's name, when a vote stopped the run
+    # Seconds of training over all the run's sessions (resumes), not counting time it was down.
+    duration_s: float = 0.0
 
 
 def _number(name: str, value: object, *, minimum: float, integer: bool = False) -> Any:
@@ -149,6 +152,8 @@ class BusRun:
         self.namespace = namespace
         self.topics = Topics(namespace)
         self.topics.events(self.run_id)  # refuses a run id unusable in a topic name, now
+        # Counts from start() to finish(); checkpoint it (in to_save) to count on after a resume.
+        self.clock = RunClock(self.run_id)
         # Before any thread starts: a rank that disagrees with its process group is refused.
         self._agreement = self._rank_agreement()
         self.source = f"trainer:{rank}"
@@ -318,6 +323,7 @@ class BusRun:
         if self._checkpointer is not None:
             self._checkpointer.prepare()
         self.control.started_at = time.time()
+        self.clock.start()
         self._reader_future = self.publisher.submit(self._reader.run)
         data = {
             "config": self.config,
@@ -356,6 +362,8 @@ class BusRun:
         try:
             end = self._outcome(error)
             self._final_checkpoint(end)
+            self.clock.stop()
+            end = replace(end, duration_s=self.clock.seconds)
             data = {
                 "status": end.status,
                 "reason": end.reason,
@@ -363,6 +371,7 @@ class BusRun:
                 "voter": end.voter,
                 "epochs": end.epochs,
                 "iteration": end.iteration,
+                "duration_s": end.duration_s,
             }
             self._announce("RUN_FINISHED", data)
             self._end = end

@@ -156,6 +156,7 @@ def _start_ranks(
     run_dir: Path | None,
 ) -> int:
     """Make the run directory and id, then run `nproc` ranks of this command on them."""
+    state: dict[str, Any] = {}
     if resume is not None:
         state = _refuse_other_ranks(resume, nproc)  # here, rather than in every rank
         from trainer.job import nothing_to_do
@@ -168,7 +169,10 @@ def _start_ranks(
     if run_dir is None:
         run_dir = new_run_dir(cfg.run.dir, cfg.run.name)
     run_dir.mkdir(parents=True, exist_ok=True)
-    run_id = args.run_id or run_dir.name
+    from trainer.bridge.clock import saved_run_id
+
+    saved = saved_run_id(state) if resume is not None else None
+    run_id = args.run_id or _continued_id(resume, run_dir, saved) or run_dir.name
     status = launch_ranks(
         nproc,
         config_path,
@@ -269,9 +273,9 @@ def _train(
     run_dir.mkdir(parents=True, exist_ok=True)
     if ranks is not None:
         ranks.record(run_dir)
-    run_id = args.run_id or run_dir.name
+    run_id = args.run_id or _continued_id(resume, run_dir, job.resumed_run_id) or run_dir.name
     if resume is not None and lead:
-        print(f"resuming from {resume.checkpoint}", flush=True)
+        print(f"resuming from {resume.checkpoint}{_resumed_at(job)}", flush=True)
 
     from trainer.bridge import BusRun
     from trainer.cli.embedded import EmbeddedWorkers
@@ -358,6 +362,24 @@ def _chosen_run_dir(args: argparse.Namespace, resume: ResumePoint | None) -> Pat
             "with --resume latest, or choose another directory"
         )
     return args.run_dir
+
+
+def _continued_id(resume: ResumePoint | None, run_dir: Path, saved: str | None) -> str | None:
+    """The id a resumed run continues under: the one its checkpoint saved, when it continues
+    in the run directory the checkpoint belongs to (a resume into another one is a new run)."""
+    if resume is None or resume.run_dir is None:
+        return None
+    return saved if resume.run_dir.resolve() == run_dir.resolve() else None
+
+
+def _resumed_at(job: Any) -> str:
+    """' (in epoch 2/3, after iteration 30)': where the resumed run goes on, counted from 1."""
+    state = (job.resume_state or {}).get("trainer")
+    if not isinstance(state, dict):
+        return ""
+    epoch = state.get("epochs_completed", 0) + 1  # the epoch it goes on with, from 1
+    where = f"in epoch {epoch}/{job.cfg.train.epochs}, after iteration {state.get('iteration')}"
+    return f" ({where})"
 
 
 def _kept(checkpoint_dir: Path) -> tuple[str | None, str | None]:
