@@ -325,7 +325,7 @@ def _train(
     result.write()
     by = f" by {result.by}" if result.by else ""
     if result.voter and result.voter != result.by:
-        by += f" (voter {result.voter})"
+        by += f", voter {result.voter}"
     ending = ENDINGS[result.status].format(by=by, reason=result.reason)
     print(
         f"final validation {result.val_summary()} after {result.epochs} epochs, "
