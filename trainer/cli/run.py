@@ -17,7 +17,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainer import config
 from trainer.cli.environment import BUS_URL_ENV, SECRET_ENV
@@ -42,6 +42,9 @@ from trainer.run_dir import (
     new_run_dir,
     resolve_resume,
 )
+
+if TYPE_CHECKING:
+    from trainer.job import Job  # torch: imported only when training
 
 # Exit status of a run that failed (an exception ended it); stops by vote or TERMINATE are 0.
 FAILED = 1
@@ -372,7 +375,7 @@ def _continued_id(resume: ResumePoint | None, run_dir: Path, saved: str | None) 
     return saved if resume.run_dir.resolve() == run_dir.resolve() else None
 
 
-def _resumed_at(job: Any) -> str:
+def _resumed_at(job: Job) -> str:
     """' (in epoch 2/3, after iteration 30)': where the resumed run goes on, counted from 1."""
     state = (job.resume_state or {}).get("trainer")
     if not isinstance(state, dict):
