@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,7 @@ def test_resume_mid_epoch_ends_with_the_uninterrupted_weights(uninterrupted, tmp
     assert done.returncode == 0, done.stderr
     epochs_run = re.findall(r"^epoch (\d+)/3", done.stdout, re.MULTILINE)
     assert epochs_run == ["2", "3"]  # iteration 30 lies in epoch 2: epoch 1 is not redone
+    assert re.search(r"^resuming from .+ \(in epoch 2/3, after iteration 30\)$", done.stdout, re.M)
     metrics = json.loads((resumed_dir / "metrics.json").read_text())
     assert metrics["iteration"] == 69
     assert_same_weights(final_weights(resumed_dir), final_weights(run_dir))
@@ -146,6 +148,9 @@ def test_resume_latest_of_a_shorter_run_with_its_saved_config(uninterrupted, tmp
     first = trainer_cli("run", EXAMPLE, "train.epochs=2", "run.dir=short", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     short_dir = tmp_path / printed(r"^outputs: (.+)$", first.stdout)
+    first_duration = json.loads((short_dir / "metrics.json").read_text())["duration_s"]
+    down = 3.0
+    time.sleep(down)  # the run is down for a while: its duration must not count it
 
     # No CONFIG: the newest run named "digits" under run.dir, with the config it saved.
     again = trainer_cli(
@@ -156,6 +161,11 @@ def test_resume_latest_of_a_shorter_run_with_its_saved_config(uninterrupted, tmp
     assert re.findall(r"^epoch (\d+)/3", again.stdout, re.MULTILINE) == ["3"]
     assert_same_weights(final_weights(short_dir), final_weights(run_dir))
     assert config.load(short_dir / "config.yaml").train.epochs == 3
+    # The duration sums the time spent training, in metrics.json and in the tracked run.json.
+    duration = json.loads((short_dir / "metrics.json").read_text())["duration_s"]
+    tracked = read_run(short_dir).meta
+    assert tracked["duration_s"] == pytest.approx(duration)
+    assert first_duration < duration < tracked["finished_at"] - tracked["started_at"] - down
 
 
 def run_main(capsys, *args: str | Path) -> tuple[int, str, str]:
@@ -263,3 +273,83 @@ def test_resume_latest_and_best_read_the_manifest(tmp_path):
     assert resolve_resume(str(run_dir), None, "", "").checkpoint == checkpoints / "c.pt"
     by_path = resolve_resume(str(checkpoints / "b.pt"), None, "", "")
     assert (by_path.checkpoint, by_path.run_dir) == (checkpoints / "b.pt", run_dir)
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under `directory` with its mtime and bytes: what "nothing modified" compares."""
+    return {
+        str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def copied_run(uninterrupted, tmp_path: Path) -> Path:
+    """A copy of the uninterrupted run's directory, for a test to damage."""
+    import shutil
+
+    run_dir, _ = uninterrupted
+    copy = tmp_path / "runs" / run_dir.name
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def by_step(run_dir: Path, step: int) -> Path:
+    (name,) = [e["file"] for e in manifest(run_dir)["checkpoints"] if e["step"] == step]
+    return run_dir / "checkpoints" / name
+
+
+def test_resume_latest_truncated_names_it_and_the_intact_one_to_use(uninterrupted, tmp_path):
+    run_dir = copied_run(uninterrupted, tmp_path)
+    latest = by_step(run_dir, 69)
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    before = snapshot(run_dir)
+    done = trainer_cli(
+        "run", "--resume", "latest", "--run-dir", run_dir, "train.epochs=4", cwd=tmp_path
+    )
+    assert done.returncode != 0
+    (line,) = done.stderr.strip().splitlines()  # one line, no traceback
+    assert str(latest) in line and "damaged" in line
+    assert f"resume from {by_step(run_dir, 60)} instead" in line
+    assert snapshot(run_dir) == before
+
+
+def test_resume_of_a_garbage_file_names_it_and_the_newest_intact_one(uninterrupted, tmp_path):
+    run_dir = copied_run(uninterrupted, tmp_path)
+    garbage = by_step(run_dir, 60)
+    garbage.write_bytes(os.urandom(5000))
+    before = snapshot(run_dir)
+    done = trainer_cli("run", "--resume", garbage, "train.epochs=4", cwd=tmp_path)
+    assert done.returncode != 0
+    (line,) = done.stderr.strip().splitlines()
+    assert str(garbage) in line and "damaged" in line
+    assert f"resume from {by_step(run_dir, 69)} instead" in line
+    assert snapshot(run_dir) == before
+
+
+def test_a_damaged_checkpoint_with_no_intact_one_says_so(capsys, tmp_path):
+    lone = tmp_path / "lone" / "checkpoint_5.pt"
+    lone.parent.mkdir()
+    lone.write_bytes(b"PK\x03\x04 not really a zip archive")
+    status, _, err = run_main(capsys, "run", "--resume", lone, f"run.dir={tmp_path}/runs")
+    assert status == 2
+    (line,) = err.strip().splitlines()
+    assert str(lone) in line and "damaged" in line and "no other checkpoint" in line
+    assert not (tmp_path / "runs").exists()
+
+    torch.save(101, lone)  # sound, but not a checkpoint of a run
+    status, _, err = run_main(capsys, "run", "--resume", lone, f"run.dir={tmp_path}/runs")
+    assert status == 2
+    (line,) = err.strip().splitlines()
+    assert str(lone) in line and "of type int" in line
+
+
+def test_resume_of_a_finished_run_says_there_is_nothing_to_do(uninterrupted, tmp_path):
+    run_dir = copied_run(uninterrupted, tmp_path)
+    before = snapshot(run_dir)
+    done = trainer_cli("run", "--resume", "latest", "--run-dir", run_dir, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.strip().splitlines()
+    assert line.startswith("nothing to do:") and "3/3 epochs" in line and "train.epochs" in line
+    assert snapshot(run_dir) == before
+    # Raising train.epochs trains on: test_resume_latest_of_a_shorter_run_with_its_saved_config.

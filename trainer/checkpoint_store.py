@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,11 @@ import torch
 from trainer.atomic_file import atomic_file
 
 # One hashing rule for writers and verifiers; kept importable from here.
-from trainer.manifest import file_sha256
+from trainer.manifest import ManifestError, file_sha256, read_manifest
 
 __all__ = [
     "CheckpointError",
+    "DamagedCheckpoint",
     "RNGState",
     "SavedFile",
     "capture_rng_state",
@@ -43,6 +45,78 @@ class CheckpointError(Exception):
     def __init__(self, path: str | os.PathLike[str], message: str) -> None:
         self.path = Path(path)
         super().__init__(f"checkpoint {self.path}: {message}")
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint file is truncated or corrupt; the message names the intact one to use.
+
+    `intact` is the newest other checkpoint of the same directory that verifies (by the
+    manifest's sha256, else as a sound archive), or None when there is none.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], why: str) -> None:
+        path = Path(path)
+        self.why = why
+        self.intact = newest_intact(path.parent, besides=path)
+        if self.intact is not None:
+            hint = (
+                f"resume from {self.intact} instead (the newest other checkpoint there that "
+                "verifies)"
+            )
+        else:
+            hint = f"no other checkpoint in {path.parent} verifies"
+        super().__init__(path, f"damaged ({why}); {hint}")
+
+
+def _sound_archive(path: Path) -> bool:
+    """Whether `path` is a zip archive (what torch.save writes) whose every member's CRC holds."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
+
+
+def newest_intact(directory: Path, besides: Path | None = None) -> Path | None:
+    """The newest checkpoint of `directory` (other than `besides`) whose bytes verify, or None.
+
+    Newest by the manifest's step when there is a manifest, else by modification time; a file
+    verifies by the manifest's sha256 when it has one, else as a sound archive.
+    """
+    directory = Path(directory)
+    skip = besides.name if besides is not None else None
+    try:
+        entries = read_manifest(directory, missing_ok=True)["checkpoints"]
+    except ManifestError:
+        entries = []
+    listed = sorted(
+        (e for e in entries if isinstance(e, dict) and isinstance(e.get("file"), str)),
+        key=lambda e: e.get("step") if isinstance(e.get("step"), int) else -1,
+        reverse=True,
+    )
+    candidates: list[tuple[Path, str | None]] = [
+        (directory / e["file"], e.get("sha256")) for e in listed if e["file"] != skip
+    ]
+    if not listed:
+        files = [p for p in directory.glob("*.pt") if p.name != skip and p.is_file()]
+        files.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        candidates = [(p, None) for p in files]
+    for candidate, sha256 in candidates:
+        if not candidate.is_file():
+            continue
+        if sha256 is not None:
+            if file_sha256(candidate) == str(sha256).lower():
+                return candidate
+        elif _sound_archive(candidate):
+            return candidate
+    return None
+
+
+def _first_line(exc: BaseException, limit: int = 120) -> str:
+    """`Type: first line of the message`, cut to `limit` characters: error text on one line."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -99,8 +173,10 @@ def load_checkpoint(
 ) -> Any:
     """Load a checkpoint with ``weights_only=True``, first checking ``sha256`` if given.
 
-    Raises FileNotFoundError if the file is missing and ``CheckpointError`` naming the file if
-    its hash does not match or it is not a loadable (weights-only) checkpoint.
+    Raises FileNotFoundError if the file is missing, ``DamagedCheckpoint`` if its bytes are not
+    what was written (its hash does not match, or it is not a sound archive: truncated or
+    corrupt), naming the newest intact checkpoint beside it, and ``CheckpointError`` if it is
+    sound but not a weights-only checkpoint. Every message is one line naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -108,12 +184,21 @@ def load_checkpoint(
     if sha256 is not None:
         actual = file_sha256(path)
         if actual != sha256.lower():
-            raise CheckpointError(path, f"sha256 mismatch: expected {sha256}, file has {actual}")
+            raise DamagedCheckpoint(
+                path,
+                f"truncated or corrupt: its sha256 {actual[:12]}… is not the recorded "
+                f"{sha256.lower()[:12]}…",
+            )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
+        if not _sound_archive(path):
+            # What torch says of a torn archive (OSError: [Errno 22], an unpickling error
+            # suggesting weights_only=False) only misleads: say what is wrong with the file.
+            why = "truncated or corrupt: not a sound checkpoint archive"
+            raise DamagedCheckpoint(path, why) from exc
         raise CheckpointError(
-            path, f"cannot be loaded with weights_only=True ({type(exc).__name__}: {exc})"
+            path, f"cannot be loaded with weights_only=True ({_first_line(exc)})"
         ) from exc
 
 

@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from trainer.checkpoint_store import capture_rng_state, restore_rng_state
 
-# Bytes the cause of a stop ({signal, reason, by, rank} as UTF-8 JSON) may take on the wire.
+# Bytes the cause of a stop ({signal, reason, by, rank, voter} as UTF-8 JSON) may take on the wire.
 CAUSE_BYTES = 512
 # What torchrun sets besides WORLD_SIZE; init_process_group's env:// reads them.
 _ENV_KEYS = ("RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -123,14 +123,14 @@ class DistributedRNGState:
 
 
 def encode_cause(cause: Mapping[str, Any], size: int = CAUSE_BYTES) -> bytes:
-    """`cause` as UTF-8 JSON of at most `size` bytes; a long reason (then `by`) is cut short."""
-    fields = {key: cause.get(key) for key in ("signal", "reason", "by", "rank")}
+    """`cause` as UTF-8 JSON of at most `size` bytes; a long reason (then by, voter) is cut."""
+    fields = {key: cause.get(key) for key in ("signal", "reason", "by", "rank", "voter")}
 
     def dumped() -> bytes:
         return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     data = dumped()
-    for key in ("reason", "by"):
+    for key in ("reason", "by", "voter"):
         text = fields[key]
         if len(data) <= size or not isinstance(text, str):
             continue
@@ -161,7 +161,7 @@ class Agreed:
 
     stop: bool
     checkpoint: bool
-    # {"signal", "reason", "by", "rank"} of the lowest rank that asked to stop; None if none did.
+    # {"signal", "reason", "by", "rank", "voter"} of the lowest rank that asked to stop, or None.
     cause: dict[str, Any] | None = None
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from trainer.bridge.clock import saved_run_id
 from trainer.checkpoint_store import CheckpointError, RNGState, load_checkpoint, restore_state
 from trainer.config import Config, ConfigError
 from trainer.engine import Engine
@@ -111,9 +112,14 @@ class Job:
         # The process group, if the CLI joined one (torchrun): this rank and the number of ranks.
         self.rank, self.world_size = _world()
         self.resume_state: dict[str, Any] | None = None
+        # Set when the checkpoint trained every epoch already: the line that says so.
+        self.nothing_to_do: str | None = None
         if resume is not None:
             self.resume_state = _load_resume_state(cfg, resume)
             check_resume_ranks(self.resume_state, resume, self.world_size)
+            self.nothing_to_do = nothing_to_do(cfg, self.resume_state, resume)
+        # The id the checkpoint's run had (None for a checkpoint of an older version).
+        self.resumed_run_id = saved_run_id(self.resume_state) if self.resume_state else None
         set_threads(cfg.run.threads)
         seed_everything(cfg.run.seed)
 
@@ -215,7 +221,8 @@ class Job:
             trainer.add_event_handler(
                 Events.EPOCH_COMPLETED, self.scheduler, priority=SCHEDULE_PRIORITY
             )
-        to_save = self.to_save()
+        # The run's id and training time go into its checkpoints: a resume counts on from them.
+        to_save = {**self.to_save(), "run": link.clock}
         if cfg.checkpoint.every is not None:
             link.checkpoint(
                 to_save,
@@ -257,6 +264,8 @@ class Job:
             status=end.status,
             reason=end.reason,
             by=end.by,
+            voter=end.voter,
+            duration_s=end.duration_s,
             epochs=end.epochs,
             iteration=end.iteration,
             task=self.objective.task,
@@ -340,9 +349,32 @@ def _scheduler(
     return LRScheduler(plateau, metric_name=s.metric, metric_engine=evaluator)
 
 
+def nothing_to_do(cfg: Config, state: Mapping[str, Any], resume: ResumePoint) -> str | None:
+    """The line to print when the checkpoint has trained every epoch of `train.epochs` already.
+
+    None when there is more to train (a raised `train.epochs`, or a checkpoint mid-run).
+    """
+    engine_state = state.get("trainer") if isinstance(state, Mapping) else None
+    if not isinstance(engine_state, Mapping):
+        return None
+    done, epochs = engine_state.get("epochs_completed"), cfg.train.epochs
+    if not isinstance(done, int) or done < epochs or engine_state.get("epoch_iteration", 0):
+        return None
+    return (
+        f"nothing to do: checkpoint {resume.checkpoint} has trained {done}/{epochs} epochs "
+        f"(train.epochs={epochs}); to train on, resume with train.epochs={epochs + 1} or more"
+    )
+
+
 def _load_resume_state(cfg: Config, resume: ResumePoint) -> dict[str, Any]:
     """The checkpoint's content, refused if this config cannot continue from it."""
     state = load_checkpoint(resume.checkpoint, sha256=resume.sha256)
+    if not isinstance(state, Mapping):
+        raise CheckpointError(
+            resume.checkpoint,
+            f"holds a value of type {type(state).__name__}, not the states of a trainer run "
+            "(model, optimizer, trainer): pass a checkpoint `trainer run` wrote",
+        )
     missing = [k for k in ("model", "optimizer", "trainer") if k not in state]
     if missing:
         raise ConfigError(f"checkpoint {resume.checkpoint} has no state for {missing}")

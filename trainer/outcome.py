@@ -16,9 +16,11 @@ class RunResult:
     run_id: str
     status: str  # "completed", "terminated" or "failed" (as in RUN_FINISHED)
     reason: str  # why it ended, e.g. the vote that stopped it
-    by: str | None  # the source of the signal that stopped it, if one did
+    by: str | None  # the source of the envelope that stopped it, if one did
     epochs: int  # epochs completed
     iteration: int
+    voter: str | None = None  # the voter's name, when a vote stopped it (`by` is its source)
+    duration_s: float = 0.0  # seconds of training over every session, not the time it was down
     task: str = "classification"  # the task type the data set declared
     # the task's validation metrics, its headline first (accuracy; r2 for regression)
     val: dict[str, float] = field(default_factory=dict)

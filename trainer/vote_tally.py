@@ -61,6 +61,8 @@ class Vote:
     reason: str
     epoch: int
     seq: int
+    # The `source` of the envelope that carried the vote (the stop's `by`); None if unknown.
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -142,12 +144,23 @@ class VoterBook:
             if last is not None and at > last:
                 self._seen[name] = at
 
-    def vote(self, voter: str, stop: bool, reason: str, epoch: int, at: float) -> Vote | None:
-        """Record `voter`'s vote (replacing its previous one); None if it is not registered."""
+    def vote(
+        self,
+        voter: str,
+        stop: bool,
+        reason: str,
+        epoch: int,
+        at: float,
+        source: str | None = None,
+    ) -> Vote | None:
+        """Record `voter`'s vote (replacing its previous one); None if it is not registered.
+
+        `source` is the sender of the vote's envelope, which a stop it tips names as `by`.
+        """
         if voter not in self._seen:
             return None
         self._seq += 1
-        vote = Vote(voter, bool(stop), reason, int(epoch), self._seq)
+        vote = Vote(voter, bool(stop), reason, int(epoch), self._seq, source)
         self._votes[voter] = vote
         self.seen((voter,), at)
         return vote

@@ -185,6 +185,8 @@ class TrackingWorker(Worker):
             "status": data.get("status", "completed"),
             "reason": str(data.get("reason") or ""),
             "by": data.get("by"),
+            # The trainer's count of time training, which leaves out the time a run was down.
+            "duration_s": data.get("duration_s"),
             "fields": {"epochs": data.get("epochs"), "iteration": data.get("iteration")},
             "time": env.ts,
             "key": f"finished:{env.id}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -215,7 +216,7 @@ def test_terminate_ends_a_barrier_wait_at_once(
 
 
 def test_a_barrier_that_times_out_tallies_the_votes_it_has(
-    bus_url: str, client: BusClient, run_id: str
+    bus_url: str, client: BusClient, run_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     client.append(TOPICS.control(run_id), joined(run_id, "slow"))
     beating = client.spawn(heartbeats(run_id, "slow"))
@@ -223,13 +224,19 @@ def test_a_barrier_that_times_out_tallies_the_votes_it_has(
     run = BusRun(bus_url, run_id, barrier=True, barrier_timeout=0.2)
     run.attach(trainer)
     try:
-        with run:
+        with caplog.at_level(logging.WARNING, logger="trainer.bridge"), run:
             trainer.run(range(3), max_epochs=2)
     finally:
         beating.cancel()
     assert [(b.timed_out, b.missing, b.tally.stop) for b in run.barriers] == [
         (True, ("slow",), False)
     ] * 2
+    assert [b.epoch for b in run.barriers] == [0, 1]  # the wire's 0-based epochs
+    timed_out = [r.getMessage() for r in caplog.records if "timed out" in r.getMessage()]
+    assert [m.split(" timed out")[0] for m in timed_out] == [
+        "barrier after epoch 1/2",
+        "barrier after epoch 2/2",
+    ]
     assert run.finish().status == "completed"
 
 

@@ -7,6 +7,8 @@ the trainer's control reader has seen them, so that where the run stops is deter
 
 from __future__ import annotations
 
+import logging
+
 import msgpack
 import pytest
 
@@ -55,18 +57,51 @@ def test_a_voter_on_the_bus_stops_the_run_and_is_named(
     assert trainer.state.iteration == 3  # the first iteration boundary after the decision
     events = client.read(TOPICS.events(run_id))
     assert types(events)[-4:] == ["ITERATION_COMPLETED", "TERMINATE", "COMPLETED", "RUN_FINISHED"]
-    assert events[-1].data == {
+    finished = events[-1].data
+    assert {k: finished[k] for k in ("status", "reason", "by", "voter", "epochs", "iteration")} == {
         "status": "terminated",
         "reason": "no improvement in 3 evaluations",
         "by": "early-stop-1",
+        "voter": "early-stop-1",
         "epochs": 0,
         "iteration": 3,
     }
     assert client.read(TOPICS.registry())[-1].data["by"] == "early-stop-1"
 
 
-def test_terminate_stops_the_run_whatever_the_votes(
+def test_a_vote_stop_is_by_the_votes_source_and_names_the_voter_apart(
     bus_url: str, client: BusClient, run_id: str
+) -> None:
+    # A client whose envelopes' source is not its voter name (DESIGN 4.1: `by` is the source).
+    trainer = counting_trainer()
+    run = BusRun(bus_url, run_id)
+    run.attach(trainer)
+    ballot = vote(run_id, "es-1", True, 0, "plateau")
+    at_iteration(
+        trainer,
+        2,
+        lambda: send_and_wait_seen(
+            client,
+            run,
+            joined(run_id, "es-1"),
+            control(run_id, "VOTE", ballot.data, "java-client:host-7"),
+        ),
+    )
+    with run:
+        trainer.run(range(10), max_epochs=3)
+    end = run.finish()
+    assert (end.status, end.by, end.voter, end.iteration) == (
+        "terminated",
+        "java-client:host-7",
+        "es-1",
+        2,
+    )
+    finished = client.read(TOPICS.events(run_id))[-1].data
+    assert (finished["by"], finished["voter"]) == ("java-client:host-7", "es-1")
+
+
+def test_terminate_stops_the_run_whatever_the_votes(
+    bus_url: str, client: BusClient, run_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     trainer = counting_trainer()
     run = BusRun(bus_url, run_id, policy="all")
@@ -78,20 +113,24 @@ def test_terminate_stops_the_run_whatever_the_votes(
     )
     at_iteration(
         trainer,
-        5,
+        15,
         lambda: send_and_wait_seen(
             client, run, control(run_id, "TERMINATE", {"reason": "operator says so"}, "alice")
         ),
     )
-    with run:
+    with caplog.at_level(logging.INFO, logger="trainer.bridge"), run:
         trainer.run(range(10), max_epochs=3)
     end = run.finish()
-    assert (end.status, end.reason, end.by, end.iteration) == (
+    assert (end.status, end.reason, end.by, end.iteration, end.epochs) == (
         "terminated",
         "operator says so",
         "alice",
-        5,
+        15,
+        1,
     )
+    # Text for people counts epochs from 1 (the second of three); the wire keeps epoch 1.
+    assert "stopping in epoch 2/3, iteration 15" in caplog.text
+    assert client.read(TOPICS.events(run_id))[-2].epoch == 1
 
 
 # Each step: (voter, stop); the run must stop exactly at the step marked True.

@@ -91,10 +91,13 @@ def test_the_events_and_their_data_follow_the_catalogue(
     assert (train_end["rank"], train_end["world_size"]) == (0, 1)
     val_end = events[11].data
     assert val_end["split"] == "val" and val_end["metrics"] == {"score": 0.5}
-    assert events[-1].data == {
+    finished = dict(events[-1].data)
+    assert isinstance(finished.pop("duration_s"), float)  # seconds from start() to finish()
+    assert finished == {
         "status": "completed",
         "reason": "completed",
         "by": None,
+        "voter": None,
         "epochs": 2,
         "iteration": 6,
     }
@@ -154,10 +157,13 @@ def test_a_stop_by_the_program_publishes_the_open_window_then_terminate(
         ("COMPLETED", 5, None),
         ("RUN_FINISHED", 5, None),
     ]
-    assert events[-1].data == {
+    finished = dict(events[-1].data)
+    assert isinstance(finished.pop("duration_s"), float)
+    assert finished == {
         "status": "terminated",
         "reason": "terminated by the program",
         "by": None,
+        "voter": None,
         "epochs": 0,
         "iteration": 5,
     }

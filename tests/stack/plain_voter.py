@@ -1,7 +1,8 @@
 """A stop voter written with nothing but redis-py and msgpack, as docs/protocol.md describes.
 
-Usage: python plain_voter.py REDIS_URL RUN_ID VOTER_NAME. It registers as a voter, heartbeats,
-waits for the run's second validation (EPOCH_COMPLETED of split "val"), votes stop, and exits.
+Usage: python plain_voter.py REDIS_URL RUN_ID VOTER_NAME [SOURCE]. It registers as a voter,
+heartbeats, waits for the run's second validation (EPOCH_COMPLETED of split "val"), votes stop,
+and exits. SOURCE (default: VOTER_NAME) is the `source` of its VOTE envelopes.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def envelope(run_id: str, source: str, type_: str, data: dict, epoch: int = 0) -
     return msgpack.packb(env, use_bin_type=True)
 
 
-def main(url: str, run_id: str, name: str) -> int:
+def main(url: str, run_id: str, name: str, source: str | None = None) -> int:
     """Register, wait for the second validation, vote stop."""
     r = redis.Redis.from_url(url)
     control = f"trainer:run:{run_id}:control"
@@ -60,7 +61,8 @@ def main(url: str, run_id: str, name: str) -> int:
                         "voter": name,
                         "epoch": env["epoch"],
                     }
-                    r.xadd(control, {"env": envelope(run_id, name, "VOTE", vote, env["epoch"])})
+                    ballot = envelope(run_id, source or name, "VOTE", vote, env["epoch"])
+                    r.xadd(control, {"env": ballot})
                     if vote["stop"]:
                         return 0
     print("the run never validated twice", file=sys.stderr)
@@ -68,4 +70,4 @@ def main(url: str, run_id: str, name: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:4]))
+    sys.exit(main(*sys.argv[1:5]))

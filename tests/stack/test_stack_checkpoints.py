@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+import time
 from pathlib import Path
 
 import torch
@@ -153,16 +155,25 @@ def test_a_trainer_killed_mid_epoch_resumes_to_the_uninterrupted_weights(stack: 
     assert first.wait() == -9
     killed_at = max(e.iteration for e in stack.events("res", "ITERATION_COMPLETED"))
     assert killed_at < 3 * EPOCH  # it really died before the end
+    down = 3.0
+    time.sleep(down)  # the run is down for a while: its duration must not count it
 
-    second = stack.trainer(
-        config, "res", "--run-dir", run_dir, "--resume", "latest", name="trainer-2"
+    # No --run-id: the resumed run continues under the id it had, where its workers wait.
+    second = stack.start(
+        "trainer-2", "run", config, "--bus", stack.url, "--run-dir", run_dir, "--resume", "latest"
     )
     out = second.succeeded()
-    assert "resuming from" in out
+    resumed_from = re.search(r"^resuming from (.+) \(in epoch [23]/3, ", out, re.MULTILINE)
+    assert resumed_from and "run id: res" in out, out
     for w in workers:
         w.succeeded()
     finished = stack.finished("res")
     assert (finished.data["status"], finished.data["iteration"]) == ("completed", 3 * EPOCH)
+    started = stack.events("res", "RUN_STARTED")
+    assert [s.data["resumed_from"] for s in started] == [None, resumed_from.group(1)]
+    # Training time only: at most the wall time from the first start less the time it was down.
+    wall = finished.ts - started[0].ts
+    assert 0 < finished.data["duration_s"] < wall - down
     ours, theirs = final_weights(run_dir), final_weights(reference)
     assert ours.keys() == theirs.keys()
     for name in theirs:

@@ -6,6 +6,9 @@ Redis, as a deployment does, and reads the run back from its streams.
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 from stack_harness import HERE, Stack, eventually
 
@@ -14,6 +17,13 @@ from trainer.engine import Engine
 from trainer.handlers import EarlyStopping
 
 EPOCH = 23  # iterations per digits epoch (1437 training samples, batches of 64)
+
+
+def printed_outputs(out: str) -> str:
+    """The run directory `trainer run` printed (`outputs: DIR`)."""
+    match = re.search(r"^outputs: (.+)$", out, re.MULTILINE)
+    assert match, out
+    return match.group(1)
 
 
 def epoch_metrics(stack: Stack, run_id: str, split: str) -> dict[int, dict[str, float]]:
@@ -125,13 +135,19 @@ def test_a_voter_made_of_redis_py_and_msgpack_stops_the_run_and_is_named(stack: 
         early_stopping={"patience": None},
     )
     trainer = stack.trainer(config, "plain")
-    voter = stack.start_script("voter", HERE / "plain_voter.py", stack.url, "plain", "java-voter-1")
+    # Its VOTE's source is not its voter name: `by` is the source, `voter` the name.
+    source = "java-client:host-7"
+    voter = stack.start_script(
+        "voter", HERE / "plain_voter.py", stack.url, "plain", "java-voter-1", source
+    )
     assert voter.wait(120) == 0, voter.output()
-    trainer.succeeded()
+    out = trainer.succeeded()
     finished = stack.finished("plain")
     assert finished.data["status"] == "terminated"
-    assert finished.data["by"] == "java-voter-1"
+    assert (finished.data["by"], finished.data["voter"]) == (source, "java-voter-1")
     assert finished.data["epochs"] < 20
+    metrics = json.loads((stack.cwd / printed_outputs(out) / "metrics.json").read_text())
+    assert (metrics["by"], metrics["voter"]) == (source, "java-voter-1")
 
 
 @pytest.mark.parametrize("forged", ["unsigned", "wrong secret"])

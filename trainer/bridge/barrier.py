@@ -37,8 +37,18 @@ class BarrierResult:
     tally: Tally
 
 
-def wait_for_votes(state: ControlState, epoch: int, timeout: float) -> BarrierResult:
-    """Wait up to `timeout` s for every live voter's vote on `epoch`, then tally the votes."""
+def epoch_text(epoch: int, max_epochs: int | None) -> str:
+    """The wire's 0-based `epoch` as people count it: "3/10" for epoch 2 of 10 (or "3")."""
+    return f"{epoch + 1}/{max_epochs}" if max_epochs else str(epoch + 1)
+
+
+def wait_for_votes(
+    state: ControlState, epoch: int, timeout: float, max_epochs: int | None = None
+) -> BarrierResult:
+    """Wait up to `timeout` s for every live voter's vote on `epoch`, then tally the votes.
+
+    `epoch` is 0-based, as on the wire; `max_epochs` only completes what the log lines say.
+    """
     started = time.monotonic()
     deadline = started + timeout
     waited_for: set[str] = set()
@@ -73,19 +83,20 @@ def wait_for_votes(state: ControlState, epoch: int, timeout: float) -> BarrierRe
         interrupted=interrupted,
         tally=result,
     )
+    said = epoch_text(epoch, max_epochs)
     if timed_out:
         log.warning(
-            "barrier at epoch %d timed out after %.1f s without votes from %s; tallying the "
+            "barrier after epoch %s timed out after %.1f s without votes from %s; tallying the "
             "latest votes: %s",
-            epoch,
+            said,
             timeout,
             ", ".join(missing),
             result.describe(),
         )
     elif barrier.dropped:
         log.info(
-            "barrier at epoch %d: %s no longer live, not waited for",
-            epoch,
+            "barrier after epoch %s: %s no longer live, not waited for",
+            said,
             ", ".join(barrier.dropped),
         )
     return barrier

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from trainer.bridge.barrier import BarrierResult, wait_for_votes
+from trainer.bridge.barrier import BarrierResult, epoch_text, wait_for_votes
 from trainer.events import Events
 
 if TYPE_CHECKING:
@@ -78,7 +78,9 @@ class Boundaries:
             self._checkpoint(engine, request, epoch_end=True)
         if self.barrier and not engine.should_terminate:
             self._before_barrier()
-            result = wait_for_votes(self.control, engine.state.epoch, self.barrier_timeout)
+            result = wait_for_votes(
+                self.control, engine.state.epoch, self.barrier_timeout, engine.state.max_epochs
+            )
             self.barriers.append(result)
             if result.tally.stop:
                 self.control.decide_by_tally(result.tally)
@@ -92,9 +94,9 @@ class Boundaries:
         if stop is not None and self.stop_cause is None and not engine.should_terminate:
             self.stop_cause = stop
             log.info(
-                "run %s: stopping at epoch %d, iteration %d (%s from %r: %s)",
+                "run %s: stopping in epoch %s, iteration %d (%s from %r: %s)",
                 self.run_id,
-                engine.state.epoch,
+                epoch_text(engine.state.epoch, engine.state.max_epochs),
                 engine.state.iteration,
                 stop.signal,
                 stop.by,

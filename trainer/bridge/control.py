@@ -73,8 +73,9 @@ class StopCause:
     # "TERMINATE" or "VOTE"; with several ranks also "PROGRAM" (a rank's own terminate())
     signal: str
     reason: str
-    by: str | None
+    by: str | None  # the `source` of the envelope that decided the stop
     tally: Tally | None = None  # the tally behind a vote stop
+    voter: str | None = None  # the `voter` name of the VOTE that tipped a vote stop
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,9 @@ class ControlState:
                 log.info("run %s: voter %r left", self.run_id, data["name"])
             self.book.leave(data["name"])
         elif env.type == "VOTE":
-            vote = self.book.vote(data["voter"], data["stop"], data["reason"], data["epoch"], at)
+            vote = self.book.vote(
+                data["voter"], data["stop"], data["reason"], data["epoch"], at, source=env.source
+            )
             if vote is None:
                 self._ignore(entry_id, env, f"{data['voter']!r} is not a registered voter")
                 return
@@ -255,7 +258,9 @@ class ControlState:
         with self.lock:
             if result.stop and result.tipped_by is not None:
                 vote = result.tipped_by
-                self._decide(StopCause("VOTE", vote.reason, vote.voter, result))
+                # `by` is the deciding envelope's source (DESIGN 4.1); the name is kept apart.
+                by = vote.source if vote.source is not None else vote.voter
+                self._decide(StopCause("VOTE", vote.reason, by, result, voter=vote.voter))
             return self.stop
 
     def take_checkpoint_request(self) -> tuple[str, str] | None:

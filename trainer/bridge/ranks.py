@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from trainer.bridge.barrier import wait_for_votes
+from trainer.bridge.barrier import epoch_text, wait_for_votes
 from trainer.bridge.boundaries import Boundaries
 from trainer.bridge.control import StopCause
 from trainer.events import Events
@@ -134,7 +134,9 @@ class RankBoundaries(Boundaries):
             self._hold(engine)
         if self.barrier and self._held is None:
             self._before_barrier()
-            result = wait_for_votes(self.control, engine.state.epoch, self.barrier_timeout)
+            result = wait_for_votes(
+                self.control, engine.state.epoch, self.barrier_timeout, engine.state.max_epochs
+            )
             self.barriers.append(result)
             if result.tally.stop:
                 self.control.decide_by_tally(result.tally)
@@ -147,7 +149,12 @@ class RankBoundaries(Boundaries):
             control.pending = False  # cleared before reading: a later signal sets it again
             stop = control.stop
             if stop is not None and self._held is None:
-                self._held = {"signal": stop.signal, "reason": stop.reason, "by": stop.by}
+                self._held = {
+                    "signal": stop.signal,
+                    "reason": stop.reason,
+                    "by": stop.by,
+                    "voter": stop.voter,
+                }
             request = control.take_checkpoint_request()
             if request is not None:
                 self._wanted = request
@@ -156,14 +163,17 @@ class RankBoundaries(Boundaries):
         if agreed.stop and not self._stopping:
             cause = agreed.cause or {}
             self.stop_cause = StopCause(
-                str(cause.get("signal", PROGRAM)), str(cause.get("reason", "")), cause.get("by")
+                str(cause.get("signal", PROGRAM)),
+                str(cause.get("reason", "")),
+                cause.get("by"),
+                voter=cause.get("voter"),
             )
             self._held = None
             self._stopping = True
             log.info(
-                "run %s: all ranks stop at epoch %d, iteration %d (%s from %r on rank %s: %s)",
+                "run %s: all ranks stop in epoch %s, iteration %d (%s from %r on rank %s: %s)",
                 self.run_id,
-                engine.state.epoch,
+                epoch_text(engine.state.epoch, engine.state.max_epochs),
                 engine.state.iteration,
                 self.stop_cause.signal,
                 self.stop_cause.by,

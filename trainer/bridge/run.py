@@ -35,7 +35,7 @@ import os
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,7 @@ from bus import ThreadedPublisher, Topics, Verifier, open_bus
 from trainer.bridge.barrier import BarrierResult
 from trainer.bridge.boundaries import Boundaries
 from trainer.bridge.checkpointer import Checkpointer, CheckpointStat
+from trainer.bridge.clock import RunClock
 from trainer.bridge.control import ControlReader, ControlState
 from trainer.bridge.lifecycle import EngineLink, RunNotStarted
 from trainer.bridge.ranks import RankBoundaries
@@ -79,6 +80,9 @@ class RunEnd:
     by: str | None  # the source of the signal that stopped the run, if one did
     epochs: int  # epochs the primary engine completed
     iteration: int
+    voter: str | None = None  # the voter's name, when a vote stopped the run
+    # Seconds of training over all the run's sessions (resumes), not counting time it was down.
+    duration_s: float = 0.0
 
 
 def _number(name: str, value: object, *, minimum: float, integer: bool = False) -> Any:
@@ -159,6 +163,8 @@ class BusRun:
         self.namespace = namespace
         self.topics = Topics(namespace)
         self.topics.events(self.run_id)  # refuses a run id unusable in a topic name, now
+        # Counts from start() to finish(); checkpoint it (in to_save) to count on after a resume.
+        self.clock = RunClock(self.run_id)
         # Before any thread starts: a rank that disagrees with its process group is refused.
         self._agreement = self._rank_agreement()
         self.source = f"trainer:{rank}"
@@ -335,6 +341,7 @@ class BusRun:
         if self._checkpointer is not None:
             self._checkpointer.prepare()
         self.control.started_at = time.time()
+        self.clock.start()
         self._reader_future = self.publisher.submit(self._reader.run)
         data = {
             "config": self.config,
@@ -375,12 +382,16 @@ class BusRun:
         try:
             end = self._outcome(error)
             self._final_checkpoint(end)
+            self.clock.stop()
+            end = replace(end, duration_s=self.clock.seconds)
             data = {
                 "status": end.status,
                 "reason": end.reason,
                 "by": end.by,
+                "voter": end.voter,
                 "epochs": end.epochs,
                 "iteration": end.iteration,
+                "duration_s": end.duration_s,
             }
             self._announce("RUN_FINISHED", data)
             self._end = end
@@ -489,7 +500,7 @@ class BusRun:
             cause = self._boundaries.stop_cause
             if cause is None:
                 return RunEnd("terminated", "terminated by the program", None, epochs, iteration)
-            return RunEnd("terminated", cause.reason, cause.by, epochs, iteration)
+            return RunEnd("terminated", cause.reason, cause.by, epochs, iteration, cause.voter)
         return RunEnd("completed", "completed", None, epochs, iteration)
 
     def _final_checkpoint(self, end: RunEnd) -> None:

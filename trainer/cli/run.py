@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainer import config
 from trainer.cli.environment import BUS_URL_ENV, SECRET_ENV
@@ -43,6 +43,9 @@ from trainer.run_dir import (
     new_run_dir,
     resolve_resume,
 )
+
+if TYPE_CHECKING:
+    from trainer.job import Job  # torch: imported only when training
 
 # Exit status of a run that failed (an exception ended it); stops by vote or TERMINATE are 0.
 FAILED = 1
@@ -157,13 +160,23 @@ def _start_ranks(
     run_dir: Path | None,
 ) -> int:
     """Make the run directory and id, then run `nproc` ranks of this command on them."""
+    state: dict[str, Any] = {}
     if resume is not None:
-        _refuse_other_ranks(resume, nproc)  # here, rather than in every rank
+        state = _refuse_other_ranks(resume, nproc)  # here, rather than in every rank
+        from trainer.job import nothing_to_do
+
+        done = nothing_to_do(cfg, state, resume)
+        if done is not None:
+            print(done, flush=True)
+            return 0
     fresh = run_dir is None
     if run_dir is None:
         run_dir = new_run_dir(cfg.run.dir, cfg.run.name)
     run_dir.mkdir(parents=True, exist_ok=True)
-    run_id = args.run_id or run_dir.name
+    from trainer.bridge.clock import saved_run_id
+
+    saved = saved_run_id(state) if resume is not None else None
+    run_id = args.run_id or _continued_id(resume, run_dir, saved) or run_dir.name
     status = launch_ranks(
         nproc,
         config_path,
@@ -179,8 +192,9 @@ def _start_ranks(
     return status
 
 
-def _refuse_other_ranks(resume: ResumePoint, nproc: int) -> None:
-    """UsageError if the checkpoint cannot be read, or was saved by another number of ranks."""
+def _refuse_other_ranks(resume: ResumePoint, nproc: int) -> dict[str, Any]:
+    """The checkpoint's states; UsageError if it cannot be read, or was saved by another
+    number of ranks."""
     from trainer.checkpoint_store import CheckpointError, load_checkpoint
     from trainer.job import check_resume_ranks
 
@@ -189,6 +203,7 @@ def _refuse_other_ranks(resume: ResumePoint, nproc: int) -> None:
         check_resume_ranks(state, resume, nproc)
     except (CheckpointError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
+    return state
 
 
 def _as_rank(
@@ -246,6 +261,11 @@ def _train(
     except (CheckpointError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
     lead = ranks is None or ranks.rank == 0
+    if job.nothing_to_do is not None:
+        # A finished run resumed as it was: nothing is trained, published or rewritten.
+        if lead:
+            print(job.nothing_to_do, flush=True)
+        return 0
 
     def fresh_dir() -> Path:
         return new_run_dir(cfg.run.dir, cfg.run.name)
@@ -257,9 +277,9 @@ def _train(
     run_dir.mkdir(parents=True, exist_ok=True)
     if ranks is not None:
         ranks.record(run_dir)
-    run_id = args.run_id or run_dir.name
+    run_id = args.run_id or _continued_id(resume, run_dir, job.resumed_run_id) or run_dir.name
     if resume is not None and lead:
-        print(f"resuming from {resume.checkpoint}", flush=True)
+        print(f"resuming from {resume.checkpoint}{_resumed_at(job)}", flush=True)
 
     from trainer.bridge import BusRun
     from trainer.cli.embedded import EmbeddedWorkers
@@ -308,6 +328,8 @@ def _train(
     result.latest_checkpoint, result.best_checkpoint = _kept(run_dir / CHECKPOINT_DIR)
     result.write()
     by = f" by {result.by}" if result.by else ""
+    if result.voter and result.voter != result.by:
+        by += f", voter {result.voter}"
     ending = ENDINGS[result.status].format(by=by, reason=result.reason)
     print(
         f"final validation {result.val_summary()} after {result.epochs} epochs, "
@@ -344,6 +366,24 @@ def _chosen_run_dir(args: argparse.Namespace, resume: ResumePoint | None) -> Pat
             "with --resume latest, or choose another directory"
         )
     return args.run_dir
+
+
+def _continued_id(resume: ResumePoint | None, run_dir: Path, saved: str | None) -> str | None:
+    """The id a resumed run continues under: the one its checkpoint saved, when it continues
+    in the run directory the checkpoint belongs to (a resume into another one is a new run)."""
+    if resume is None or resume.run_dir is None:
+        return None
+    return saved if resume.run_dir.resolve() == run_dir.resolve() else None
+
+
+def _resumed_at(job: Job) -> str:
+    """' (in epoch 2/3, after iteration 30)': where the resumed run goes on, counted from 1."""
+    state = (job.resume_state or {}).get("trainer")
+    if not isinstance(state, dict):
+        return ""
+    epoch = state.get("epochs_completed", 0) + 1  # the epoch it goes on with, from 1
+    where = f"in epoch {epoch}/{job.cfg.train.epochs}, after iteration {state.get('iteration')}"
+    return f" ({where})"
 
 
 def _kept(checkpoint_dir: Path) -> tuple[str | None, str | None]:

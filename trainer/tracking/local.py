@@ -481,8 +481,10 @@ class _RunDirState:
                 error=record.get("error"),
                 finished_at=finished_at,
             )
-            started = meta.get("started_at")
-            if isinstance(started, (int, float)):
+            started, duration = meta.get("started_at"), record.get("duration_s")
+            if isinstance(duration, (int, float)) and not isinstance(duration, bool):
+                meta["duration_s"] = max(0.0, float(duration))  # e.g. a resumed run's training
+            elif isinstance(started, (int, float)):
                 meta["duration_s"] = max(0.0, finished_at - started)
 
         if self._update_run_file(record, change):
