@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -158,7 +158,7 @@ class CheckpointWorker(Worker):
         self.score_timeout: float = SCORE_TIMEOUT if timeout is None else float(timeout)
         # Filled by the side task, from its tail of the run's events topic:
         # (split, epoch) -> the epoch's figures;
-        self._metrics: dict[tuple[str, int], Mapping[str, Any]] = {}
+        self._figures: dict[tuple[str, int], Mapping[str, Any]] = {}
         # (split, epoch) of EPOCH_COMPLETEDs whose figures only METRICS will bring;
         self._awaiting: set[tuple[str, int]] = set()
         # the CHECKPOINT_READY ids read (everything before one of them has been read too).
@@ -318,10 +318,10 @@ class CheckpointWorker(Worker):
         if own_figures(self.ctx.world_size):
             # Bounded all the same: a READY trimmed from the stream is never read by the tail.
             await self._until(
-                lambda: key in self._metrics or ready.id in self._readies_read, self.score_timeout
+                lambda: key in self._figures or ready.id in self._readies_read, self.score_timeout
             )
-            if key in self._metrics:
-                return self._metrics[key], ""
+            if key in self._figures:
+                return self._figures[key], ""
             if key not in self._awaiting:
                 return None, (
                     f"no {key[0]} metrics in the run's events for epoch "
@@ -329,14 +329,14 @@ class CheckpointWorker(Worker):
                 )
         self._waits.expect(*key, ready=ready.id, metric=context["metric"])
         try:
-            found = await self._until(lambda: key in self._metrics, self.score_timeout)
+            found = await self._until(lambda: key in self._figures, self.score_timeout)
         finally:
             self._waits.arrived(*key)
         if not found:
             return None, f"no METRICS within {self.score_timeout:g} s"
-        return self._metrics[key], ""
+        return self._figures[key], ""
 
-    async def _until(self, done: Any, timeout: float | None = None) -> bool:
+    async def _until(self, done: Callable[[], bool], timeout: float | None = None) -> bool:
         """Wait until `done()` (True) or `timeout` s (False); WorkerStopping if the worker stops."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -381,7 +381,7 @@ class CheckpointWorker(Worker):
                     self._awaiting.add((split, env.epoch))
 
     def _record(self, figures: EpochFigures) -> None:
-        self._metrics[(figures.split, figures.epoch)] = figures.values
+        self._figures[(figures.split, figures.epoch)] = figures.values
         self._tail_read.set()
 
     # --- reports -----------------------------------------------------------------------------

@@ -191,9 +191,10 @@ class EarlyStopWorker(Worker):
         await self._vote_on(figures)
 
     def _started(self, env: Envelope) -> None:
-        if env.source in self._starts:
-            # The rank started again (a resume under the same run id): the epochs it trains
-            # again get votes again, scored from where the rule was before each of them.
+        if env.source in self._starts or env.data.get("resumed_from") is not None:
+            # The rank started again (a resume under the same run id; a voter that joined
+            # `--from now` only sees that one): the epochs it trains again get votes again,
+            # scored from where the rule was before each of them.
             self._voted.clear()
         self._starts.add(env.source)
 
