@@ -13,9 +13,11 @@ class Patience:
     A score improves when it beats the best score by more than ``min_delta`` (higher is better
     in ``mode="max"``, lower in ``mode="min"``). Each non-improving score adds one to the
     counter; an improvement resets it. ``step`` returns True once the counter reaches
-    ``patience``. With ``cumulative_delta=False`` the best score also follows non-improving
-    scores that are better than it (so slow creeping progress never counts); with True the
-    best score only moves on an improvement, so small gains add up. A NaN score never improves.
+    ``patience``; the counter then stays there (never above) until an improvement, so an
+    evaluation past the stop (a voter back-filling a long plateau) counts "5 of 5", never
+    "20 of 5". With ``cumulative_delta=False`` the best score also follows non-improving scores
+    that are better than it (so slow creeping progress never counts); with True the best score
+    only moves on an improvement, so small gains add up. A NaN score never improves.
     """
 
     def __init__(
@@ -57,7 +59,7 @@ class Patience:
         """Record one evaluation's score; return True if training should stop now."""
         score = float(score)
         if math.isnan(score):
-            self.counter += 1
+            self._no_improvement()
             return self.should_stop
         if self.best_score is None:
             self.best_score = score
@@ -72,8 +74,11 @@ class Patience:
         else:
             if not self.cumulative_delta:
                 self.best_score = self._better(score, self.best_score)
-            self.counter += 1
+            self._no_improvement()
         return self.should_stop
+
+    def _no_improvement(self) -> None:
+        self.counter = min(self.counter + 1, self.patience)
 
     def reset(self) -> None:
         """Forget all scores, as before the first evaluation."""
@@ -90,5 +95,5 @@ class Patience:
         if missing:
             raise KeyError(f"Patience state is missing keys {sorted(missing)}")
         best_score = state["best_score"]
-        self.counter = int(state["counter"])
+        self.counter = min(int(state["counter"]), self.patience)
         self.best_score = None if best_score is None else float(best_score)

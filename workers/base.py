@@ -12,6 +12,14 @@ if TYPE_CHECKING:
     from workers.context import RunContext
 
 
+class WorkerStopping(Exception):
+    """Raised by a kind that gave up waiting inside `handle` because the worker stops.
+
+    The delivery is not acked: it stays pending for a replica (or this worker's next start) to
+    handle whole. `RunContext.stopping` tells a kind when to raise it.
+    """
+
+
 class Worker(abc.ABC):
     """One worker kind's logic for ONE run; the runtime makes one instance per followed run.
 
@@ -19,6 +27,7 @@ class Worker(abc.ABC):
     group of the kind (replicas share the deliveries; a voter's group is its own, see
     `workers.runtime.consumer_group`). Raise `bus.Rejected` for an envelope that can never be
     handled (it is dead-lettered at once); any other exception makes the delivery retried later.
+    A kind that waits inside `handle` also waits for `ctx.stopping` and raises WorkerStopping.
     """
 
     kind: ClassVar[str]

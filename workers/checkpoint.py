@@ -2,14 +2,16 @@
 
 For each CHECKPOINT_READY: check the file's size and sha256 (a mismatch is dead-lettered),
 score it when a score metric is configured and the checkpoint was taken at an epoch end (the
-METRICS value of the score split for that epoch, awaited up to --score-timeout), file it into
-the run's checkpoint directory under the name the in-process Checkpoint handler would give it,
-keep the last `n_saved` and the best `n_best` (trainer.retention), delete the rest, write the
-manifest naming latest and best, and publish CHECKPOINT_SAVED (one per READY) and
+score split's figures for that epoch, `workers.figures`: in a one-rank run the trainer's own
+EPOCH_COMPLETED metrics, which come before the checkpoint, so nothing is awaited; with several
+ranks the metrics worker's METRICS, awaited up to --score-timeout, saying so in the log), file
+it into the run's checkpoint directory under the name the in-process Checkpoint handler would
+give it, keep the last `n_saved` and the best `n_best` (trainer.retention), delete the rest,
+write the manifest naming latest and best, and publish CHECKPOINT_SAVED (one per READY) and
 CHECKPOINT_PRUNED (one per deleted file).
 
-Replicas share a run's READYs through the consumer group. METRICS, though, may be delivered to
-another replica, so each replica reads the scores from a tail of the run's events topic of its
+Replicas share a run's READYs through the consumer group. The figures, though, may be delivered
+to another replica, so each replica reads them from a tail of the run's events topic of its
 own. Torch-free.
 """
 
@@ -18,14 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 from bus import BEGINNING, Envelope, Rejected, tail
 from trainer.checkpoint_names import INCOMING_DIR
 from trainer.retention import RetentionPolicy
-from workers.base import Worker
+from workers.base import Worker, WorkerStopping
 from workers.checkpoint_files import (
     Filed,
     Ready,
@@ -35,7 +37,7 @@ from workers.checkpoint_files import (
     verify,
 )
 from workers.context import RunContext
-from workers.messages import METRICS
+from workers.figures import EpochFigures, FiguresWait, awaits_metrics, epoch_figures, own_figures
 
 CHECKPOINT_READY = "CHECKPOINT_READY"
 CHECKPOINT_SAVED = "CHECKPOINT_SAVED"
@@ -62,6 +64,10 @@ def _count(text: str) -> int | str:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _quiet(entry: Any, reason: str) -> None:
+    """A tail's hook for an entry that does not decode: say nothing (see _watch_figures)."""
 
 
 def _keep_count(value: Any, what: str) -> int | None:
@@ -150,10 +156,16 @@ class CheckpointWorker(Worker):
         self.score_split: str = self.options.get("score_split") or SCORE_SPLIT
         timeout = self.options.get("score_timeout")
         self.score_timeout: float = SCORE_TIMEOUT if timeout is None else float(timeout)
-        # (split, epoch) -> values of the per-epoch METRICS, filled by the side task.
-        self._metrics: dict[tuple[str, int], Mapping[str, Any]] = {}
-        self._metrics_arrived = asyncio.Event()
+        # Filled by the side task, from its tail of the run's events topic:
+        # (split, epoch) -> the epoch's figures;
+        self._figures: dict[tuple[str, int], Mapping[str, Any]] = {}
+        # (split, epoch) of EPOCH_COMPLETEDs whose figures only METRICS will bring;
+        self._awaiting: set[tuple[str, int]] = set()
+        # the CHECKPOINT_READY ids read (everything before one of them has been read too).
+        self._readies_read: set[str] = set()
+        self._tail_read = asyncio.Event()  # set whenever the tail read something of use
         self._watching: asyncio.Task[None] | None = None
+        self._waits = FiguresWait(ctx)
 
     # --- settings ----------------------------------------------------------------------------
 
@@ -270,21 +282,21 @@ class CheckpointWorker(Worker):
     # --- scores ------------------------------------------------------------------------------
 
     async def _score(self, score_name: str, mode: str, ready: Ready) -> float | None:
-        """The checkpoint's higher-is-better score from the METRICS of its epoch, or None."""
+        """The checkpoint's higher-is-better score from the figures of its epoch, or None."""
         key = (self.score_split, ready.epoch)
-        context = {"ready": ready.id, "split": key[0], "epoch": key[1], "metric": score_name}
-        values = await self._metrics_of(key)
+        epoch = self.ctx.epoch_label(ready.epoch)
+        context = {"ready": ready.id, "split": key[0], "epoch": epoch, "metric": score_name}
+        values, missing = await self._figures_of(key, ready, context)
         if values is None:
             self.ctx.log.warning(
-                "no score: filed without one",
-                extra={**context, "detail": f"no METRICS within {self.score_timeout:g} s"},
+                "no score: filed without one", extra={**context, "detail": missing}
             )
             return None
         value = values.get(score_name)
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             self.ctx.log.warning(
                 "no score: filed without one",
-                extra={**context, "detail": f"METRICS values have {sorted(values)}"},
+                extra={**context, "detail": f"the {key[0]} figures have {sorted(values)}"},
             )
             return None
         # Higher is better for the retention rule: a "min" metric (a loss) ranks negated, and
@@ -292,34 +304,85 @@ class CheckpointWorker(Worker):
         score = float(value) if mode == "max" else -float(value)
         return None if math.isnan(score) else score
 
-    async def _metrics_of(self, key: tuple[str, int]) -> Mapping[str, Any] | None:
-        """The values of METRICS `key`, waiting up to the score timeout; None if none came."""
-        if self._watching is None:
-            self._watching = self.ctx.spawn(self._watch_metrics())
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.score_timeout
-        while (values := self._metrics.get(key)) is None:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return None
-            self._metrics_arrived.clear()
-            try:
-                await asyncio.wait_for(self._metrics_arrived.wait(), remaining)
-            except asyncio.TimeoutError:
-                return None
-        return values
+    async def _figures_of(
+        self, key: tuple[str, int], ready: Ready, context: dict[str, Any]
+    ) -> tuple[Mapping[str, Any] | None, str]:
+        """The figures of `key`, or None and why there are none.
 
-    async def _watch_metrics(self) -> None:
-        """Side task: record every per-epoch METRICS of the run, from its first event on."""
-        # A tail, not the group: METRICS delivered to another replica must reach this one too.
+        In a one-rank run the tail reads up to the READY itself: the epoch's EPOCH_COMPLETED
+        came before it. Only when the figures come as METRICS (several ranks, or metric states
+        without metrics) does it wait, up to the score timeout, saying so in the log.
+        """
+        if self._watching is None:
+            self._watching = self.ctx.spawn(self._watch_figures())
+        if own_figures(self.ctx.world_size):
+            # Bounded all the same: a READY trimmed from the stream is never read by the tail.
+            await self._until(
+                lambda: key in self._figures or ready.id in self._readies_read, self.score_timeout
+            )
+            if key in self._figures:
+                return self._figures[key], ""
+            if key not in self._awaiting:
+                return None, (
+                    f"no {key[0]} metrics in the run's events for epoch "
+                    f"{self.ctx.epoch_label(key[1])} before this checkpoint (not evaluated then?)"
+                )
+        self._waits.expect(*key, ready=ready.id, metric=context["metric"])
+        try:
+            found = await self._until(lambda: key in self._figures, self.score_timeout)
+        finally:
+            self._waits.arrived(*key)
+        if not found:
+            return None, f"no METRICS within {self.score_timeout:g} s"
+        return self._figures[key], ""
+
+    async def _until(self, done: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Wait until `done()` (True) or `timeout` s (False); WorkerStopping if the worker stops."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not done():
+            if self.ctx.stopping.is_set():
+                raise WorkerStopping("the worker stops while waiting for a score: left pending")
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            self._tail_read.clear()
+            waits = [
+                asyncio.ensure_future(self._tail_read.wait()),
+                asyncio.ensure_future(self.ctx.stopping.wait()),
+            ]
+            try:
+                await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+        return True
+
+    async def _watch_figures(self) -> None:
+        """Side task: record every epoch's figures of the run, from its first event on."""
+        # A tail, not the group: figures delivered to another replica must reach this one too.
+        # Entries that do not decode are skipped quietly: the consumer dead-letters them (and
+        # logs that), once.
         topic = self.ctx.topics.events(self.ctx.run_id)
-        async for env in tail(self.ctx.bus, topic, BEGINNING):
-            if env.type != METRICS or env.data.get("running") is True:
+        async for env in tail(self.ctx.bus, topic, BEGINNING, on_bad=_quiet):
+            if env.type == CHECKPOINT_READY:
+                self._readies_read.add(env.id)
+                self._tail_read.set()
                 continue
-            split, epoch, values = (env.data.get(k) for k in ("split", "epoch", "values"))
-            if isinstance(split, str) and _is_int(epoch) and isinstance(values, Mapping):
-                self._metrics[(split, epoch)] = values
-                self._metrics_arrived.set()
+            try:
+                figures = epoch_figures(env, self.ctx.world_size)
+            except Rejected:
+                continue  # not for this worker to judge: no figures in it
+            if figures is not None:
+                self._record(figures)
+            elif awaits_metrics(env, self.ctx.world_size):
+                split = env.data.get("split")
+                if isinstance(split, str):
+                    self._awaiting.add((split, env.epoch))
+
+    def _record(self, figures: EpochFigures) -> None:
+        self._figures[(figures.split, figures.epoch)] = figures.values
+        self._tail_read.set()
 
     # --- reports -----------------------------------------------------------------------------
 
@@ -365,4 +428,4 @@ class CheckpointWorker(Worker):
             self.ctx.log.info("pruned", extra={"file": entry["file"]})
 
     async def close(self) -> None:
-        """Nothing to release: the runtime cancels the METRICS tail with the side tasks."""
+        """Nothing to release: the runtime cancels the figures tail with the side tasks."""

@@ -59,6 +59,9 @@ class RunContext:
         self._publisher = publisher
         self._secret = secret or None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Set when the worker stops: a kind waiting inside `handle` (for a report of another
+        # kind) gives up at once, so that SIGTERM never waits for it.
+        self.stopping = asyncio.Event()
 
     def learn_started(self, env: Envelope) -> None:
         """Take the run's config and world size from a RUN_STARTED envelope (the runtime's job)."""
@@ -80,6 +83,17 @@ class RunContext:
         if option is not None:
             return option
         return config_value(self.config, key, default)
+
+    @property
+    def epochs(self) -> int | None:
+        """The run's planned epochs (config `train.epochs`), or None when it does not say."""
+        epochs = config_value(self.config, "train.epochs")
+        return epochs if type(epochs) is int and epochs >= 1 else None
+
+    def epoch_label(self, epoch: int) -> str:
+        """Trainer epoch `epoch` (0-based, as on the wire) as people count it: "3/10" or "3"."""
+        total = self.epochs
+        return f"{epoch + 1}/{total}" if total is not None else str(epoch + 1)
 
     def _envelope(self, type: str, data: dict[str, Any], epoch: int, iteration: int) -> Envelope:
         return Envelope(
@@ -110,7 +124,8 @@ class RunContext:
     async def vote(self, stop: bool, reason: str, epoch: int, iteration: int = 0) -> None:
         """Vote stop or continue on trainer epoch `epoch` (0-indexed), with a reason."""
         data = {"stop": bool(stop), "reason": reason, "voter": self.name, "epoch": int(epoch)}
-        self.log.info("vote", extra={"stop": bool(stop), "epoch": epoch, "reason": reason})
+        label = self.epoch_label(epoch)
+        self.log.info("vote", extra={"stop": bool(stop), "epoch": label, "reason": reason})
         await self.control(VOTE, data, epoch=epoch, iteration=iteration)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:

@@ -8,11 +8,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from bus import Envelope, Rejected
+from bus import Envelope
 from trainer.patience import Patience
 from workers.base import Worker
 from workers.context import RunContext
-from workers.messages import EPOCH_COMPLETED, METRICS, PRIMARY_SPLIT
+from workers.figures import EpochFigures, FiguresWait, awaits_metrics, epoch_figures
+from workers.messages import EPOCH_COMPLETED, METRICS, PRIMARY_SPLIT, RUN_STARTED
 
 SECTION = "early_stopping"  # the run's config section the settings default to
 # Defaults when neither an option nor the run's config sets a key (trainer/config_schema.py).
@@ -64,12 +65,17 @@ def _option_flag(key: str) -> str:
 class EarlyStopWorker(Worker):
     """Vote stop once a split's metric has not improved for `patience` epochs (EarlyStopping).
 
-    Votes on each epoch's METRICS (running false) of its split, with `trainer.patience.Patience`
-    (the in-process EarlyStopping's rule), so that under barrier mode the run stops at the epoch
-    where EarlyStopping with the same settings would. Settings not given as options come from
-    the run's config section `early_stopping`. With patience unset everywhere it votes continue
-    on each epoch of the primary split ("early stopping is off"): as a voter it must not hold a
-    barrier.
+    Votes on each epoch's figures of its split (`workers.figures`: in a one-rank run the
+    trainer's own EPOCH_COMPLETED metrics, else the metrics worker's METRICS), once per epoch,
+    with `trainer.patience.Patience` (the in-process EarlyStopping's rule), so that under barrier
+    mode the run stops at the epoch where EarlyStopping with the same settings would. Settings
+    not given as options come from the run's config section `early_stopping`. With patience
+    unset everywhere it votes continue on each epoch of the primary split ("early stopping is
+    off"): as a voter it must not hold a barrier.
+
+    Back-filling a run that was resumed (a rank's RUN_STARTED again), it rewinds the rule to the
+    epoch the run resumed at, as the in-process rule restored from the checkpoint does, and
+    votes again on the epochs trained again.
     """
 
     kind: ClassVar[str] = "early-stop"
@@ -108,7 +114,12 @@ class EarlyStopWorker(Worker):
         self._settings: Settings | None = None
         self._misconfigured: str | None = None
         self._rule: Patience | None = None
-        self._voted: set[int] = set()
+        self._voted: set[int] = set()  # epochs voted on since the run (re)started
+        # The rule's state after each epoch scored, to rewind to when a resumed run trains an
+        # epoch again.
+        self._states: dict[int, dict[str, Any]] = {}
+        self._starts: set[str] = set()  # sources whose RUN_STARTED was seen
+        self._waits = FiguresWait(ctx)
 
     def settings(self) -> Settings:
         """The settings for this run (options, then the run's config, then defaults)."""
@@ -152,49 +163,83 @@ class EarlyStopWorker(Worker):
         return OFF if settings.patience is None else None
 
     async def handle(self, env: Envelope) -> None:
-        """Vote on each epoch's METRICS of the split (or, when off, on each primary epoch end)."""
-        if env.type == METRICS:
-            await self._metrics(env)
-        elif env.type == EPOCH_COMPLETED and env.data.get("split") == PRIMARY_SPLIT:
-            reason = self._off_reason()
-            if reason is not None and env.epoch not in self._voted:
-                await self.ctx.vote(False, reason, env.epoch, env.iteration)
+        """Vote on each epoch's figures of the split (or, when off, on each primary epoch end)."""
+        if env.type == RUN_STARTED:
+            self._started(env)
+            return
+        if env.type not in (METRICS, EPOCH_COMPLETED):
+            return
+        off = self._off_reason()
+        if off is not None:
+            primary = env.type == EPOCH_COMPLETED and env.data.get("split") == PRIMARY_SPLIT
+            if primary and env.epoch not in self._voted:
+                await self.ctx.vote(False, off, env.epoch, env.iteration)
                 self._voted.add(env.epoch)
-
-    async def _metrics(self, env: Envelope) -> None:
-        data = env.data
-        if data.get("running", False) or self._off_reason() is not None:
             return
         settings = self.settings()
-        if data.get("split") != settings.split:
+        if env.data.get("split") != settings.split:
+            return  # another split's figures (or flaws) are not this voter's business
+        figures = epoch_figures(env, self.ctx.world_size)
+        if figures is None:
+            if awaits_metrics(env, self.ctx.world_size) and env.epoch not in self._voted:
+                # The trainer waits for this vote; the figures come from the metrics worker.
+                self._waits.expect(settings.split, env.epoch, metric=settings.metric)
             return
-        epoch, values = data.get("epoch"), data.get("values")
-        if type(epoch) is not int or epoch < 0:
-            raise Rejected(f"METRICS data.epoch is {epoch!r}, not an epoch number (int >= 0)")
-        if not isinstance(values, Mapping):
-            raise Rejected(f"METRICS data.values is {type(values).__name__}, not a map")
-        if epoch in self._voted:
-            return  # this epoch's METRICS again (a redelivery or a second aggregation)
+        if figures.epoch in self._voted:
+            return  # this epoch's figures again (METRICS after EPOCH_COMPLETED, a redelivery)
+        self._waits.arrived(settings.split, figures.epoch)
+        await self._vote_on(figures)
+
+    def _started(self, env: Envelope) -> None:
+        if env.source in self._starts or env.data.get("resumed_from") is not None:
+            # The rank started again (a resume under the same run id; a voter that joined
+            # `--from now` only sees that one): the epochs it trains again get votes again,
+            # scored from where the rule was before each of them.
+            self._voted.clear()
+        self._starts.add(env.source)
+
+    def _rewind(self, epoch: int) -> None:
+        """Put the rule back where it was before `epoch`, if a later epoch was scored already."""
+        rule = self._rule
+        assert rule is not None
+        if not any(scored >= epoch for scored in self._states):
+            return
+        before = [scored for scored in self._states if scored < epoch]
+        if before:
+            rule.load_state_dict(self._states[max(before)])
+        else:
+            rule.reset()
+        for scored in [scored for scored in self._states if scored >= epoch]:
+            del self._states[scored]
+
+    async def _vote_on(self, figures: EpochFigures) -> None:
+        settings = self.settings()
+        epoch, values = figures.epoch, figures.values
         score = values.get(settings.metric)
         if isinstance(score, bool) or not isinstance(score, (int, float)):
             reason = (
-                f"{settings.split} metric {settings.metric!r} is not in METRICS (has "
+                f"epoch {self.ctx.epoch_label(epoch)}: {settings.split} metric "
+                f"{settings.metric!r} is not in its figures (has "
                 f"{', '.join(map(str, values)) or 'none'}): set --metric or "
                 f"{SECTION}.metric to one of them"
             )
-            self.ctx.log.warning("metric missing", extra={"epoch": epoch, "detail": reason})
-            await self.ctx.vote(False, reason, epoch, env.iteration)
+            self.ctx.log.warning(
+                "metric missing", extra={"epoch": self.ctx.epoch_label(epoch), "detail": reason}
+            )
+            await self.ctx.vote(False, reason, epoch, figures.iteration)
             self._voted.add(epoch)
             return
-        await self._score(float(score), epoch, env.iteration)
+        await self._score(float(score), epoch, figures.iteration)
 
     async def _score(self, score: float, epoch: int, iteration: int) -> None:
         rule, settings = self._rule, self.settings()
         assert rule is not None
+        self._rewind(epoch)
         before = rule.state_dict()
         stop = rule.step(score)
         reason = (
-            f"{settings.split} {settings.metric} {score:.6g}: best {_fmt(rule.best_score)}, "
+            f"epoch {self.ctx.epoch_label(epoch)}, {settings.split} {settings.metric} "
+            f"{score:.6g}: best {_fmt(rule.best_score)}, "
             f"{rule.counter} of {rule.patience} evaluations without improvement"
         )
         try:
@@ -202,6 +247,7 @@ class EarlyStopWorker(Worker):
         except BaseException:
             rule.load_state_dict(before)  # the retry must score this epoch once, not twice
             raise
+        self._states[epoch] = rule.state_dict()
         self._voted.add(epoch)
 
 

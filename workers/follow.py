@@ -32,6 +32,9 @@ from workers.registry import RunInfo, read_registry
 RETRY_DELAY = 0.5
 # Entries per read for kinds that do not set `consumer_batch` (the Consumer's default).
 CONSUMER_BATCH = 100
+# Seconds a stopping worker lets the deliveries in hand finish before it cancels them (they
+# stay pending, for a replica or its next start): SIGTERM ends any worker within 2 s.
+STOP_GRACE = 1.0
 
 
 @dataclass(frozen=True)
@@ -256,9 +259,24 @@ class RunFollower:
             await first_of(stop.wait(), self._changed.wait(), self._consuming, timeout=timeout)
 
     async def close(self) -> None:
-        """Finish the deliveries in hand and ack them, close the kind, announce WORKER_LEFT."""
+        """Finish the deliveries in hand and ack them, close the kind, announce WORKER_LEFT.
+
+        Deliveries still in hand after STOP_GRACE seconds (a kind waiting for another kind's
+        report) are cancelled and left pending.
+        """
+        self.ctx.stopping.set()
         if self._consuming is not None:
             await self.consumer.stop()
+            await asyncio.wait({self._consuming}, timeout=STOP_GRACE)
+            if not self._consuming.done():
+                self.log.warning(
+                    "stopped mid-delivery",
+                    extra={
+                        "detail": "deliveries in hand are left pending for a replica or the "
+                        "next start"
+                    },
+                )
+                self._consuming.cancel()
             (outcome,) = await asyncio.gather(self._consuming, return_exceptions=True)
             if isinstance(outcome, BaseException) and not isinstance(
                 outcome, asyncio.CancelledError

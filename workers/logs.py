@@ -17,8 +17,8 @@ _HANDLER_NAME = "workers.logfmt"
 class WorkerLog(logging.LoggerAdapter):
     """A logger adapter that carries a worker's context and merges each call's `extra` into it.
 
-    `log.info("vote", extra={"stop": True, "epoch": 3})` renders as
-    `... worker=w kind=early-stop run=r1 event=vote stop=true epoch=3` with LogfmtFormatter.
+    `log.info("vote", extra={"stop": True, "epoch": "3/10"})` renders as
+    `... worker=w kind=early-stop run=r1 event=vote stop=true epoch=3/10` with LogfmtFormatter.
     """
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:

@@ -75,7 +75,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _describe(env: Envelope, split: Any) -> str:
-    return f"{env.type} {env.id} (split {split!r}, epoch {env.epoch})"
+    return f"{env.type} {env.id} (split {split!r}, epoch {env.epoch + 1})"
 
 
 def _metric_where(env: Envelope, split: Any, name: Any) -> str:
@@ -193,7 +193,7 @@ class MetricsWorker(Worker):
         parts = self._parts(states, env, split)
         key: Key = (split, env.epoch)
         if key in self._published:
-            context = {"split": split, "epoch": env.epoch, "rank": rank}
+            context = {"split": split, "epoch": self.ctx.epoch_label(env.epoch), "rank": rank}
             if rank in self._missing.get(key, ()):
                 self.ctx.log.warning(
                     "rank's metric states came after the rank timeout, left out", extra=context
@@ -253,7 +253,7 @@ class MetricsWorker(Worker):
             "metrics reported without every rank",
             extra={
                 "split": key[0],
-                "epoch": key[1],
+                "epoch": self.ctx.epoch_label(key[1]),
                 "missing_ranks": missing,
                 "ranks": sorted(pending.ranks),
                 "waited": timeout,
@@ -268,7 +268,7 @@ class MetricsWorker(Worker):
         except Exception:  # no delivery to retry with: say so rather than fail the side task
             self.ctx.log.error(
                 "METRICS without the missing ranks could not be published",
-                extra={"split": key[0], "epoch": key[1]},
+                extra={"split": key[0], "epoch": self.ctx.epoch_label(key[1])},
                 exc_info=True,
             )
 
@@ -294,7 +294,7 @@ class MetricsWorker(Worker):
 
     def _merged(self, name: str, parts: list[MetricPart | None], key: Key) -> Any:
         """The value of metric `name` merged over every rank, or None (logged) if it has none."""
-        context = {"metric": name, "split": key[0], "epoch": key[1]}
+        context = {"metric": name, "split": key[0], "epoch": self.ctx.epoch_label(key[1])}
         if None in parts:
             self.ctx.log.warning("metric missing on some ranks, left out", extra=context)
             return None

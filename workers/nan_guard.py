@@ -106,7 +106,7 @@ class NanGuardWorker(Worker):
         if found is None or self.votes_.stopped is not None:
             return
         key, value = found
-        where = f"at iteration {env.iteration} (epoch {env.epoch})"
+        where = f"at iteration {env.iteration} (epoch {self.ctx.epoch_label(env.epoch)})"
         if not math.isfinite(value):
             await self.votes_.stop(f"{key} is {value} {where}", env.epoch, env.iteration)
             return

@@ -280,8 +280,77 @@ async def _follow_runs(
     return 1 if watched else 0
 
 
+class _SignalStop:
+    """SIGTERM/SIGINT handler kept installed until the process exits (then: ignored).
+
+    Each signal sets the running worker's stop event (through its loop); one that arrives
+    before the loop runs makes the worker stop as soon as it starts, and one that arrives
+    while the worker is already leaving (after its run finished, or after the loop closed)
+    is noted and changes nothing: the process ends with the worker's own exit status.
+    """
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stop: asyncio.Event | None = None
+        self.log: logging.LoggerAdapter | None = None
+        self.received: signal.Signals | None = None
+
+    def install(self) -> None:
+        """Handle SIGTERM and SIGINT in this process from now until it exits."""
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, self)
+
+    def attach(
+        self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event, log: logging.LoggerAdapter
+    ) -> None:
+        """Route later signals to `stop` on `loop`; set it now if one came already."""
+        self.loop, self.stop, self.log = loop, stop, log
+        if self.received is not None:
+            self._on_loop(self.received)
+
+    def ignore(self) -> None:
+        """Ignore SIGTERM and SIGINT from now on (the process is on its way out)."""
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+    def detach(self) -> None:
+        """The loop is going away: later signals only get noted."""
+        self.loop = self.stop = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        sig = signal.Signals(signum)
+        first = self.received is None
+        self.received = sig
+        loop = self.loop
+        if loop is not None:
+            # In the main thread between two bytecodes: the loop may be mid-callback, so the
+            # stop is set from the loop itself (which this also wakes up).
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._on_loop, sig)
+        elif first:
+            # No loop (yet, or any more): nothing to stop now. Written directly: logging is
+            # not safe to enter from a signal handler.
+            os.write(2, f"event=stopping signal={sig.name} when=outside-the-loop\n".encode())
+
+    def _on_loop(self, sig: signal.Signals) -> None:
+        if self.stop is not None and not self.stop.is_set():
+            if self.log is not None:
+                self.log.info("stopping", extra={"signal": sig.name})
+            self.stop.set()
+
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def main(kind: str, options: RuntimeOptions, kind_options: Mapping[str, Any]) -> int:
-    """Run a worker of `kind` in this process until its run ends or SIGTERM/SIGINT; exit status."""
+    """Run a worker of `kind` in this process until its run ends or SIGTERM/SIGINT; exit status.
+
+    From here until the process exits, SIGTERM and SIGINT stop the worker gracefully: exit
+    status 0 whenever the signal comes (STYLE.md, "Signals").
+    """
+    signals = _SignalStop()
+    # First: a signal while the options are checked or the kind imported must end cleanly too.
+    signals.install()
     configure_logging()
     log = worker_log("workers.runtime", kind=kind)
     try:
@@ -291,29 +360,29 @@ def main(kind: str, options: RuntimeOptions, kind_options: Mapping[str, Any]) ->
     except ValueError as exc:
         log.error("invalid options", extra={"error": str(exc)})
         return 2
-    return asyncio.run(_serve(kind_class, options, kind_options))
+    try:
+        return asyncio.run(_serve(kind_class, options, kind_options, signals))
+    finally:
+        # The worker is done and this process only exits now. Python's finalization puts back
+        # the default action (death by the signal) of signals it handles, but keeps "ignored":
+        # a SIGTERM from here on must not turn the exit status into -15.
+        signals.ignore()
 
 
 async def _serve(
-    kind: type[Worker], options: RuntimeOptions, kind_options: Mapping[str, Any]
+    kind: type[Worker],
+    options: RuntimeOptions,
+    kind_options: Mapping[str, Any],
+    signals: _SignalStop,
 ) -> int:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     log = worker_log("workers.runtime", kind=kind.kind)
-
-    def on_signal(sig: signal.Signals) -> None:
-        log.info("stopping", extra={"signal": sig.name})
-        stop.set()
-
     # One stop event for both signals: deliveries in hand finish, then the worker leaves.
-    handled = (signal.SIGTERM, signal.SIGINT)
-    for sig in handled:
-        loop.add_signal_handler(sig, on_signal, sig)
+    signals.attach(asyncio.get_running_loop(), stop, log)
     try:
         return await run_worker(kind, options, kind_options, stop)
     except Exception:
         log.error("worker failed", exc_info=True)
         return 1
     finally:
-        for sig in handled:
-            loop.remove_signal_handler(sig)
+        signals.detach()

@@ -4,8 +4,8 @@ What it writes, through the store's own writer (`trainer.tracking.LocalSink`, th
 `tracking.run(...)` uses in offline mode):
 - RUN_STARTED: run.json metadata (project, name, config, host, pid, world size, resumed from);
 - per epoch and split, one metrics row `{"epoch", "<split>/<metric>": value}` at the trainer's
-  iteration, from the aggregator's METRICS (or, in a one-rank run, from EPOCH_COMPLETED's own
-  metrics, which are the same numbers);
+  iteration, from the epoch's figures (`workers.figures`: the aggregator's METRICS or, in a
+  one-rank run, EPOCH_COMPLETED's own metrics, which are the same numbers);
 - CHECKPOINT_SAVED: a version of the artifact `checkpoints` (type model) referring to the file,
   with the aliases the checkpointer gave it (`latest`, `best`); CHECKPOINT_PRUNED marks that
   version removed, so the artifact's live versions are the files the checkpointer keeps;
@@ -35,6 +35,7 @@ from bus import Envelope, Rejected
 from trainer.tracking import LocalSink
 from workers.base import Worker
 from workers.context import RunContext, config_value
+from workers.figures import EpochFigures, epoch_figures
 from workers.messages import EPOCH_COMPLETED, METRICS, RUN_FINISHED, RUN_STARTED
 
 CHECKPOINT_SAVED = "CHECKPOINT_SAVED"
@@ -96,10 +97,9 @@ class TrackingWorker(Worker):
         kind, data = env.type, env.data
         if kind == RUN_STARTED:
             return self._started(env)
-        if kind == METRICS and not data.get("running"):
-            return self._row(env, data.get("split"), data.get("values"))
-        if kind == EPOCH_COMPLETED and self.ctx.world_size == 1:
-            return self._row(env, data.get("split"), data.get("metrics"))
+        if kind in (METRICS, EPOCH_COMPLETED):
+            figures = epoch_figures(env, self.ctx.world_size)
+            return None if figures is None else self._row(env, figures)
         if kind == CHECKPOINT_SAVED:
             return self._checkpoint(env)
         if kind == CHECKPOINT_PRUNED and isinstance(data.get("sha256"), str):
@@ -144,16 +144,15 @@ class TrackingWorker(Worker):
             fields["resumed_at"] = env.ts
         return {"kind": "meta", "fields": fields, "time": env.ts, "key": f"started:{env.id}"}
 
-    def _row(self, env: Envelope, split: Any, values: Any) -> dict[str, Any] | None:
-        if not isinstance(split, str) or not isinstance(values, Mapping):
-            raise Rejected(f"{env.type} {env.id}: needs a split and a map of values")
-        row: dict[str, Any] = {"epoch": env.epoch + 1}  # epochs completed, as people count
-        for name, value in values.items():
+    def _row(self, env: Envelope, figures: EpochFigures) -> dict[str, Any] | None:
+        split, epoch = figures.split, figures.epoch
+        row: dict[str, Any] = {"epoch": epoch + 1}  # epochs completed, as people count
+        for name, value in figures.values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 row[f"{split}/{name}"] = float(value)
         if len(row) == 1:
             return None
-        key = f"epoch:{split}:{env.epoch}"
+        key = f"epoch:{split}:{epoch}"
         return {"kind": "log", "values": row, "step": env.iteration, "time": env.ts, "key": key}
 
     def _checkpoint(self, env: Envelope) -> dict[str, Any]:

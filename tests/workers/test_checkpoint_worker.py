@@ -6,6 +6,7 @@ import argparse
 import errno
 import hashlib
 import json
+import logging
 import math
 import os
 import subprocess
@@ -325,6 +326,41 @@ async def test_without_metrics_in_time_a_checkpoint_is_filed_unscored(
         ("checkpoint_20_acc=0.2500.pt", 0.25, ["latest", "best"]),
     ]
     assert checkpoint_files(tmp_path) == ["checkpoint_20_acc=0.2500.pt"]
+
+
+async def test_one_rank_checkpoints_are_scored_from_epoch_completed_and_bad_entries_logged_once(
+    bus, start_worker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No metrics worker: in a one-rank run the epoch's own EPOCH_COMPLETED metrics score it, at
+    # once (a score timeout of an hour would otherwise hang this test).
+    caplog.set_level(logging.INFO)
+    run = run_id()
+    trainer = FakeTrainer(bus, run, config={"train": {"epochs": 2}})
+    await trainer.start()
+    options = {"score": "acc", "score_timeout": 3600.0, "n_saved": 1, "n_best": 1}
+    worker = await start_worker(CheckpointWorker, options, run_id=run)
+    (garbage,) = await bus.append(Topics().events(run), [b"\xc1 not an envelope"])
+    await trainer.epoch_completed(0, 10, split="val", metrics={"acc": 0.25, "loss": 1.0})
+    await announce(trainer, incoming(tmp_path, 10, 0, b"one"))
+    await trainer.epoch_completed(1, 20, split="val", metrics={"acc": 0.5})
+    await announce(trainer, incoming(tmp_path, 20, 1, b"two"))
+    await trainer.finish()
+    assert await worker.ended() == 0
+    logged = list(caplog.records)  # the worker's (the test's own reads below log too)
+
+    saved = [e.data for e in await events(bus, run, "CHECKPOINT_SAVED")]
+    assert [(Path(s["path"]).name, s["score"]) for s in saved] == [
+        ("checkpoint_10_acc=0.2500.pt", 0.25),
+        ("checkpoint_20_acc=0.5000.pt", 0.5),
+    ]
+    # The undecodable entry is dead-lettered once, and said once: by the consumer that did it
+    # (the worker's own tail of the run's events reads it too, and keeps quiet about it).
+    (reason,) = await dead_letters(bus)
+    assert reason.startswith("undecodable")
+    about = [r.getMessage() for r in logged if garbage in r.getMessage()]
+    assert len(about) == 1, about
+    assert "dead-lettering" in about[0]
+    assert not [r for r in logged if r.getMessage() == "waiting"]
 
 
 async def test_dir_names_the_shared_directory_as_this_worker_sees_it(

@@ -164,7 +164,7 @@ async def test_bad_metric_states_are_dead_lettered_and_the_worker_goes_on(
     assert "metric_states['acc']" in reasons[0] and "lacks the keys ['state']" in reasons[0]
     assert "metric_states['acc']" in reasons[1] and "missing ['total']" in reasons[1]
     assert "'metric_states' must be a map" in reasons[2]
-    assert all("split 'val', epoch 0" in reason for reason in reasons)
+    assert all("split 'val', epoch 1" in reason for reason in reasons)
     reports = await metrics_reports(bus, run_id)
     assert [(r.data["epoch"], r.data["values"]) for r in reports] == [
         (0, {"acc": pytest.approx(2 / 3)}),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 import uuid
 from typing import Any
 
@@ -10,6 +12,7 @@ import pytest
 from fake_trainer import FakeTrainer, control, eventually, read_all, votes_of
 
 from bus import Bus, Topics, encode
+from trainer.patience import Patience
 from workers.budget import BudgetWorker
 from workers.early_stop import EarlyStopWorker
 from workers.nan_guard import NanGuardWorker
@@ -84,6 +87,106 @@ async def test_early_stop_votes_stop_at_the_epoch_in_process_early_stopping_term
     stops = [v.data["epoch"] for v in votes if v.data["stop"]]
     assert (stops[0] if stops else None) == expected
     assert all("val accuracy" in v.data["reason"] for v in votes)
+
+
+async def own_epochs(trainer: FakeTrainer, scores: dict[int, float]) -> None:
+    """Epochs of a one-rank run with no metrics worker: EPOCH_COMPLETED metrics, no METRICS."""
+    for epoch, score in scores.items():
+        iteration = 10 * (epoch + 1)
+        await trainer.epoch_completed(epoch, iteration, metrics={"loss": 1.0})
+        metrics = {"accuracy": score, "loss": -score}
+        await trainer.epoch_completed(epoch, iteration, split="val", metrics=metrics)
+
+
+def counted(reason: str) -> int:
+    """The counter a vote's reason shows: "..., K of P evaluations without improvement"."""
+    match = re.search(r"(\d+) of (\d+) evaluations without improvement", reason)
+    assert match is not None, reason
+    return int(match.group(1))
+
+
+async def test_a_late_voter_on_a_long_plateau_counts_up_to_the_patience_only(
+    bus: Bus, start_worker: Any
+) -> None:
+    scores = [0.5, 0.6] + [0.6] * 10
+    rid = run_id()
+    config = {"train": {"epochs": 12}, "early_stopping": {"patience": 3}}
+    trainer = FakeTrainer(bus, rid, config=config)
+    await trainer.start()
+    await own_epochs(trainer, dict(enumerate(scores)))  # the whole run, before the voter
+    await trainer.finish(epochs=len(scores))
+    voter = await start_worker(EarlyStopWorker, run_id=rid, start="start")
+    assert await voter.ended() == 0
+
+    votes = await votes_of(bus, rid, voter.name)
+    assert [v.data["epoch"] for v in votes] == list(range(12))  # once each, from EPOCH_COMPLETED
+    assert [counted(v.data["reason"]) for v in votes] == [0, 0, 1, 2] + [3] * 8
+    stops = [v.data["epoch"] for v in votes if v.data["stop"]]
+    assert stops[0] == in_process_stop_epoch(scores, patience=3) == 4
+    # Text counts epochs from 1, out of the run's epochs; the wire keeps 0-based epochs.
+    assert votes[4].data["reason"].startswith("epoch 5/12, val accuracy 0.6: best 0.6, 3 of 3")
+
+
+async def test_a_voter_back_filling_a_resumed_run_votes_as_the_resumed_rule_does(
+    bus: Bus, start_worker: Any
+) -> None:
+    first = {0: 0.5, 1: 0.6, 2: 0.7, 3: 0.7, 4: 0.7, 5: 0.7}  # killed after epoch 5 ...
+    again = {3: 0.8, 4: 0.8, 5: 0.85, 6: 0.85, 7: 0.85}  # ... resumed from the end of epoch 2
+    rid = run_id()
+    config = {"train": {"epochs": 8}, "early_stopping": {"patience": 2}}
+    trainer = FakeTrainer(bus, rid, config=config)
+    await trainer.start()
+    await own_epochs(trainer, first)
+    await trainer.start()  # the same rank starts again: a resume under the same run id
+    await own_epochs(trainer, again)
+    await trainer.finish(epochs=8)
+    voter = await start_worker(EarlyStopWorker, run_id=rid, start="start")
+    assert await voter.ended() == 0
+
+    # The in-process rule, restored from the checkpoint of epoch 2, sees epochs 0-2 of the
+    # first attempt, then the resumed ones.
+    rule = Patience(2)
+    expected = []
+    for epoch, score in [*list(first.items())[:3], *again.items()]:
+        stop = rule.step(score)
+        expected.append((epoch, stop, rule.counter))
+    votes = await votes_of(bus, rid, voter.name)
+    resumed = [(v.data["epoch"], v.data["stop"], counted(v.data["reason"])) for v in votes[6:]]
+    assert resumed == expected[3:]
+    assert [v.data["epoch"] for v in votes[:6]] == list(first)
+
+
+async def test_with_several_ranks_early_stop_says_it_waits_for_the_metrics_worker(
+    bus: Bus, start_worker: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    rid = run_id()
+    config = {"train": {"epochs": 4}, "early_stopping": {"patience": 2}}
+    ranks = [FakeTrainer(bus, rid, config=config, rank=r, world_size=2) for r in range(2)]
+    voter = await start_worker(EarlyStopWorker, run_id=rid)
+    for rank in ranks:
+        await rank.start()
+    for rank in ranks:  # each rank's own metrics are only its shard's: not the figures
+        await rank.epoch_completed(1, 20, split="val", metrics={"accuracy": 0.5})
+
+    def waiting() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage() == "waiting"]
+
+    (notice,) = await eventually(waiting, "the voter to say it waits")
+    fields = notice.fields  # type: ignore[attr-defined]
+    assert (fields["kind"], fields["waits_for"], fields["epoch"]) == (
+        "early-stop",
+        "metrics",
+        "2/4",
+    )
+    assert await votes_of(bus, rid, voter.name) == []
+    await ranks[0].metrics(1, "val", {"accuracy": 0.5})
+    (vote,) = await eventually(lambda: votes_of(bus, rid, voter.name), "the vote on epoch 1")
+    assert vote.data["epoch"] == 1
+    for rank in ranks:
+        await rank.finish()
+    assert await voter.ended() == 0
+    assert len(waiting()) == 1
 
 
 async def test_early_stop_options_override_the_run_config(bus: Bus, start_worker: Any) -> None:
@@ -194,7 +297,7 @@ async def test_nan_guard_votes_stop_on_a_nan_loss_and_continue_before(
         (2, True),  # a tripped guard's stop stands on later epochs
     ]
     assert votes[1].iteration == 3
-    assert votes[1].data["reason"] == "loss is nan at iteration 3 (epoch 1)"
+    assert votes[1].data["reason"] == "loss is nan at iteration 3 (epoch 2)"
 
 
 async def test_nan_guard_watches_a_plain_output_and_divergence(bus: Bus, start_worker: Any) -> None:

@@ -24,8 +24,13 @@ def add_parser(commands: Any) -> None:
         "it finishes, or on every run announced from now on (--follow). SIGTERM or SIGINT end "
         "it gracefully. `trainer worker KIND --help` lists the kind's options.",
         add_help=False,
+        usage="%(prog)s [-h] KIND --bus URL (--run ID | --follow) [options] [KIND options]",
     )
-    worker.add_argument("kind", metavar="KIND", choices=sorted(KINDS), help=", ".join(KINDS))
+    # Optional to argparse, so that `trainer worker --help` shows the help (exit 0) rather than
+    # "KIND is required"; `command` refuses a missing KIND itself, with the usage (exit 2).
+    worker.add_argument(
+        "kind", metavar="KIND", nargs="?", choices=sorted(KINDS), help=", ".join(KINDS)
+    )
     worker.add_argument("-h", "--help", action="store_true", help="show this help and exit")
     worker.add_argument(
         "--bus",
@@ -65,9 +70,14 @@ def add_parser(commands: Any) -> None:
 
 def command(args: argparse.Namespace, extras: list[str]) -> int:
     """Parse the kind's options and run the worker until it ends or is stopped."""
-    from workers.kinds import load_kind
+    from workers.kinds import KINDS, load_kind
     from workers.runtime import RuntimeOptions, main
 
+    if args.kind is None:
+        if args.help:
+            args.parser.print_help()
+            return 0
+        args.parser.error(f"the following arguments are required: KIND (one of {', '.join(KINDS)})")
     kind = load_kind(args.kind)
     kind_parser = argparse.ArgumentParser(
         prog=f"trainer worker {args.kind}",
