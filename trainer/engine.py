@@ -676,7 +676,7 @@ class Engine:
             )
             raise DataExhaustedError(
                 f"data ran out after {s.epoch_iteration} of {s.epoch_length or '?'} iterations "
-                f"in epoch {s.epoch} and cannot be iterated again: {reason}"
+                f"in epoch {s.epoch + 1}/{s.max_epochs} and cannot be iterated again: {reason}"
             ) from None
         self._data_iter = iterator
         return iterator, first
