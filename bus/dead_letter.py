@@ -25,7 +25,8 @@ def dead_letter_envelope(
     """Build the DEAD_LETTER envelope carrying `entry`'s original bytes and why it was dropped.
 
     `original` is the decoded envelope when there is one: its run id, epoch and iteration are
-    copied so that a run's dead letters can be found by run.
+    copied so that a run's dead letters can be found by run. Without one (an undecodable entry)
+    they are "", 0 and 0, whatever the topic (docs/protocol.md 5.4): `data.topic` names it.
     """
     payload = entry.payload
     data: dict[str, object] = {

@@ -277,7 +277,9 @@ def test_garbage_on_the_control_topic_is_dead_lettered_and_training_goes_on(
     assert len(letters) == 3
     assert [letter.data["payload"] for letter in letters[:2]] == [not_msgpack, not_an_envelope]
     assert {letter.data["topic"] for letter in letters} == {control_topic}
-    assert {letter.run_id for letter in letters} == {run_id}
+    # docs/protocol.md 5.4: an undecodable entry names no run (""), found by its `topic`;
+    # one that decoded keeps the run id of the original envelope.
+    assert [letter.run_id for letter in letters] == ["", "", run_id]
     assert letters[0].data["reason"].startswith("undecodable: not msgpack")
     assert letters[1].data["reason"].startswith("undecodable:")
     assert letters[2].data["reason"] == (

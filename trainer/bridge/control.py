@@ -21,7 +21,6 @@ tallied only at barriers (`trainer.bridge.barrier`), and TERMINATE still applies
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
 import time
@@ -353,6 +352,8 @@ class ControlReader:
 
     async def _dead_letter(self, bus: Bus, entry: Entry, reason: str, env: Envelope | None) -> None:
         log.warning("control entry %s of %s dead-lettered: %s", entry.id, self.topic, reason)
+        # As every consumer's (docs/protocol.md 5.4): an undecodable entry's letter names no run
+        # (run_id ""); its data.topic says which run's control topic it came from.
         letter = dead_letter_envelope(
             entry,
             reason=reason,
@@ -361,8 +362,6 @@ class ControlReader:
             source=self.source,
             original=env,
         )
-        # The entry is on this run's control topic even when it names no run.
-        letter = dataclasses.replace(letter, run_id=self.state.run_id)
         try:
             await bus.append(self.dead_letter_topic, [encode(letter)])
         except BusError as exc:
