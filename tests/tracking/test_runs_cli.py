@@ -14,6 +14,12 @@ from trainer.tracking.plot import PANEL_HEIGHT_PX, PANEL_WIDTH_PX, build_figure
 from trainer.tracking.reader import read_run
 
 
+@pytest.fixture(autouse=True)
+def piped_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commands' output as a pipe sees it: no terminal width forced on rich (xdist sets one)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
 def make_run(root: Path, name: str, lr: float, epochs: int = 3, **finish) -> tracking.Run:
     run = tracking.run(
         "digits",
