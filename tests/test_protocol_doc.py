@@ -1,7 +1,7 @@
 """docs/protocol.md section 10 documents every message of the catalogue with its `data` keys.
 
-The catalogue below is DESIGN.md section 4.1, the contract that clients in other languages
-rely on; a message or key missing from the page is a defect of the page.
+The catalogue is `bus.messages` (DESIGN.md section 4.1), the contract that clients in other
+languages rely on; a message or key missing from the page is a defect of the page.
 """
 
 from __future__ import annotations
@@ -11,28 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from bus.messages import REQUIRED
+
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
-CATALOGUE = {
-    "RUN_STARTED": ["config", "rank", "world_size", "host", "pid", "resumed_from"],
-    "STARTED": ["split"],
-    "EPOCH_STARTED": ["split"],
-    "EPOCH_COMPLETED": ["split", "metrics", "metric_states"],
-    "COMPLETED": ["split"],
-    "TERMINATE": ["split", "reason"],  # the event's split; the control signal's reason
-    "ITERATION_COMPLETED": ["split", "outputs"],
-    "EXCEPTION_RAISED": ["split", "error_type", "message", "traceback"],
-    "CHECKPOINT_READY": ["path", "size", "sha256", "epoch", "iteration"],
-    "RUN_FINISHED": ["status", "reason", "by", "epochs", "iteration"],
-    "METRICS": ["split", "epoch", "values", "ranks"],
-    "CHECKPOINT_SAVED": ["path", "sha256", "epoch", "iteration", "aliases"],
-    "CHECKPOINT_PRUNED": ["path", "sha256", "epoch", "iteration", "aliases"],
-    "WORKER_JOINED": ["kind", "name", "votes"],
-    "WORKER_LEFT": ["kind", "name"],
-    "HEARTBEAT": ["kind", "name"],
-    "VOTE": ["stop", "reason", "voter", "epoch"],
-    "CHECKPOINT_REQUEST": ["reason"],
-}
+# type -> its required data keys on every topic it travels on (TERMINATE: the event's split
+# and the control signal's reason).
+CATALOGUE: dict[str, list[str]] = {}
+for by_type in REQUIRED.values():
+    for type_, keys in by_type.items():
+        CATALOGUE.setdefault(type_, [])
+        CATALOGUE[type_] += [key for key in keys if key not in CATALOGUE[type_]]
 
 
 def rows() -> list[str]:

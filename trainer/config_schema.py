@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bus.messages import WORKER_KINDS
+
 # Keys of a field's metadata that `trainer.config` checks after merging.
 GT, GE, LT, LE, CHOICES = "gt", "ge", "lt", "le", "choices"
 
@@ -129,10 +131,6 @@ class SchedSection:
     min_lr: float = field(default=0.0, metadata=limits(ge=0.0))
 
 
-# Worker kinds `trainer worker KIND` knows; the embedded default runs those `workers` lists.
-WORKER_KINDS = ("metrics", "checkpoint", "tracking", "early-stop", "nan-guard", "budget")
-
-
 @dataclass
 class BusSection:
     """How the trainer talks to the bus: what it publishes and how it obeys control."""
@@ -186,7 +184,8 @@ class TrainerConfig:
     bus: BusSection = field(default_factory=BusSection)
     dist: DistSection = field(default_factory=DistSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
-    # the workers `trainer run` runs beside the trainer when no --bus is given
+    # the workers `trainer run` runs beside the trainer when no --bus is given: kinds of
+    # `trainer worker KIND` (the catalogue's names)
     workers: list[str] = field(
         default_factory=lambda: ["metrics", "checkpoint", "tracking", "early-stop"],
         metadata=limits(choices=WORKER_KINDS),

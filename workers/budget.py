@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from bus import Envelope
+from bus.messages import EPOCH_COMPLETED, ITERATION_COMPLETED, PRIMARY_SPLIT
 from workers.base import Worker
 from workers.context import RunContext
 from workers.epoch_votes import EpochVotes
-from workers.messages import EPOCH_COMPLETED, ITERATION_COMPLETED, PRIMARY_SPLIT
 
 
 class BudgetWorker(Worker):

@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from bus import BEGINNING, Envelope, Rejected, tail
+from bus.messages import (
+    CHECKPOINT_PRUNED,
+    CHECKPOINT_READY,
+    CHECKPOINT_SAVED,
+    EVENTS,
+    check_data,
+)
 from trainer.checkpoint_names import INCOMING_DIR
+from trainer.config_schema import CheckpointSection
 from trainer.retention import RetentionPolicy
 from workers.base import Worker, WorkerStopping
 from workers.checkpoint_files import (
@@ -39,14 +47,13 @@ from workers.checkpoint_files import (
 from workers.context import RunContext
 from workers.figures import EpochFigures, FiguresWait, awaits_metrics, epoch_figures, own_figures
 
-CHECKPOINT_READY = "CHECKPOINT_READY"
-CHECKPOINT_SAVED = "CHECKPOINT_SAVED"
-CHECKPOINT_PRUNED = "CHECKPOINT_PRUNED"
-
-# Used when neither an option nor the run's config section `checkpoint` sets a value; the
-# counts are the config schema's defaults. No score unless one is named: waiting for a metric
-# that nobody publishes would only delay every checkpoint.
-DEFAULTS: dict[str, Any] = {"n_saved": 2, "n_best": 1, "score": None, "mode": "max"}
+# Used when neither an option nor the run's config section `checkpoint` sets a value: the
+# config schema's defaults, but no score unless one is named (a run whose config is not the
+# trainer's may publish no `accuracy`, and waiting for it would only delay every checkpoint).
+DEFAULTS: dict[str, Any] = {
+    **{key: getattr(CheckpointSection(), key) for key in ("n_saved", "n_best", "mode")},
+    "score": None,
+}
 SCORE_SPLIT = "val"
 SCORE_TIMEOUT = 60.0
 ALL = "all"  # --n-saved all / --n-best all: keep every checkpoint by that rule
@@ -228,16 +235,10 @@ class CheckpointWorker(Worker):
         what = f"CHECKPOINT_READY {env.id}"
         if isinstance(data.get("path"), str):
             what += f" (path {data['path']})"
-        required = {"path": str, "size": int, "sha256": str, "epoch": int, "iteration": int}
-        missing = [key for key in required if key not in data]
-        wrong = [
-            f"{key}={data[key]!r} (not {kind.__name__})"
-            for key, kind in required.items()
-            if key in data
-            and (not isinstance(data[key], kind) or (kind is int and not _is_int(data[key])))
-        ]
-        if missing or wrong:
-            raise Rejected(f"{what}: missing keys {missing}, mistyped {wrong}")
+        try:
+            check_data(CHECKPOINT_READY, data, topic=EVENTS)
+        except Rejected as exc:
+            raise Rejected(f"{what}: {exc}") from None
         name = data.get("name", "checkpoint")
         if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
             raise Rejected(f"{what}: 'name' must be a plain file base name, got {name!r}")

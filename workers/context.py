@@ -8,7 +8,7 @@ from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from bus import Bus, Envelope, Publisher, Topics, sign
-from workers.messages import RUN_STARTED, VOTE
+from bus.messages import RUN_STARTED, VOTE
 
 log = logging.getLogger(__name__)
 

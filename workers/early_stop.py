@@ -9,22 +9,18 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bus import Envelope
+from bus.messages import EPOCH_COMPLETED, METRICS, PRIMARY_SPLIT, RUN_STARTED
+from trainer.config_schema import EarlyStoppingSection
 from trainer.patience import Patience
 from workers.base import Worker
 from workers.context import RunContext
 from workers.figures import EpochFigures, FiguresWait, awaits_metrics, epoch_figures
-from workers.messages import EPOCH_COMPLETED, METRICS, PRIMARY_SPLIT, RUN_STARTED
 
 SECTION = "early_stopping"  # the run's config section the settings default to
-# Defaults when neither an option nor the run's config sets a key (trainer/config_schema.py).
-DEFAULTS: dict[str, Any] = {
-    "patience": None,  # None: early stopping is off
-    "metric": "accuracy",
-    "split": "val",
-    "mode": "max",
-    "min_delta": 0.0,
-    "cumulative_delta": False,
-}
+KEYS = ("patience", "metric", "split", "mode", "min_delta", "cumulative_delta")
+# Used when neither an option nor the run's config sets a key: the config schema's defaults
+# (patience None: early stopping is off).
+DEFAULTS: dict[str, Any] = {key: getattr(EarlyStoppingSection(), key) for key in KEYS}
 OFF = "early stopping is off"
 
 

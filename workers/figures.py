@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bus import Envelope, Rejected
+from bus.messages import EPOCH_COMPLETED, METRICS
 from workers.context import RunContext
-from workers.messages import EPOCH_COMPLETED, METRICS
 
 # The kind whose reports a worker waits for when the figures are not the trainer's own.
 METRICS_KIND = "metrics"

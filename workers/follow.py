@@ -21,11 +21,11 @@ from bus import (
     PublisherFailed,
     Topics,
 )
+from bus.messages import HEARTBEAT, RUN_STARTED, WORKER_JOINED, WORKER_LEFT
 from workers.base import Worker
 from workers.context import RunContext
 from workers.drain import DrainWatch
 from workers.logs import worker_log
-from workers.messages import HEARTBEAT, RUN_STARTED, WORKER_JOINED, WORKER_LEFT
 from workers.registry import RunInfo, read_registry
 
 # Seconds between attempts to create the consumer group while the bus is unreachable.

@@ -6,7 +6,8 @@ import importlib
 
 from workers.base import Worker
 
-# kind name -> "module:Class"; a kind's module is imported by load_kind, never here.
+# kind name -> "module:Class", for every name of bus.messages.WORKER_KINDS (the wire's and the
+# config's names) and no other; a kind's module is imported by load_kind, never here.
 KINDS: dict[str, str] = {
     "metrics": "workers.metrics:MetricsWorker",
     "checkpoint": "workers.checkpoint:CheckpointWorker",

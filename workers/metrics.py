@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
 from bus import Envelope, Rejected
+from bus.messages import EPOCH_COMPLETED, ITERATION_COMPLETED, METRICS
+from trainer.config_schema import DistSection
 from trainer.metrics import NotComputableError
 from trainer.metrics.registry import (
     MetricMessageError,
@@ -34,12 +36,11 @@ from trainer.metrics.registry import (
 )
 from workers.base import Worker
 from workers.context import RunContext
-from workers.messages import EPOCH_COMPLETED, ITERATION_COMPLETED, METRICS
 
 Key = tuple[str, int]  # (split, trainer epoch)
 # Seconds to wait for every rank's states of an epoch when neither --rank-timeout nor the run's
-# config (dist.rank_timeout) says.
-DEFAULT_RANK_TIMEOUT = 30.0
+# config (dist.rank_timeout) says: the config schema's default.
+DEFAULT_RANK_TIMEOUT = DistSection().rank_timeout
 
 
 @dataclass

@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from bus import Envelope, Rejected
+from bus.messages import EPOCH_COMPLETED, ITERATION_COMPLETED, PRIMARY_SPLIT
 from workers.base import Worker
 from workers.context import RunContext
 from workers.epoch_votes import EpochVotes
-from workers.messages import EPOCH_COMPLETED, ITERATION_COMPLETED, PRIMARY_SPLIT
 
 DEFAULT_KEY = "loss"
 # The trainer names a step's plain number output "output": the fallback when there is no loss.

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from bus import BEGINNING, Bus, Envelope, tail
-from workers.messages import RUN_FINISHED, RUN_STARTED
+from bus.messages import RUN_FINISHED, RUN_STARTED
 
 # Called with each RUN_STARTED / RUN_FINISHED envelope read from the registry.
 RegistryHook = Callable[[Envelope], Awaitable[None]]

@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from bus import BEGINNING, NOW, Envelope, Publisher, PublisherFailed, Topics, open_bus
+from bus.messages import RUN_STARTED, SECRET_ENV
 from workers.base import Worker
 from workers.follow import FollowerSetup, RunFollower, drive, first_of
 from workers.kinds import load_kind
 from workers.logs import configure_logging, worker_log
-from workers.messages import RUN_STARTED
 from workers.registry import RegistryHook, RunInfo, read_registry, watch_registry
 
-SECRET_ENV = "TRAINER_BUS_SECRET"
 # Seconds the publisher may take, on the way out, to write what is left (WORKER_LEFT...).
 CLOSE_TIMEOUT = 5.0
 _STARTS = {"start": BEGINNING, "now": NOW}

@@ -32,16 +32,24 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from bus import Envelope, Rejected
+from bus.messages import (
+    CHECKPOINT_PRUNED,
+    CHECKPOINT_SAVED,
+    EPOCH_COMPLETED,
+    METRICS,
+    RUN_FINISHED,
+    RUN_STARTED,
+    TRACK,
+)
+from trainer.config_schema import RunSection
 from trainer.tracking import LocalSink
 from workers.base import Worker
 from workers.context import RunContext, config_value
 from workers.figures import EpochFigures, epoch_figures
-from workers.messages import EPOCH_COMPLETED, METRICS, RUN_FINISHED, RUN_STARTED
 
-CHECKPOINT_SAVED = "CHECKPOINT_SAVED"
-CHECKPOINT_PRUNED = "CHECKPOINT_PRUNED"
-TRACK = "TRACK"  # trainer.tracking.online.TRACK: one tracking record per envelope
 RUNS_DIR_ENV = "TRAINER_RUNS_DIR"
+# Where run directories go when neither the environment nor the run's config says: the schema's.
+RUNS_DIR = RunSection().dir
 CHECKPOINTS_ARTIFACT = "checkpoints"
 RECORD_KINDS = ("meta", "log", "histogram", "image", "artifact", "finish")
 
@@ -220,5 +228,5 @@ class TrackingWorker(Worker):
         trainer_dir = started.get("run_dir")
         if isinstance(trainer_dir, str) and Path(trainer_dir).is_dir():
             return Path(trainer_dir)
-        root = os.environ.get(RUNS_DIR_ENV) or config_value(self.ctx.config, "run.dir") or "runs"
+        root = os.environ.get(RUNS_DIR_ENV) or config_value(self.ctx.config, "run.dir") or RUNS_DIR
         return Path(root) / env.run_id

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from bus.messages import EVENTS, check_data
 from trainer import Engine, EventEnum, Events
 from trainer.bridge import BusRun
 from trainer.metrics import Average
@@ -53,6 +54,8 @@ def test_the_events_and_their_data_follow_the_catalogue(
     validation += ["EPOCH_COMPLETED", "COMPLETED"]
     expected = ["RUN_STARTED", "STARTED", *train_epoch, *validation, *train_epoch, *validation]
     assert types(events) == [*expected, "COMPLETED", "RUN_FINISHED"]
+    for env in events:  # each has the keys bus.messages requires, of the types it requires
+        check_data(env.type, env.data, topic=EVENTS)
     splits = [env.data.get("split") for env in events]
     assert splits[1:7] == ["train"] * 6 and splits[7:13] == ["val"] * 6
     assert {(env.run_id, env.source) for env in events} == {(run_id, "trainer:0")}

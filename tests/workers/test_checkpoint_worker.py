@@ -23,6 +23,7 @@ from fake_trainer import FakeTrainer, read_all
 from handlers.toy import make_toy  # the handler tests' tiny model on a real Engine
 
 from bus import Bus, Envelope, Topics
+from bus.messages import EVENTS, check_data
 from trainer.checkpoint_names import checkpoint_filename, incoming_path
 from trainer.checkpoint_store import collect_state, save_atomic
 from trainer.events import Events
@@ -228,6 +229,8 @@ async def test_the_worker_keeps_what_the_in_process_handler_keeps(
     assert len(saved) == len(reference.readies)
     assert len(pruned) == len(reference.readies) - len(reference.kept)
     assert not any(Path(e.data["path"]).exists() for e in pruned)
+    for report in saved + pruned:  # the keys bus.messages requires, of the types it requires
+        check_data(report.type, report.data, topic=EVENTS)
     assert "latest" in saved[-1].data["aliases"]
     by_file = {Path(e.data["path"]).name: e for e in saved}
     for entry in listed["checkpoints"]:

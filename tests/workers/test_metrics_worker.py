@@ -12,6 +12,7 @@ import torch
 from fake_trainer import FakeTrainer, eventually, read_all
 
 from bus import Bus, Envelope, Topics
+from bus.messages import EVENTS, check_data
 from trainer.metrics import Accuracy, ConfusionMatrix, Loss, Metric, Precision
 from trainer.metrics.registry import metric_state_message, register_metric
 from workers.metrics import MetricsWorker
@@ -80,6 +81,7 @@ async def test_the_ranks_states_merge_into_one_report_of_the_whole_data(bus, sta
     assert report.data["split"] == "val" and report.data["epoch"] == 3
     assert (report.epoch, report.iteration) == (3, 80)
     assert report.data["ranks"] == [0, 1]
+    check_data(report.type, report.data, topic=EVENTS)  # as bus.messages requires
     assert report.data["values"] == pytest.approx(
         {
             "acc": skm.accuracy_score(y.numpy(), pred),

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bus.messages import CHECKPOINT_READY
 from trainer.bridge.snapshot import Snapshots
 from trainer.checkpoint_store import check_stateful, collect_state, save_atomic
 from trainer.events import Events
@@ -232,5 +233,5 @@ class Checkpointer:
             "reason": stat.reason,
         }
         # Stamped with the snapshot's progress: that is what the file holds.
-        env = self.sender.envelope("CHECKPOINT_READY", data, at=(stat.epoch, stat.iteration))
+        env = self.sender.envelope(CHECKPOINT_READY, data, at=(stat.epoch, stat.iteration))
         self.sender.publish(self.sender.events_topic, env)

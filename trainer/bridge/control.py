@@ -43,6 +43,16 @@ from bus import (
     decode,
     encode,
 )
+from bus.messages import (
+    CHECKPOINT_REQUEST,
+    CONTROL,
+    REQUIRED,
+    TERMINATE,
+    VOTE,
+    WORKER_JOINED,
+    WORKER_LEFT,
+    check_data,
+)
 from bus.stream_ids import ZERO_ID, parse_id
 from trainer.vote_tally import Policy, Tally, VoterBook
 
@@ -50,17 +60,8 @@ log = logging.getLogger(__name__)
 
 # Commands act on the trainer that reads them; those sent before it started were meant for an
 # earlier trainer of the run (or nobody) and are not replayed.
-COMMANDS = frozenset({"TERMINATE", "VOTE", "CHECKPOINT_REQUEST"})
+COMMANDS = frozenset({TERMINATE, VOTE, CHECKPOINT_REQUEST})
 
-# Required data keys of each control type, with the types their values must have.
-_SCHEMA: dict[str, dict[str, type]] = {
-    "WORKER_JOINED": {"kind": str, "name": str, "votes": bool},
-    "WORKER_LEFT": {"kind": str, "name": str},
-    "HEARTBEAT": {"kind": str, "name": str},
-    "VOTE": {"stop": bool, "reason": str, "voter": str, "epoch": int},
-    "TERMINATE": {"reason": str},
-    "CHECKPOINT_REQUEST": {"reason": str},
-}
 # How many ignored envelopes `ControlState.ignored` remembers.
 _IGNORED_KEPT = 1000
 
@@ -85,19 +86,6 @@ class Ignored:
     type: str
     source: str
     why: str
-
-
-def schema_problem(env: Envelope) -> str | None:
-    """What in `env.data` breaks the control catalogue, or None if it is well-formed."""
-    for key, kind in _SCHEMA[env.type].items():
-        if key not in env.data:
-            return f"{env.type} data has no {key!r}"
-        value = env.data[key]
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            return f"{env.type} data {key!r} must be {kind.__name__}, got {value!r}"
-        if key in ("name", "voter") and not value:
-            return f"{env.type} data {key!r} must not be empty"
-    return None
 
 
 def signs_of_life(env: Envelope) -> set[str]:
@@ -191,12 +179,10 @@ class ControlState:
         if problem is not None:
             self._ignore(entry_id, env, f"{problem} and a signing secret is configured")
             return
-        if env.type not in _SCHEMA:
+        if env.type not in REQUIRED[CONTROL]:
             log.debug("run %s: control type %s is not for the trainer", self.run_id, env.type)
             return
-        problem = schema_problem(env)
-        if problem is not None:
-            raise Rejected(problem)
+        check_data(env.type, env.data, topic=CONTROL)
         # A sender's clock ahead of ours must not make a voter live for longer than it is.
         at = min(env.ts, now)
         self.book.seen(signs_of_life(env), at)
@@ -204,26 +190,26 @@ class ControlState:
             self._ignore(entry_id, env, "stale: sent before this trainer started", logging.INFO)
             return
         data = env.data
-        if env.type == "WORKER_JOINED":
+        if env.type == WORKER_JOINED:
             if data["votes"]:
                 self.book.join(data["name"], at)
                 log.info("run %s: voter %r joined", self.run_id, data["name"])
             else:
                 self.book.leave(data["name"])  # a non-voter of that name never holds the run
-        elif env.type == "WORKER_LEFT":
+        elif env.type == WORKER_LEFT:
             if data["name"] in self.book.registered:
                 log.info("run %s: voter %r left", self.run_id, data["name"])
             self.book.leave(data["name"])
-        elif env.type == "VOTE":
+        elif env.type == VOTE:
             vote = self.book.vote(
                 data["voter"], data["stop"], data["reason"], data["epoch"], at, source=env.source
             )
             if vote is None:
                 self._ignore(entry_id, env, f"{data['voter']!r} is not a registered voter")
                 return
-        elif env.type == "TERMINATE":
-            self._decide(StopCause("TERMINATE", data["reason"], env.source))
-        elif env.type == "CHECKPOINT_REQUEST":
+        elif env.type == TERMINATE:
+            self._decide(StopCause(TERMINATE, data["reason"], env.source))
+        elif env.type == CHECKPOINT_REQUEST:
             if not self._can_checkpoint():
                 self._ignore(entry_id, env, "this run takes no checkpoints (no checkpoint())")
                 return
@@ -259,7 +245,7 @@ class ControlState:
                 vote = result.tipped_by
                 # `by` is the deciding envelope's source (DESIGN 4.1); the name is kept apart.
                 by = vote.source if vote.source is not None else vote.voter
-                self._decide(StopCause("VOTE", vote.reason, by, result, voter=vote.voter))
+                self._decide(StopCause(VOTE, vote.reason, by, result, voter=vote.voter))
             return self.stop
 
     def take_checkpoint_request(self) -> tuple[str, str] | None:

@@ -21,6 +21,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bus import EnvelopeTooLarge
+from bus.messages import (
+    COMPLETED,
+    EPOCH_COMPLETED,
+    EPOCH_STARTED,
+    EXCEPTION_RAISED,
+    ITERATION_COMPLETED,
+    STARTED,
+    TERMINATE,
+)
 from trainer.bridge.metric_payload import MetricStates, scalar_metrics
 from trainer.bridge.outputs import OutputWindow, scalar_outputs
 from trainer.events import EventEnum, Events
@@ -116,12 +125,12 @@ class EngineLink:
         self._before_run()
         self.sync_custom_events()
         self._window.clear()
-        self.sender.send("STARTED", {"split": self.split})
+        self.sender.send(STARTED, {"split": self.split})
 
     def _epoch_started(self, engine: Engine) -> None:
         # Events registered in the middle of a run are picked up here at the latest.
         self.sync_custom_events()
-        self.sender.send("EPOCH_STARTED", {"split": self.split})
+        self.sender.send(EPOCH_STARTED, {"split": self.split})
 
     def _iteration_handler(self) -> Callable[[Engine], None]:
         """The ITERATION_COMPLETED handler: the hot path, so built for `publish_every`."""
@@ -130,7 +139,7 @@ class EngineLink:
 
             def publish_each(engine: Engine) -> None:
                 send(
-                    "ITERATION_COMPLETED",
+                    ITERATION_COMPLETED,
                     {"split": split, "outputs": scalar_outputs(engine.state.output), "count": 1},
                 )
 
@@ -152,7 +161,7 @@ class EngineLink:
         if self._window.count:
             outputs, count = self._window.drain()
             self.sender.send(
-                "ITERATION_COMPLETED", {"split": self.split, "outputs": outputs, "count": count}
+                ITERATION_COMPLETED, {"split": self.split, "outputs": outputs, "count": count}
             )
 
     def _epoch_completed(self, engine: Engine) -> None:
@@ -169,7 +178,7 @@ class EngineLink:
             "world_size": self.world_size,
         }
         try:
-            self.sender.send("EPOCH_COMPLETED", data)
+            self.sender.send(EPOCH_COMPLETED, data)
         except EnvelopeTooLarge as exc:
             # Huge metric states (a confusion matrix over many classes) must not cost the
             # event itself: publish it without them and say which were dropped.
@@ -178,16 +187,16 @@ class EngineLink:
             )
             dropped = sorted(data["metric_states"])
             self.sender.send(
-                "EPOCH_COMPLETED", {**data, "metric_states": {}, "metric_states_dropped": dropped}
+                EPOCH_COMPLETED, {**data, "metric_states": {}, "metric_states_dropped": dropped}
             )
 
     def _completed(self, engine: Engine) -> None:
         self._flush()
-        self.sender.send("COMPLETED", {"split": self.split})
+        self.sender.send(COMPLETED, {"split": self.split})
 
     def _terminate(self, engine: Engine) -> None:
         self._flush()
-        self.sender.send("TERMINATE", {"split": self.split})
+        self.sender.send(TERMINATE, {"split": self.split})
 
     def _custom_event(self, engine: Engine, name: str) -> None:
         self.sender.send(name, {"split": self.split})
@@ -197,7 +206,7 @@ class EngineLink:
             raise exc  # nothing of this run may be published before its start or after its end
         self._flush()
         self.sender.send(
-            "EXCEPTION_RAISED",
+            EXCEPTION_RAISED,
             {
                 "split": self.split,
                 "error_type": type(exc).__name__,

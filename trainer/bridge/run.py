@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import bus
 from bus import ThreadedPublisher, Topics, Verifier, open_bus
+from bus.messages import PRIMARY_SPLIT, RUN_FINISHED, RUN_STARTED, SECRET_ENV
 from trainer.bridge.barrier import BarrierResult
 from trainer.bridge.boundaries import Boundaries
 from trainer.bridge.checkpointer import Checkpointer, CheckpointStat
@@ -64,7 +65,6 @@ CATCH_UP_TIMEOUT = 30.0
 # Longest finish() waits for checkpoint writes, and then for the publisher to write it all.
 WRITE_TIMEOUT = 600.0
 FLUSH_TIMEOUT = 30.0
-SECRET_ENV = "TRAINER_BUS_SECRET"
 # Seconds the publisher lets envelopes gather into one write: a write per envelope would cost
 # the training process a round trip's worth of Python per iteration. Stops and barriers do not
 # wait for it (control is read separately; a barrier flushes first).
@@ -258,7 +258,7 @@ class BusRun:
         """One record per checkpoint taken: loop-blocked seconds, write seconds, file."""
         return [] if self._checkpointer is None else list(self._checkpointer.stats)
 
-    def attach(self, engine: Engine, split: str = "train") -> None:
+    def attach(self, engine: Engine, split: str = PRIMARY_SPLIT) -> None:
         """Publish `engine`'s lifecycle under `split`; the first engine attached is the primary."""
         if not isinstance(split, str) or not split:
             raise ValueError(f"attach split must be a non-empty str, got {split!r}")
@@ -356,7 +356,7 @@ class BusRun:
         }
         if self.speaks_for_ranks:
             data["reduced_ranks"] = self.world_size
-        self._announce("RUN_STARTED", data)
+        self._announce(RUN_STARTED, data)
         self._phase = "started"
         # Voters that registered before this start must count from the first boundary on.
         deadline = time.monotonic() + CATCH_UP_TIMEOUT
@@ -393,7 +393,7 @@ class BusRun:
                 "iteration": end.iteration,
                 "duration_s": end.duration_s,
             }
-            self._announce("RUN_FINISHED", data)
+            self._announce(RUN_FINISHED, data)
             self._end = end
             try:
                 self.publisher.flush(FLUSH_TIMEOUT)

@@ -26,14 +26,13 @@ from bus import (
     encode,
     open_bus,
 )
+from bus.messages import RUN_FINISHED, RUN_STARTED, TRACK
 from bus.urls import redact
 from trainer.tracking.errors import TrackingError
 from trainer.tracking.records import inline_files
 
 BUS_URL_ENV = "TRAINER_BUS_URL"
 NAMESPACE_ENV = "TRAINER_BUS_NAMESPACE"
-# The envelope type that carries one tracking record (its `data` is the record).
-TRACK = "TRACK"
 # Seconds `finish()` waits for the records to reach the bus.
 CLOSE_TIMEOUT = 30.0
 
@@ -63,7 +62,7 @@ class OnlineSink:
         self.epochs = 0
         self.publisher = ThreadedPublisher(lambda: open_bus(url))
         self._announce(
-            "RUN_STARTED",
+            RUN_STARTED,
             {
                 "config": dict(fields.get("config") or {}),
                 "rank": 0,
@@ -98,7 +97,7 @@ class OnlineSink:
             self._count(data)
         if data.get("kind") == "finish":
             self._announce(
-                "RUN_FINISHED",
+                RUN_FINISHED,
                 {
                     "status": data.get("status", "completed"),
                     "reason": str(data.get("reason") or ""),

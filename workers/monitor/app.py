@@ -42,8 +42,8 @@ from bus import (
     Topics,
     open_bus,
 )
+from bus.messages import RUN_STARTED
 from bus.urls import redact
-from workers.messages import RUN_STARTED
 from workers.monitor.errors import BusUnreachable, MonitorError, RunNotFound
 from workers.monitor.state import CONTROL, DEAD_LETTERS, EVENTS, MonitorState
 from workers.monitor.view import render, waiting

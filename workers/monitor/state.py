@@ -16,31 +16,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bus import DEAD_LETTER, Envelope, Topics
-from workers.messages import (
+from bus.messages import (
+    CHECKPOINT_PRUNED,
+    CHECKPOINT_READY,
+    CHECKPOINT_REQUEST,
+    CHECKPOINT_SAVED,
+    CONTROL,
     EPOCH_COMPLETED,
+    EVENTS,
+    EXCEPTION_RAISED,
     HEARTBEAT,
     ITERATION_COMPLETED,
     METRICS,
     PRIMARY_SPLIT,
     RUN_FINISHED,
     RUN_STARTED,
+    TERMINATE,
     VOTE,
     WORKER_JOINED,
     WORKER_LEFT,
 )
 
-# The topic an envelope was read from: TERMINATE means "the engine stopped" on the events
-# topic and "stop now" on the control topic.
-EVENTS, CONTROL, DEAD_LETTERS = "events", "control", "deadletter"
-
-# Types of docs/protocol.md section 10 not in workers.messages (the monitor alone reads them).
-EPOCH_STARTED = "EPOCH_STARTED"
-EXCEPTION_RAISED = "EXCEPTION_RAISED"
-CHECKPOINT_READY = "CHECKPOINT_READY"
-CHECKPOINT_SAVED = "CHECKPOINT_SAVED"
-CHECKPOINT_PRUNED = "CHECKPOINT_PRUNED"
-TERMINATE = "TERMINATE"
-CHECKPOINT_REQUEST = "CHECKPOINT_REQUEST"
+# The topic an envelope was read from (besides bus.messages' EVENTS and CONTROL): TERMINATE
+# means "the engine stopped" on the events topic and "stop now" on the control topic.
+DEAD_LETTERS = "deadletter"
 
 # The trainer's envelopes have source "trainer:<rank>"; only they move a rank's progress.
 TRAINER_PREFIX = "trainer:"

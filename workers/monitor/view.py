@@ -16,6 +16,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from bus.messages import EPOCH_COMPLETED, METRICS, PRIMARY_SPLIT
 from workers.monitor.state import (
     GONE,
     LEFT,
@@ -194,10 +195,10 @@ def outputs_lines(state: MonitorState) -> list[Text]:
 def metrics_table(state: MonitorState) -> Table:
     """Per split and metric: the latest value, its epoch, and a sparkline of its history."""
     sources = {m.source for m in state.metrics.values()}
-    note = "aggregated (METRICS)" if sources == {"METRICS"} else "per epoch"
+    note = "aggregated (METRICS)" if sources == {METRICS} else "per epoch"
     if len(sources) > 1:
         note = "METRICS where aggregated, else the trainer's EPOCH_COMPLETED"
-    elif sources == {"EPOCH_COMPLETED"}:
+    elif sources == {EPOCH_COMPLETED}:
         note = "the trainer's EPOCH_COMPLETED"
     table = _table(f"Metrics, {note}" if sources else "Metrics")
     for column in ("split", "metric", "epoch"):
@@ -206,7 +207,7 @@ def metrics_table(state: MonitorState) -> Table:
     table.add_column("min", justify="right")
     table.add_column("max", justify="right")
     table.add_column("history")
-    for split in sorted(state.metrics, key=lambda s: (s != "train", s)):
+    for split in sorted(state.metrics, key=lambda s: (s != PRIMARY_SPLIT, s)):
         for name, points in state.metrics[split].series().items():
             if not points:
                 continue

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bus import BEGINNING, Bus, BusError, Entry, Envelope, InvalidTopic, Tail, Topics
+from bus.messages import EPOCH_COMPLETED, METRICS, RUN_FINISHED, RUN_STARTED
 from bus.stream_ids import Key, parse_id
-from workers.messages import EPOCH_COMPLETED, METRICS, RUN_FINISHED, RUN_STARTED
 from workers.monitor.state import CONTROL, DEAD_LETTERS, EVENTS, MonitorState
 from workers.web.options import WebOptions
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from bus import Bus, Envelope, Topics, encode, sign
+from bus.messages import TERMINATE
 
-TERMINATE = "TERMINATE"
 DEFAULT_REASON = "stopped from the web view"
 MAX_REASON = 500  # characters: a reason is a sentence, not a document
 
