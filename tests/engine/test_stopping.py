@@ -171,6 +171,6 @@ def test_withdraw_stop_keeps_a_pending_terminate_epoch() -> None:
     engine.on(Events.ITERATION_COMPLETED(once=1), both)
     engine.on(Events.ITERATION_COMPLETED(once=1), lambda e: e.withdraw_stop(), priority=-10)
     state = engine.run(range(3), max_epochs=2)
-    # The epoch ended early as terminate_epoch() asked; the withdrawn terminate() did not end the run.
+    # The epoch ended early as terminate_epoch() asked; the withdrawn terminate() did not stop.
     assert steps == [(0, 0), (1, 0), (1, 1), (1, 2)]
     assert state.epoch == 1
