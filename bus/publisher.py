@@ -173,6 +173,11 @@ class Publisher:
         )
 
     @property
+    def enqueued(self) -> int:
+        """Envelopes accepted from producers so far (a `flush(upto=...)` target)."""
+        return self._enqueued
+
+    @property
     def depth(self) -> int:
         """Envelopes accepted but not yet confirmed written (waiting or in flight)."""
         return len(self._outbox) + len(self._inflight)
@@ -180,7 +185,7 @@ class Publisher:
     async def publish(self, topic: str, env: Envelope) -> None:
         """Queue `env` for `topic`; waits only while the outbox is full, never for the bus."""
         payload = self._encode(topic, env)
-        self._start()
+        self.start()
         if self.depth >= self.max_outbox:
             self._note_full()
         while self.depth >= self.max_outbox:
@@ -197,7 +202,7 @@ class Publisher:
     def publish_nowait(self, topic: str, env: Envelope) -> None:
         """Queue `env` for `topic` from the loop's thread, or raise OutboxFull if it is full."""
         payload = self._encode(topic, env)
-        self._start()
+        self.start()
         if self.depth >= self.max_outbox:
             self._note_full()
             raise OutboxFull(
@@ -206,9 +211,35 @@ class Publisher:
             )
         self._put(topic, payload)
 
-    async def flush(self, timeout: float | None = None) -> None:
-        """Wait until everything published so far is written; TimeoutError after `timeout` s."""
-        await self._written(self._enqueued, timeout)
+    async def flush(self, timeout: float | None = None, *, upto: int | None = None) -> None:
+        """Wait until everything published so far is written; TimeoutError after `timeout` s.
+
+        `upto`: wait only for the first `upto` envelopes accepted (a count `enqueued` gave), so
+        that a producer in another thread waits for what it published, not for what came after.
+        """
+        await self._written(self._enqueued if upto is None else upto, timeout)
+
+    def publish_from_thread(self, topic: str, env: Envelope, timeout: float | None = None) -> None:
+        """Queue `env` for `topic` from a thread other than the loop's, never waiting for the bus.
+
+        Blocks only while the outbox is full (TimeoutError after `timeout` s). The writer must
+        have been started on its loop (`start()`) first.
+        """
+        self._put_from_thread(topic, self._encode(topic, env), timeout)
+
+    def start(self) -> None:
+        """Start the writer task on the running event loop (publishing starts it too)."""
+        if self._task is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "Publisher needs a running event loop; from synchronous code use ThreadedPublisher"
+            ) from None
+        self._loop = loop
+        self._task = loop.create_task(self._run(), name="bus-publisher")
+        self._task.add_done_callback(self._writer_done)
 
     async def close(self, timeout: float | None = None) -> None:
         """Flush, then stop the writer; TimeoutError (envelopes left unwritten) after `timeout`."""
@@ -230,13 +261,13 @@ class Publisher:
         await task  # returns at once: closing, and nothing left to write
 
     async def __aenter__(self) -> Publisher:
-        self._start()
+        self.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    # ---- internals shared with ThreadedPublisher ----------------------------------------
+    # ---- internals of the producer side -------------------------------------------------
 
     def _encode(self, topic: str, env: Envelope) -> bytes:
         self._check_usable()
@@ -254,19 +285,6 @@ class Publisher:
             ) from self._failure
         if self._closing:
             raise PublisherClosed("publisher is closed: nothing more can be published")
-
-    def _start(self) -> None:
-        if self._task is not None:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise RuntimeError(
-                "Publisher needs a running event loop; from synchronous code use ThreadedPublisher"
-            ) from None
-        self._loop = loop
-        self._task = loop.create_task(self._run(), name="bus-publisher")
-        self._task.add_done_callback(self._writer_done)
 
     def _put(self, topic: str, payload: bytes) -> None:
         self._outbox.append((topic, payload))

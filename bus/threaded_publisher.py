@@ -77,7 +77,7 @@ class ThreadedPublisher:
             made = bus()  # type: ignore[operator]
             bus = await made if inspect.isawaitable(made) else made
         self._publisher = Publisher(bus, **self._options)  # type: ignore[arg-type]
-        self._publisher._start()
+        self._publisher.start()
 
     @property
     def bus(self) -> Bus:
@@ -105,17 +105,15 @@ class ThreadedPublisher:
 
     def publish(self, topic: str, env: Envelope, timeout: float | None = None) -> None:
         """Queue `env` for `topic`; blocks only while the outbox is full (TimeoutError after)."""
-        pub = self.publisher
-        payload = pub._encode(topic, env)
-        pub._put_from_thread(topic, payload, timeout)
+        self.publisher.publish_from_thread(topic, env, timeout)
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until everything published so far is written; TimeoutError after `timeout` s."""
         pub = self.publisher
         if self._closed:
             return
-        target = pub._enqueued
-        self._call(pub._written(target, timeout))
+        # Counted here, in the producer's thread: what it published before calling flush().
+        self._call(pub.flush(timeout, upto=pub.enqueued))
 
     def close(self, timeout: float | None = None) -> None:
         """Flush, stop the publisher and its thread, and close the bus if it was made here."""

@@ -376,6 +376,18 @@ class Engine:
         self.should_terminate_single_epoch = True
         self._stop_requested = True
 
+    def withdraw_stop(self) -> bool:
+        """Take back a terminate() not acted on yet, so the run goes on; whether one was pending.
+
+        Called from a handler, before the Engine reaches its next event boundary (e.g. by the
+        last handler of the event the terminate() came in). A pending terminate_epoch() stays.
+        """
+        pending = self.should_terminate
+        self.should_terminate = False
+        # The loops break out on this flag, which terminate_epoch() sets too.
+        self._stop_requested = self.should_terminate_single_epoch
+        return pending
+
     # ----------------------------------------------------------------------------- state
 
     def state_dict(self) -> dict[str, Any]:

@@ -32,14 +32,13 @@ from trainer.events import Events
 from trainer.handlers import LRScheduler, ProgressBar, TerminateOnNan
 from trainer.metrics import Loss
 from trainer.outcome import RunResult
-from trainer.reproducibility import seed_everything, set_threads
 from trainer.run_dir import CHECKPOINT_DIR, CONFIG_FILE, ResumePoint
 from trainer.tasks import Objective, build_data, build_model, build_optimizer, objective_for
 from trainer.tasks.objectives import TRAIN_GOALS
 from trainer.tasks.sharding import shard
 
 if TYPE_CHECKING:
-    from trainer.bridge import BusRun
+    from trainer.bridge import BusRun, RunEnd
 
 Printer = Callable[[str], None]
 # Turns the exception that ended a rank's run into the one its RUN_FINISHED reports (e.g. a
@@ -104,7 +103,8 @@ class Job:
     """The job `cfg` describes, built and checked; `run(run_dir, link)` trains it.
 
     Everything that can be refused (names, metrics, the checkpoint to resume from) is checked
-    here, before any output directory exists.
+    here, before any output directory exists. Building the model draws from the global RNGs:
+    seed them first, and per rank after (`trainer.reproducibility`, as `trainer run` does).
     """
 
     def __init__(self, cfg: Config, resume: ResumePoint | None = None) -> None:
@@ -120,8 +120,6 @@ class Job:
             self.nothing_to_do = nothing_to_do(cfg, self.resume_state, resume)
         # The id the checkpoint's run had (None for a checkpoint of an older version).
         self.resumed_run_id = saved_run_id(self.resume_state) if self.resume_state else None
-        set_threads(cfg.run.threads)
-        seed_everything(cfg.run.seed)
 
         trainer: Engine  # the sampler reads the epoch from it when a pass over the data starts
         data = build_data(cfg, lambda: trainer.state.epoch)
@@ -136,10 +134,6 @@ class Job:
         network = _parallel(model) if self.world_size > 1 else model
         self.optimizer = optimizer = build_optimizer(cfg, model.parameters())
         loss_fn = objective.loss()
-        if self.world_size > 1:
-            # Alike on every rank for the model's initial weights (above); from here on each
-            # rank draws its own numbers (dropout, augmentation), which checkpoints keep per rank.
-            seed_everything(cfg.run.seed + self.rank)
 
         def train_step(engine: Engine, batch: Any) -> dict[str, float]:
             x, y = batch
@@ -185,79 +179,92 @@ class Job:
 
         `explain` may turn the exception that ends the run into the one RUN_FINISHED reports.
         """
-        cfg, trainer, evaluator, data = self.cfg, self.trainer, self.evaluator, self.data
-        lead, several = self.rank == 0, self.world_size > 1
-        link.attach(trainer, "train")
-        link.attach(evaluator, "val")
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan())
-        evaluated_at = {"iteration": -1}
-        train_metrics: dict[str, Any] = {}  # the last epoch's, over every rank's data
+        link.attach(self.trainer, "train")
+        link.attach(self.evaluator, "val")
+        self.trainer.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan())
+        # Registered in this order: handlers of one priority run in it.
+        validation = self._validate_each_epoch()
+        to_save = self._checkpoint_through(link, run_dir)
+        report = self._report_each_epoch(echo if self.rank == 0 else None)
+        self._restore(to_save)
+        if self.rank == 0:
+            self.cfg.save(run_dir / CONFIG_FILE)
+        link.start()
+        end = self._train(link, validation, explain)
+        return self._result(run_dir, link, end, report.train_metrics)
 
-        def validate(engine: Engine) -> None:
-            evaluator.run(data.val)
-            if several:
-                # The whole split's values, before the schedule steps on them: every rank then
-                # steps alike. The bus got each rank's own states already.
-                evaluator.state.metrics.update(_global_metrics(evaluator))
-            evaluated_at["iteration"] = engine.state.iteration
-
-        def report(engine: Engine) -> None:
-            train_metrics.clear()
-            train_metrics.update(_global_metrics(trainer) if several else engine.state.metrics)
-            if not lead:
-                return
-            s, val = engine.state, evaluator.state.metrics
-            parts = [
-                f"epoch {s.epoch + 1}/{s.max_epochs}",
-                f"train_loss {train_metrics['loss']:.4f}",
-            ]
-            parts += [f"val_{name} {val[name]:.4f}" for name in self.objective.val_metrics]
-            if self.scheduler is not None:
-                parts.append(f"lr {self.scheduler.lrs[0]:.3g}")
-            echo("  ".join(parts))
-
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, validate, priority=VALIDATE_PRIORITY)
+    def _validate_each_epoch(self) -> Validation:
+        """Validate at every epoch's end, then step the schedule (if any) on the result."""
+        validation = Validation(self.evaluator, self.data.val, several=self.world_size > 1)
+        self.trainer.add_event_handler(
+            Events.EPOCH_COMPLETED, validation, priority=VALIDATE_PRIORITY
+        )
         if self.scheduler is not None:
-            trainer.add_event_handler(
+            self.trainer.add_event_handler(
                 Events.EPOCH_COMPLETED, self.scheduler, priority=SCHEDULE_PRIORITY
             )
+        return validation
+
+    def _checkpoint_through(self, link: BusRun, run_dir: Path) -> dict[str, Any]:
+        """What the run's checkpoints hold; `link` takes them if the config asks for any."""
         # The run's id and training time go into its checkpoints: a resume counts on from them.
         to_save = {**self.to_save(), "run": link.clock}
-        if cfg.checkpoint.every is not None:
+        checkpoint = self.cfg.checkpoint
+        if checkpoint.every is not None:
             link.checkpoint(
                 to_save,
-                every=cfg.checkpoint.every,
-                unit=cfg.checkpoint.unit,
+                every=checkpoint.every,
+                unit=checkpoint.unit,
                 directory=run_dir / CHECKPOINT_DIR,
             )
-        if cfg.train.progress_bar and lead:
-            bar = ProgressBar(disable=None, miniters=cfg.train.log_every)
-            bar.attach(trainer, output_transform=lambda out: {"loss": out["loss"]})
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, report, priority=REPORT_PRIORITY)
+        return to_save
 
-        if self.resume_state is not None:
-            # State the checkpoint lacks (e.g. saved by an older version) starts fresh.
-            present = {k: v for k, v in to_save.items() if k in self.resume_state}
-            restore_state(present, self.resume_state)
+    def _report_each_epoch(self, echo: Printer | None) -> Report:
+        """The progress bar (rank 0's, if asked for) and the epoch's line, printed with `echo`."""
+        if self.cfg.train.progress_bar and self.rank == 0:
+            bar = ProgressBar(disable=None, miniters=self.cfg.train.log_every)
+            bar.attach(self.trainer, output_transform=lambda out: {"loss": out["loss"]})
+        report = Report(
+            self.evaluator,
+            self.objective.val_metrics,
+            self.scheduler,
+            several=self.world_size > 1,
+            echo=echo,
+        )
+        self.trainer.add_event_handler(Events.EPOCH_COMPLETED, report, priority=REPORT_PRIORITY)
+        return report
 
-        if lead:
-            cfg.save(run_dir / CONFIG_FILE)
-        link.start()
+    def _restore(self, to_save: Mapping[str, Any]) -> None:
+        """Load the resumed checkpoint's states into `to_save`'s objects (none for a new run)."""
+        if self.resume_state is None:
+            return
+        # State the checkpoint lacks (e.g. saved by an older version) starts fresh.
+        present = {k: v for k, v in to_save.items() if k in self.resume_state}
+        restore_state(present, self.resume_state)
+
+    def _train(self, link: BusRun, validation: Validation, explain: Explain | None) -> RunEnd:
+        """Train, validate where the run stopped if no epoch's end did, and end the run."""
+        trainer, cfg = self.trainer, self.cfg
         try:
             trainer.run(
-                data.train, max_epochs=cfg.train.epochs, epoch_length=cfg.train.epoch_length
+                self.data.train, max_epochs=cfg.train.epochs, epoch_length=cfg.train.epoch_length
             )
-            if evaluated_at["iteration"] != trainer.state.iteration:  # e.g. stopped mid-epoch
-                validate(trainer)
+            validation.catch_up(trainer)  # e.g. stopped mid-epoch
         except BaseException as exc:
             reported = explain(exc) if explain is not None else exc
             link.finish(reported)
             if reported is exc:
                 raise
             raise reported from exc
-        end = link.finish()
-        if not train_metrics and trainer.state.metrics:
-            train_metrics.update(trainer.state.metrics)  # stopped before any epoch's report
+        return link.finish()
+
+    def _result(
+        self, run_dir: Path, link: BusRun, end: RunEnd, train_metrics: Mapping[str, Any]
+    ) -> RunResult:
+        """What the run came to, as `trainer run` reports it."""
+        if not train_metrics:
+            train_metrics = self.trainer.state.metrics  # stopped before any epoch's report
+        val = self.evaluator.state.metrics
         return RunResult(
             run_dir=run_dir,
             run_id=link.run_id,
@@ -269,9 +276,76 @@ class Job:
             epochs=end.epochs,
             iteration=end.iteration,
             task=self.objective.task,
-            val={k: float(evaluator.state.metrics[k]) for k in self.objective.ranked()},
+            val={k: float(val[k]) for k in self.objective.ranked()},
             train={"loss": float(train_metrics["loss"])} if "loss" in train_metrics else {},
         )
+
+
+class Validation:
+    """The trainer's EPOCH_COMPLETED handler that runs the evaluator on the validation split.
+
+    `evaluated_at` is the trainer's iteration it last validated at, so that a run that stopped
+    mid-epoch is validated once more at its end (`catch_up`).
+    """
+
+    def __init__(self, evaluator: Engine, data: Any, *, several: bool) -> None:
+        self.evaluator = evaluator
+        self.data = data
+        self.several = several
+        self.evaluated_at = -1
+
+    def __call__(self, engine: Engine) -> None:
+        """Validate now, at `engine`'s iteration."""
+        self.evaluator.run(self.data)
+        if self.several:
+            # The whole split's values, before the schedule steps on them: every rank then
+            # steps alike. The bus got each rank's own states already.
+            self.evaluator.state.metrics.update(_global_metrics(self.evaluator))
+        self.evaluated_at = engine.state.iteration
+
+    def catch_up(self, engine: Engine) -> None:
+        """Validate if the last validation was not at `engine`'s current iteration."""
+        if self.evaluated_at != engine.state.iteration:
+            self(engine)
+
+
+class Report:
+    """The trainer's EPOCH_COMPLETED handler that keeps the epoch's training metrics (over
+    every rank's data) in `train_metrics` and, with `echo`, prints the epoch's line."""
+
+    def __init__(
+        self,
+        evaluator: Engine,
+        val_metrics: tuple[str, ...],
+        scheduler: LRScheduler | None,
+        *,
+        several: bool,
+        echo: Printer | None,
+    ) -> None:
+        self.evaluator = evaluator
+        self.val_metrics = val_metrics
+        self.scheduler = scheduler
+        self.several = several
+        self.echo = echo
+        self.train_metrics: dict[str, Any] = {}  # the last epoch's
+
+    def __call__(self, engine: Engine) -> None:
+        """Take the epoch's metrics (a collective with several ranks) and print its line."""
+        self.train_metrics = _global_metrics(engine) if self.several else dict(engine.state.metrics)
+        if self.echo is not None:
+            self.echo(self.line(engine))
+
+    def line(self, engine: Engine) -> str:
+        """The epoch's line: its number, the training loss, validation metrics, the rate."""
+        s, val = engine.state, self.evaluator.state.metrics
+        parts = [
+            f"epoch {s.epoch + 1}/{s.max_epochs}",
+            f"train_loss {self.train_metrics['loss']:.4f}",
+        ]
+        parts += [f"val_{name} {val[name]:.4f}" for name in self.val_metrics]
+        if self.scheduler is not None:
+            parts.append(f"lr {self.scheduler.lrs[0]:.3g}")
+        return "  ".join(parts)
 
 
 def _world() -> tuple[int, int]:

@@ -546,6 +546,23 @@ async def test_a_tail_skips_bad_entries_and_leaves_groups_alone(bus: Bus) -> Non
     assert len(await bus.read_group(TOPIC, "g", "c", count=10, block=None)) == 3
 
 
+async def test_a_closed_tail_ends_a_follow_read_and_entries_come_raw(bus: Bus) -> None:
+    await put(bus, 0)
+    [bad_id] = await bus.append(TOPIC, [b"\xc1 garbage"])
+    t = tail(bus, TOPIC, BEGINNING, block=0.05)
+    got: list[str] = []
+
+    async def follow() -> None:
+        async for entry in t.entries():
+            got.append(entry.id)
+
+    following = asyncio.create_task(follow())
+    await eventually(lambda: len(got) == 2)
+    assert got[1] == bad_id and t.last_id == bad_id  # undecoded: the caller judges it
+    t.close()
+    await asyncio.wait_for(following, 10)  # a follow tail ends once closed
+
+
 # -- opening buses from URLs ------------------------------------------------------------------
 
 

@@ -291,6 +291,23 @@ async def test_a_write_the_bus_refuses_for_good_stops_the_publisher_loudly(redis
     await bus.close()
 
 
+async def test_a_producer_thread_publishes_and_flushes_through_the_public_api(bus) -> None:
+    # What ThreadedPublisher is built on: start() on the loop, then a thread of its own.
+    pub = Publisher(bus, max_batch=8)
+    pub.start()
+
+    def produce() -> None:
+        for i in range(20):
+            pub.publish_from_thread(EVENTS, env(i))
+
+    await asyncio.to_thread(produce)
+    assert pub.enqueued == 20
+    await pub.flush(30, upto=pub.enqueued)
+    assert pub.stats().published == 20
+    assert await iterations(bus, EVENTS) == list(range(20))
+    await pub.close()
+
+
 def test_publisher_needs_a_running_loop_and_says_what_to_use_instead() -> None:
     pub = Publisher(InMemoryBus())
     with pytest.raises(RuntimeError, match="ThreadedPublisher"):

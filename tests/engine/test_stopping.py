@@ -144,3 +144,33 @@ def test_exception_in_a_handler_goes_to_exception_raised_and_may_be_reraised() -
 
     with pytest.raises(RuntimeError, match="wrapped"):
         engine.run(range(2))
+
+
+def test_a_withdrawn_terminate_does_not_stop_the_run() -> None:
+    # What a rank of several does with a terminate() nobody agreed on yet: takes it back.
+    withdrawn: list = []
+    engine = Engine(lambda e, batch: batch)
+    engine.on(Events.ITERATION_COMPLETED(once=2), lambda e: e.terminate(), priority=10)
+    engine.on(
+        Events.ITERATION_COMPLETED, lambda e: withdrawn.append(e.withdraw_stop()), priority=-10
+    )
+    state = engine.run(range(3), max_epochs=2)
+    assert state.iteration == 6  # every iteration of every epoch ran
+    assert withdrawn == [False, True, False, False, False, False]
+    assert not engine.should_terminate
+
+
+def test_withdraw_stop_keeps_a_pending_terminate_epoch() -> None:
+    steps: list = []
+    engine = Engine(lambda e, batch: steps.append((e.state.epoch, batch)))
+
+    def both(e: Engine) -> None:
+        e.terminate_epoch()
+        e.terminate()
+
+    engine.on(Events.ITERATION_COMPLETED(once=1), both)
+    engine.on(Events.ITERATION_COMPLETED(once=1), lambda e: e.withdraw_stop(), priority=-10)
+    state = engine.run(range(3), max_epochs=2)
+    # The epoch ended early as terminate_epoch() asked; the withdrawn terminate() did not stop.
+    assert steps == [(0, 0), (1, 0), (1, 1), (1, 2)]
+    assert state.epoch == 1

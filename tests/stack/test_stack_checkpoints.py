@@ -14,6 +14,7 @@ from trainer import config as config_module
 from trainer.events import Events
 from trainer.handlers import Checkpoint, DiskSaver
 from trainer.job import Job
+from trainer.reproducibility import prepare_process
 from trainer.retention import RetentionPolicy, best
 
 EPOCH = 23  # iterations per digits epoch
@@ -25,6 +26,7 @@ def in_process_checkpoints(config_path: Path, directory: Path) -> tuple[list[str
     Returns the files it keeps, its latest and its best, as the job before the bus kept them.
     """
     cfg = config_module.load(config_path)
+    prepare_process(cfg.run.seed, cfg.run.threads)  # as `trainer run` does
     job = Job(cfg)
     trainer, evaluator = job.trainer, job.evaluator
     evaluated_at = {"iteration": -1}

@@ -27,17 +27,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from bus import (
     BEGINNING,
     Bus,
     BusError,
-    BusUnavailable,
     DecodeError,
     Entry,
     Envelope,
     Rejected,
+    Tail,
     Verifier,
     dead_letter_envelope,
     decode,
@@ -53,7 +52,6 @@ from bus.messages import (
     WORKER_LEFT,
     check_data,
 )
-from bus.stream_ids import ZERO_ID, parse_id
 from trainer.vote_tally import Policy, Tally, VoterBook
 
 log = logging.getLogger(__name__)
@@ -256,7 +254,11 @@ class ControlState:
 
 
 class ControlReader:
-    """Tails the control topic into a ControlState; runs as a task on the publisher's loop."""
+    """Tails the control topic into a ControlState; runs as a task on the publisher's loop.
+
+    The reading (catch-up, follow, retry) is `bus.Tail`'s; the reader decodes each entry itself
+    so that one that is not an envelope, or breaks the catalogue, can be dead-lettered.
+    """
 
     def __init__(
         self,
@@ -278,47 +280,53 @@ class ControlReader:
         self.retry_delay = retry_delay
         self.caught_up = threading.Event()  # set once the history as of the start is applied
         self._stopping = False
+        self._tails: list[Tail] = []
 
     def stop(self) -> None:
         """Ask the reader to end after its current read (at most `block` seconds)."""
         self._stopping = True
+        for tail in self._tails:
+            tail.close()
+
+    def _tail(self, bus: Bus, start: str, follow: bool) -> Tail:
+        tail = Tail(
+            bus,
+            self.topic,
+            start,
+            follow=follow,
+            batch=self.batch,
+            block=self.block,
+            retry_delay=self.retry_delay,
+            # Never let the reader die of a failed read: without it no stop would ever arrive.
+            retry_on=(Exception,),
+        )
+        self._tails.append(tail)
+        if self._stopping:  # stop() came before this tail existed
+            tail.close()
+        return tail
 
     async def run(self, bus: Bus) -> None:
         """Read the topic from its beginning until stopped, applying every entry."""
-        end = await self._retrying(lambda: bus.last_id(self.topic))
-        if end is None:
+        # The history as of now, at full speed (nothing is worth waiting for), then the rest.
+        history = self._tail(bus, BEGINNING, follow=False)
+        async for entry in history.entries():
+            await self._handle(bus, entry)
+        if self._stopping:
             return
-        end_key = parse_id(end)
-        if end == ZERO_ID:
-            self.caught_up.set()
-        after = BEGINNING
-        while not self._stopping:
-            # While catching up nothing is worth waiting for: read the history at full speed.
-            block = self.block if self.caught_up.is_set() else None
-            entries = await self._retrying(
-                lambda a=after, b=block: bus.read(self.topic, a, count=self.batch, block=b)
-            )
-            if entries is None:
-                return
-            for entry in entries:
-                after = entry.id
+        self.caught_up.set()
+        live = self._tail(bus, history.last_id or BEGINNING, follow=True)
+        ticker = asyncio.ensure_future(self._tick())
+        try:
+            async for entry in live.entries():
                 await self._handle(bus, entry)
-            if not self.caught_up.is_set() and (not entries or parse_id(after) >= end_key):
-                self.caught_up.set()
-            self.state.tick(time.time())
+        finally:
+            ticker.cancel()
 
-    async def _retrying(self, call: Callable[[], Any]) -> Any:
-        """`await call()` until it succeeds; None if the reader is stopped meanwhile."""
-        while not self._stopping:
-            try:
-                return await call()
-            except BusUnavailable as exc:
-                log.warning("control topic %s unreachable (%s); retrying", self.topic, exc)
-            except Exception:
-                # Never let the reader die: without it no stop signal would ever arrive.
-                log.exception("reading control topic %s failed; retrying", self.topic)
-            await asyncio.sleep(self.retry_delay)
-        return None
+    async def _tick(self) -> None:
+        """Re-tally as time passes, as often as a live read waits: silent voters stop counting."""
+        while True:
+            await asyncio.sleep(self.block)
+            self.state.tick(time.time())
 
     async def _handle(self, bus: Bus, entry: Entry) -> None:
         try:

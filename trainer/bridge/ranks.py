@@ -125,9 +125,7 @@ class RankBoundaries(Boundaries):
                 self.rank,
                 engine.state.iteration,
             )
-        engine.should_terminate = False
-        # The Engine breaks out of its loops on this flag; terminate_epoch() sets it too.
-        engine._stop_requested = engine.should_terminate_single_epoch
+        engine.withdraw_stop()
 
     def _epoch_boundary(self, engine: Engine) -> None:
         if engine.should_terminate:

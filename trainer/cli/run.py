@@ -255,11 +255,14 @@ def _train(
     """Build the job, then train it on the run (as one rank of several when `ranks` is given)."""
     from trainer.checkpoint_store import CheckpointError  # torch loads only when training
     from trainer.job import Job
+    from trainer.reproducibility import prepare_process, seed_rank
 
+    prepare_process(cfg.run.seed, cfg.run.threads)
     try:
         job = Job(cfg, resume)  # refuses a bad job before any directory is created
     except (CheckpointError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
+    seed_rank(cfg.run.seed, job.rank, job.world_size)
     lead = ranks is None or ranks.rank == 0
     if job.nothing_to_do is not None:
         # A finished run resumed as it was: nothing is trained, published or rewritten.

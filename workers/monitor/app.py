@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import math
 import signal
 import time
@@ -45,15 +44,16 @@ from bus import (
 from bus.messages import RUN_STARTED
 from bus.urls import redact
 from workers.monitor.errors import BusUnreachable, MonitorError, RunNotFound
-from workers.monitor.state import CONTROL, DEAD_LETTERS, EVENTS, MonitorState
+from workers.monitor.run_reader import HISTORY_BATCH, ReplayPacer, RunItem, RunReader
+from workers.monitor.state import EVENTS, MonitorState
 from workers.monitor.view import render, waiting
 
 T = TypeVar("T")
 
+__all__ = ["Monitor", "MonitorOptions", "ReplayPacer", "main", "monitor"]
+
 REGISTRY = "registry"
 _STOP = "stop"  # the queue item kind that says `stop` was set
-# Entries per read of a topic's history (a long run has millions: fewer round trips).
-HISTORY_BATCH = 1000
 # Run ids listed when the run asked for is unknown.
 RECENT_RUNS = 5
 # A finished run whose checkpoint worker still files checkpoints is waited for this long at most.
@@ -100,38 +100,6 @@ class _Stopped(Exception):
     """`stop` was set while waiting for the bus."""
 
 
-class ReplayPacer:
-    """When each envelope of a replay is due: at `t0 + (ts - ts0) / speed`, where `ts0` is the
-    first envelope's timestamp and `t0` the moment it was fed.
-
-    Every wait is measured from that one anchor, not from the previous envelope, so the time
-    spent feeding and rendering (and a sleep's overshoot) is taken out of the next wait instead
-    of adding up over thousands of envelopes.
-    """
-
-    def __init__(self, speed: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.speed = speed
-        self.clock = clock  # seconds, monotonic
-        self._anchor: tuple[float, float] | None = None  # (ts0, t0)
-
-    def wait(self, ts: float) -> float:
-        """Seconds to wait before feeding the envelope stamped `ts` (0 when it is due)."""
-        now = self.clock()
-        if self._anchor is None:
-            self._anchor = (ts, now)
-            return 0.0
-        ts0, t0 = self._anchor
-        return max(0.0, t0 + (ts - ts0) / self.speed - now)
-
-    def stream_time(self) -> float | None:
-        """The replay clock: the run's time (seconds since the epoch) the replay stands at
-        now; None before the first envelope."""
-        if self._anchor is None:
-            return None
-        ts0, t0 = self._anchor
-        return ts0 + (self.clock() - t0) * self.speed
-
-
 class Monitor:
     """One monitor session on an open bus: picks the run, reads it and drives the display."""
 
@@ -148,7 +116,6 @@ class Monitor:
         self.generation = 0  # items of the run read before a switch are left out
         self.state: MonitorState | None = None
         self.live: Live | None = None
-        self.last_ids: dict[str, str] = {}  # topic kind -> the last entry id of its history
         self.awaiting_newer = False  # showing a finished run until a newer one starts
         self.pacer: ReplayPacer | None = None  # the replay clock of the run played back
         self._next_render = 0.0
@@ -294,9 +261,8 @@ class Monitor:
             self.console.print(waiting(self.options.namespace, self.topics.registry(), runs))
             return
         state = self.state = MonitorState(run_id, self.options.namespace)
-        histories = await self._read_history(state)
-        for kind, env in _merged(histories):
-            state.feed(kind, env)
+        for item in await self._read_history(self._reader(state)):
+            state.feed(item.kind, item.env)
         self.console.print(render(state, time.time()))
 
     async def _stopper(self) -> None:
@@ -335,37 +301,20 @@ class Monitor:
             return env.run_id
         return None
 
-    async def _read_history(self, state: MonitorState) -> list[list[tuple[str, Envelope]]]:
-        """Every topic's envelopes up to now; `self.last_ids` says where each history ended."""
-        topics = self._run_topics(state.run_id)
-        tails = {
-            kind: Tail(
-                self.bus,
-                topic,
-                BEGINNING,
-                follow=False,
-                batch=HISTORY_BATCH,
-                on_bad=self._on_bad(kind),
-            )
-            for kind, topic in topics.items()
-        }
-
-        async def read(kind: str, tail: Tail) -> list[tuple[str, Envelope]]:
-            return [(kind, env) async for env in tail]
-
-        histories = await self._until_stopped(
-            lambda: asyncio.gather(*(read(kind, tail) for kind, tail in tails.items()))
+    def _reader(self, state: MonitorState) -> RunReader:
+        """The reader of `state`'s run, feeding what does not decode to `state`."""
+        return RunReader(
+            self.bus,
+            self.topics,
+            state.run_id,
+            keep=state.concerns,
+            on_bad=state.note_undecodable,
+            block=self.options.block,
         )
-        self.last_ids = {kind: tail.last_id or BEGINNING for kind, tail in tails.items()}
-        return list(histories)
 
-    def _run_topics(self, run_id: str) -> dict[str, str]:
-        topics = self.topics
-        return {
-            EVENTS: topics.events(run_id),
-            CONTROL: topics.control(run_id),
-            DEAD_LETTERS: topics.dead_letter(),
-        }
+    async def _read_history(self, reader: RunReader) -> list[RunItem]:
+        """The run's envelopes up to now, interleaved by time, unless `stop` comes first."""
+        return await self._until_stopped(reader.history)
 
     async def _watch(self, run_id: str, announced: bool) -> str | None:
         """Show run `run_id` until it finished or `stop`; the run to switch to, or None.
@@ -377,49 +326,43 @@ class Monitor:
         generation = self.generation
         self.awaiting_newer = False
         state = self.state = MonitorState(run_id, self.options.namespace)
+        reader = self._reader(state)
         try:
-            histories = await self._read_history(state)
+            history = await self._read_history(reader)
         except _Stopped:
             return None
         self.pacer = None
         if self.options.replay:
-            outcome = await self._replay(state, histories)
+            outcome = await self._replay(state, history)
             if outcome is not None:
                 self._show(render(state, self._now()))
                 return outcome or None
         else:
-            for kind, env in _merged(histories):
-                state.feed(kind, env)
+            for item in history:
+                state.feed(item.kind, item.env)
         self._show(render(state, self._now()))
-        pumps = [
-            asyncio.create_task(self._pump(generation, kind, topic), name=f"monitor:{kind}")
-            for kind, topic in self._run_topics(run_id).items()
-        ]
+        pump = asyncio.create_task(self._pump(generation, reader), name=f"monitor:{run_id}")
         try:
             seen_running = announced or self.options.replay or not state.finished
             return await self._follow(state, generation, seen_running)
         finally:
-            for task in pumps:
-                task.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
 
-    async def _replay(
-        self, state: MonitorState, histories: list[list[tuple[str, Envelope]]]
-    ) -> str | None:
+    async def _replay(self, state: MonitorState, history: list[RunItem]) -> str | None:
         """Feed the history at its recorded pace times `speed`; "" once stopped, a run id to
         switch to, or None when done."""
         pacer = self.pacer = ReplayPacer(self.options.speed)
-        for kind, env in _merged(histories):
-            # Only the run's own envelopes set the pace: the dead-letter topic holds the whole
-            # namespace's, hours before or after this run.
-            if state.concerns(kind, env):
-                wait = pacer.wait(env.ts)
-                if wait > 0:
-                    outcome = await self._pause(wait, state)
-                    if outcome is not None:
-                        return outcome
-                state.feed(kind, env)
-                self._maybe_show(state, self._now())
+        # The reader kept only the run's own envelopes, so only they set the pace: the
+        # dead-letter topic holds the whole namespace's, hours before or after this run.
+        for item in history:
+            wait = pacer.wait(item.env.ts)
+            if wait > 0:
+                outcome = await self._pause(wait, state)
+                if outcome is not None:
+                    return outcome
+            state.feed(item.kind, item.env)
+            self._maybe_show(state, self._now())
         return None
 
     async def _pause(self, seconds: float, state: MonitorState) -> str | None:
@@ -446,17 +389,10 @@ class Monitor:
         replayed = self.pacer.stream_time() if self.pacer is not None else None
         return wall if replayed is None else min(replayed, wall)
 
-    async def _pump(self, generation: int, kind: str, topic: str) -> None:
-        tail = Tail(
-            self.bus,
-            topic,
-            self.last_ids[kind],
-            follow=True,
-            block=self.options.block,
-            on_bad=self._on_bad(kind),
-        )
-        async for env in tail:
-            await self.queue.put((generation, kind, env))
+    async def _pump(self, generation: int, reader: RunReader) -> None:
+        async with contextlib.aclosing(reader.follow()) as items:
+            async for item in items:
+                await self.queue.put((generation, item.kind, item.env))
 
     async def _follow(self, state: MonitorState, generation: int, seen_running: bool) -> str | None:
         """Feed what the live tails read until the run has settled or a stop or switch.
@@ -527,11 +463,6 @@ class Monitor:
         registry = self.topics.registry()
         note = Text(f"waiting for a newer run on {registry} (Ctrl-C to quit)", style="dim")
         return Group(view, note)
-
-
-def _merged(histories: list[list[tuple[str, Envelope]]]) -> list[tuple[str, Envelope]]:
-    """The topics' envelopes interleaved by timestamp, each topic's own order kept."""
-    return list(heapq.merge(*histories, key=lambda item: item[1].ts))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -2,8 +2,9 @@
 
 Everything is read as tails (bus.Tail): never a consumer group, never an ack, so the page
 disturbs no worker. A RunWatch reads a run's events, control and dead-letter topics from their
-beginning into a MonitorState (the monitor's own state model) and keeps the run's metric points
-with their events-stream entry ids: a browser that reconnects with `Last-Event-ID` is sent the
+beginning into a MonitorState with the monitor's own reader and state model
+(`workers.monitor.run_reader`) and keeps the run's metric points with their events-stream
+entry ids: a browser that reconnects with `Last-Event-ID` is sent the
 points after that id, so it misses none. LiveRuns follows the registry, keeps a watch on each
 running run (for the runs list's progress) and on each run a page looks at, and tells whether
 the bus answers.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import math
 import time
@@ -22,16 +22,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bus import BEGINNING, Bus, BusError, Entry, Envelope, InvalidTopic, Tail, Topics
+from bus import BEGINNING, Bus, BusError, Envelope, InvalidTopic, Tail, Topics
 from bus.messages import EPOCH_COMPLETED, METRICS, RUN_FINISHED, RUN_STARTED
 from bus.stream_ids import Key, parse_id
-from workers.monitor.state import CONTROL, DEAD_LETTERS, EVENTS, MonitorState
+from workers.monitor.run_reader import HISTORY_BATCH, RunItem, RunReader
+from workers.monitor.state import EVENTS, MonitorState
 from workers.web.options import WebOptions
 
 log = logging.getLogger("workers.web")
 
-# Entries per read of a topic's history (a long run has many: fewer round trips).
-HISTORY_BATCH = 1000
 # Seconds between two probes of the bus, and the most one probe waits.
 HEALTH_EVERY = 2.0
 # Seconds between two looks for watches nobody uses any more.
@@ -143,12 +142,15 @@ class RunWatch:
         self.on_change = on_change
         self.run_id = run_id
         self.block = block
-        self.topics = {
-            EVENTS: topics.events(run_id),
-            CONTROL: topics.control(run_id),
-            DEAD_LETTERS: topics.dead_letter(),
-        }
         self.state = MonitorState(run_id, topics.namespace)
+        self.reader = RunReader(
+            bus,
+            topics,
+            run_id,
+            keep=self.state.concerns,
+            on_bad=self.state.note_undecodable,
+            block=block,
+        )
         self.points: list[Point] = []
         self._keys: list[Key] = []
         self.ready = asyncio.Event()  # set once every topic's history has been read
@@ -178,54 +180,19 @@ class RunWatch:
             return list(self.points)
         return self.points[bisect_right(self._keys, parse_id(after)) :]
 
-    def _on_bad(self, kind: str) -> Callable[[Entry, str], None]:
-        def count(entry: Entry, reason: str) -> None:
-            self.state.note_undecodable(kind, reason)
-
-        return count
-
-    async def _history(self, kind: str) -> tuple[list[tuple[str, Envelope, str]], str]:
-        tail = Tail(
-            self.bus,
-            self.topics[kind],
-            BEGINNING,
-            follow=False,
-            batch=HISTORY_BATCH,
-            on_bad=self._on_bad(kind),
-        )
-        # Tail sets last_id before it yields, so it is the id of the envelope just read.
-        read = [(kind, env, tail.last_id or "") async for env in tail]
-        return read, tail.last_id or BEGINNING
-
     async def _run(self) -> None:
-        kinds = list(self.topics)
-        histories = await asyncio.gather(*(self._history(kind) for kind in kinds))
-        # Interleaved by time, each topic's own order kept: the monitor's replay order.
-        merged = heapq.merge(*(read for read, _ in histories), key=lambda item: item[1].ts)
-        for kind, env, entry_id in merged:
-            self._take(kind, env, entry_id, fire=False)
+        for item in await self.reader.history():
+            self._take(item, fire=False)
         self.ready.set()
         self._fire()
-        await asyncio.gather(
-            *(self._follow(kind, last) for kind, (_, last) in zip(kinds, histories, strict=True))
-        )
+        async with contextlib.aclosing(self.reader.follow()) as items:
+            async for item in items:
+                self._take(item, fire=True)
 
-    async def _follow(self, kind: str, after: str) -> None:
-        tail = Tail(
-            self.bus,
-            self.topics[kind],
-            after,
-            follow=True,
-            block=self.block,
-            on_bad=self._on_bad(kind),
-        )
-        async for env in tail:
-            self._take(kind, env, tail.last_id or "", fire=True)
-
-    def _take(self, kind: str, env: Envelope, entry_id: str, fire: bool) -> None:
-        self.state.feed(kind, env)
-        if kind == EVENTS and entry_id:
-            point = point_of(entry_id, env)
+    def _take(self, item: RunItem, fire: bool) -> None:
+        self.state.feed(item.kind, item.env)
+        if item.kind == EVENTS:
+            point = point_of(item.entry_id, item.env)
             if point is not None and (not self._keys or point.key > self._keys[-1]):
                 self.points.append(point)
                 self._keys.append(point.key)
