@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from bus import EnvelopeTooLarge
 from trainer.bridge.metric_payload import MetricStates, scalar_metrics
 from trainer.bridge.outputs import OutputWindow, scalar_outputs
+from trainer.errors import TrainerError
 from trainer.events import EventEnum, Events
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ MAX_TRACEBACK = 64 * 1024
 ExceptionHook = Callable[["Engine", BaseException], None]
 
 
-class RunNotStarted(RuntimeError):
+class RunNotStarted(TrainerError, RuntimeError):
     """An attached engine ran outside the run's start() ... finish()."""
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from workers.errors import WorkerError
 
-class MonitorError(Exception):
+
+class MonitorError(WorkerError):
     """The monitor cannot watch what it was asked to; the message says what and how to fix it."""
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from bus import Bus, Envelope, Topics, encode, sign
+from workers.errors import WorkerError
 
 TERMINATE = "TERMINATE"
 DEFAULT_REASON = "stopped from the web view"
 MAX_REASON = 500  # characters: a reason is a sentence, not a document
 
 
-class BadReason(ValueError):
+class BadReason(WorkerError, ValueError):
     """The reason given for a stop cannot be sent; the message says what would do."""
 
 
