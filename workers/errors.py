@@ -6,7 +6,7 @@ code that raises them; this is the whole tree:
 
     WorkerError
     ├── MonitorError ........................ workers.monitor.errors: the monitor cannot start
-    │   ├── RunNotFound ..................... the run is neither on the registry nor has topics
+    │   ├── RunNotOnBus ..................... the run is neither on the registry nor has topics
     │   └── BusUnreachable .................. the bus cannot be reached or refuses the monitor
     ├── WebError ............................ workers.web.errors: the web view cannot start
     ├── BadReason (ValueError) .............. workers.web.stop: a stop reason that cannot be sent
