@@ -157,7 +157,7 @@ class SplitMetrics:
 
 
 @dataclass(frozen=True)
-class Vote:
+class LatestVote:
     """A voter's latest vote."""
 
     stop: bool
@@ -177,7 +177,7 @@ class WorkerState:
     joined_ts: float | None = None
     last_seen: float | None = None
     left: bool = False
-    vote: Vote | None = None
+    vote: LatestVote | None = None
 
     def age(self, now: float) -> float | None:
         """Seconds since the worker was last heard of."""
@@ -506,7 +506,7 @@ class MonitorState:
             worker.left = True
         elif kind == VOTE:
             worker.votes = True
-            worker.vote = Vote(
+            worker.vote = LatestVote(
                 stop=data.get("stop") is True,
                 epoch=_int(data.get("epoch")),
                 reason=_str(data.get("reason")) or "",
