@@ -185,7 +185,7 @@ class WorkerState:
 
 
 @dataclass
-class Checkpoint:
+class KeptCheckpoint:
     """A checkpoint file the checkpoint worker keeps."""
 
     path: str
@@ -226,7 +226,7 @@ class MonitorState:
         self.epoch_length_learnt: int | None = None
         self.metrics: dict[str, SplitMetrics] = {}  # by split
         self.workers: dict[str, WorkerState] = {}  # by name
-        self.checkpoints: dict[str, Checkpoint] = {}  # by path
+        self.checkpoints: dict[str, KeptCheckpoint] = {}  # by path
         self.pending_ready: dict[str, str] = {}  # CHECKPOINT_READY id -> path, not yet filed
         self.dead_letters = DeadLetters()
         self.exception: Mapping[str, Any] | None = None
@@ -466,7 +466,7 @@ class MonitorState:
         )
         for other in self.checkpoints.values():  # an alias names one checkpoint: it moves
             other.aliases = [a for a in other.aliases if a not in aliases]
-        self.checkpoints[path] = Checkpoint(
+        self.checkpoints[path] = KeptCheckpoint(
             path=path,
             epoch=_int(data.get("epoch")),
             iteration=_int(data.get("iteration")),
