@@ -58,7 +58,7 @@ from trainer.tracking.summary import (
 )
 from trainer.tracking.tensorboard import EventFileWriter
 
-KINDS = ("meta", "log", "histogram", "image", "artifact", "removed", "finish")
+RECORD_KINDS = ("meta", "log", "histogram", "image", "artifact", "removed", "finish")
 STATUSES = ("running", "completed", "terminated", "failed")
 FINAL_STATUSES = ("completed", "terminated", "failed")
 
@@ -122,7 +122,9 @@ class _RunDirState:
         kind = record.get("kind") if isinstance(record, Mapping) else None
         handler = self.handlers.get(kind)  # type: ignore[arg-type]
         if handler is None:
-            raise ValueError(f"tracking record kind {kind!r} is not one of {', '.join(KINDS)}")
+            raise ValueError(
+                f"tracking record kind {kind!r} is not one of {', '.join(RECORD_KINDS)}"
+            )
         with self.mutex:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
@@ -562,4 +564,4 @@ def _forget(run_dir: Path) -> None:
         _states.pop((os.getpid(), os.path.abspath(run_dir)), None)
 
 
-__all__ = ["FINAL_STATUSES", "KINDS", "STATUSES", "LocalSink", "TrackingError", "run_lock"]
+__all__ = ["FINAL_STATUSES", "RECORD_KINDS", "STATUSES", "LocalSink", "TrackingError", "run_lock"]
