@@ -43,7 +43,9 @@ CHECKPOINT_PRUNED = "CHECKPOINT_PRUNED"
 TRACK = "TRACK"  # trainer.tracking.online.TRACK: one tracking record per envelope
 RUNS_DIR_ENV = "TRAINER_RUNS_DIR"
 CHECKPOINTS_ARTIFACT = "checkpoints"
-RECORD_KINDS = ("meta", "log", "histogram", "image", "artifact", "finish")
+# What a TRACK envelope may carry: every record kind of the store but "removed", which only the
+# tracking worker itself makes (from CHECKPOINT_PRUNED).
+TRACK_RECORD_KINDS = ("meta", "log", "histogram", "image", "artifact", "finish")
 
 
 class TrackingWorker(Worker):
@@ -193,7 +195,7 @@ class TrackingWorker(Worker):
 
     def _track(self, env: Envelope) -> dict[str, Any]:
         record = dict(env.data)
-        if record.get("kind") not in RECORD_KINDS:
+        if record.get("kind") not in TRACK_RECORD_KINDS:
             raise Rejected(f"TRACK {env.id}: record kind {record.get('kind')!r} is unknown")
         if record.get("kind") == "artifact":
             for entry in record.get("files") or ():
