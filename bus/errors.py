@@ -1,4 +1,22 @@
-"""Errors raised by the bus; each names what was wrong and where."""
+"""Errors raised by the bus; each names what was wrong and where. This is the whole tree:
+
+    BusError
+    ├── DecodeError ......................... bytes on a topic that are not an envelope
+    ├── EnvelopeTooLarge .................... an encoding over the maximum size
+    ├── BusUnavailable ...................... the transport cannot be reached now (retry)
+    ├── BusAuthError ........................ credentials or a permission refused
+    ├── UnknownGroup ........................ a consumer group missing on its topic
+    ├── InvalidTopic (ValueError) ........... a run id or namespace that cannot name a topic
+    ├── InvalidURL (ValueError) ............. a bus URL that cannot be used
+    ├── InvalidSignature .................... bus.signing: unsigned, or a wrong signature
+    ├── PublisherClosed ..................... published after close
+    ├── PublisherFailed ..................... a write refused for a reason retrying cannot fix
+    ├── OutboxFull .......................... publish_nowait found the outbox full
+    └── Rejected ............................ raised by a handler: dead-letter this envelope now
+
+The trainer and the workers have their own roots (`trainer.errors.TrainerError`,
+`workers.errors.WorkerError`): the bus imports nothing of theirs.
+"""
 
 from __future__ import annotations
 

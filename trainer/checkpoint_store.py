@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from trainer.atomic_file import atomic_file
+from trainer.errors import TrainerError
 
 # One hashing rule for writers and verifiers; kept importable from here.
 from trainer.manifest import ManifestError, file_sha256, read_manifest
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 
-class CheckpointError(Exception):
+class CheckpointError(TrainerError):
     """A checkpoint could not be written, read or verified; ``path`` names the file."""
 
     def __init__(self, path: str | os.PathLike[str], message: str) -> None:

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from trainer.config_schema import CHOICES, GE, GT, LE, LT, TrainerConfig
+from trainer.errors import TrainerError
 
 __all__ = [
     "Config",
@@ -41,7 +42,7 @@ DEFAULTS = "schema defaults"
 _MISSING = object()
 
 
-class ConfigError(ValueError):
+class ConfigError(TrainerError, ValueError):
     """A config that cannot be used; `key` and `source` name the culprit where known."""
 
     def __init__(self, message: str, *, key: str | None = None, source: str | None = None):

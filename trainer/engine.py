@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
+from trainer.errors import TrainerError
 from trainer.events import AnyEvent, EventEnum, Events, FilteredEvent, base_event, flatten
 from trainer.state import State
 
@@ -30,7 +31,7 @@ _STATE_KEYS = {
 }
 
 
-class DataExhaustedError(RuntimeError):
+class DataExhaustedError(TrainerError, RuntimeError):
     """The data ran out before the epoch's length and cannot be iterated again."""
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.atomic_file import atomic_file
+from trainer.errors import TrainerError
 from trainer.retention import CheckpointRecord, latest
 
 MANIFEST_FILE = "manifest.json"
@@ -34,7 +35,7 @@ LOCK_FILE = ".manifest.lock"
 _HASH_CHUNK = 1 << 20
 
 
-class ManifestError(ValueError):
+class ManifestError(TrainerError, ValueError):
     """A manifest is missing or unreadable; the message names the file and what is wrong."""
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer.errors import TrainerError
+
 # The manifest's format, writes and lock live in trainer.manifest; the names stay importable here.
 from trainer.manifest import MANIFEST_FILE, ManifestError, write_json_atomic, write_manifest
 from trainer.manifest import read_manifest as _read_manifest
@@ -40,7 +42,7 @@ __all__ = [
 ]
 
 
-class ResumeError(ValueError):
+class ResumeError(TrainerError, ValueError):
     """`--resume` names nothing usable; the message says what was looked for and where."""
 
 

@@ -28,13 +28,14 @@ from trainer.manifest import (
     write_manifest_entries,
 )
 from trainer.retention import CheckpointRecord, RetentionPolicy, best, latest
+from workers.errors import WorkerError
 
 # How many CHECKPOINT_READY ids the manifest remembers; a redelivery comes long before
 # thousands of newer checkpoints, and the manifest is rewritten on every filing.
 HANDLED_KEPT = 1000
 
 
-class VerificationError(Exception):
+class VerificationError(WorkerError):
     """A checkpoint file does not match what its CHECKPOINT_READY says; the message says how."""
 
 

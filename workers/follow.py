@@ -26,7 +26,7 @@ from workers.base import Worker
 from workers.context import RunContext
 from workers.drain import DrainWatch
 from workers.logs import worker_log
-from workers.registry import RunInfo, read_registry
+from workers.registry import RegisteredRun, read_registry
 
 # Seconds between attempts to create the consumer group while the bus is unreachable.
 RETRY_DELAY = 0.5
@@ -76,7 +76,7 @@ class RunFollower:
     idle for `linger` seconds (so the reports other workers publish after it are handled too).
     """
 
-    def __init__(self, setup: FollowerSetup, info: RunInfo, start: str) -> None:
+    def __init__(self, setup: FollowerSetup, info: RegisteredRun, start: str) -> None:
         self.setup = setup
         self.info = info
         run_id = info.run_id

@@ -13,7 +13,7 @@ RegistryHook = Callable[[Envelope], Awaitable[None]]
 
 
 @dataclass
-class RunInfo:
+class RegisteredRun:
     """One run as announced on the registry: its RUN_STARTED and the ranks that finished."""
 
     run_id: str
@@ -47,16 +47,16 @@ class RunInfo:
 
 async def read_registry(
     bus: Bus, topic: str, run_id: str | None = None
-) -> tuple[dict[str, RunInfo], str]:
+) -> tuple[dict[str, RegisteredRun], str]:
     """Read the registry's history (of `run_id` only if given): its runs, and where to go on."""
-    runs: dict[str, RunInfo] = {}
+    runs: dict[str, RegisteredRun] = {}
     history = tail(bus, topic, BEGINNING, follow=False)
     async for env in history:
         if env.type not in (RUN_STARTED, RUN_FINISHED):
             continue
         if run_id is not None and env.run_id != run_id:
             continue
-        runs.setdefault(env.run_id, RunInfo(env.run_id)).observe(env)
+        runs.setdefault(env.run_id, RegisteredRun(env.run_id)).observe(env)
     # From the last entry read; an empty registry is followed from its beginning.
     return runs, history.last_id or BEGINNING
 

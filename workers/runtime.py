@@ -18,7 +18,7 @@ from workers.base import Worker
 from workers.follow import FollowerSetup, RunFollower, drive, first_of
 from workers.kinds import load_kind
 from workers.logs import configure_logging, worker_log
-from workers.registry import RegistryHook, RunInfo, read_registry, watch_registry
+from workers.registry import RegisteredRun, RegistryHook, read_registry, watch_registry
 
 # Seconds the publisher may take, on the way out, to write what is left (WORKER_LEFT...).
 CLOSE_TIMEOUT = 5.0
@@ -192,7 +192,7 @@ async def _follow_run(
     if found is None:
         return 0
     runs, after = found
-    follower = RunFollower(setup, runs.get(run_id) or RunInfo(run_id), start)
+    follower = RunFollower(setup, runs.get(run_id) or RegisteredRun(run_id), start)
 
     async def on_run(env: Envelope) -> None:
         if env.run_id == run_id:
@@ -225,7 +225,7 @@ async def _follow_runs(
     followers: dict[str, RunFollower] = {}
     driving: dict[asyncio.Task[str], RunFollower] = {}
 
-    def launch(info: RunInfo, start: str) -> None:
+    def launch(info: RegisteredRun, start: str) -> None:
         try:
             follower = RunFollower(setup, info, start)
         except Exception:
@@ -260,7 +260,7 @@ async def _follow_runs(
         if follower is not None:
             follower.on_registry(env)
             return
-        info = runs.setdefault(env.run_id, RunInfo(env.run_id))
+        info = runs.setdefault(env.run_id, RegisteredRun(env.run_id))
         info.observe(env)
         if env.type == RUN_STARTED and not info.finished:
             # Started after this worker: all of its history is new, whatever `start` says.

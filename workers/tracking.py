@@ -51,7 +51,9 @@ RUNS_DIR_ENV = "TRAINER_RUNS_DIR"
 # Where run directories go when neither the environment nor the run's config says: the schema's.
 RUNS_DIR = RunSection().dir
 CHECKPOINTS_ARTIFACT = "checkpoints"
-RECORD_KINDS = ("meta", "log", "histogram", "image", "artifact", "finish")
+# What a TRACK envelope may carry: every record kind of the store but "removed", which only the
+# tracking worker itself makes (from CHECKPOINT_PRUNED).
+TRACK_RECORD_KINDS = ("meta", "log", "histogram", "image", "artifact", "finish")
 
 
 class TrackingWorker(Worker):
@@ -201,7 +203,7 @@ class TrackingWorker(Worker):
 
     def _track(self, env: Envelope) -> dict[str, Any]:
         record = dict(env.data)
-        if record.get("kind") not in RECORD_KINDS:
+        if record.get("kind") not in TRACK_RECORD_KINDS:
             raise Rejected(f"TRACK {env.id}: record kind {record.get('kind')!r} is unknown")
         if record.get("kind") == "artifact":
             for entry in record.get("files") or ():

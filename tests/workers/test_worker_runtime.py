@@ -11,7 +11,7 @@ from fake_trainer import FakeTrainer, control, eventually, read_all
 
 from bus import Bus, Envelope, Rejected, Topics, encode, verify
 from workers.base import Worker
-from workers.registry import RunInfo
+from workers.registry import RegisteredRun
 from workers.runtime import RuntimeOptions, run_worker
 
 CONFIG = {"train": {"epochs": 3}, "early_stopping": {"patience": 2}}
@@ -226,8 +226,8 @@ def handled_ids(name: str) -> set[str]:
     return {env.id for env, _ in Recorder.seen[name]}
 
 
-def test_run_info_waits_for_every_rank() -> None:
-    info = RunInfo("r")
+def test_a_registered_run_waits_for_every_rank() -> None:
+    info = RegisteredRun("r")
 
     def env(type: str, rank: int) -> Envelope:
         data = {"world_size": 2} if type == "RUN_STARTED" else {}

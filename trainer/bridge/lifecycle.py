@@ -32,6 +32,7 @@ from bus.messages import (
 )
 from trainer.bridge.metric_payload import MetricStates, scalar_metrics
 from trainer.bridge.outputs import OutputWindow, scalar_outputs
+from trainer.errors import TrainerError
 from trainer.events import EventEnum, Events
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ MAX_TRACEBACK = 64 * 1024
 ExceptionHook = Callable[["Engine", BaseException], None]
 
 
-class RunNotStarted(RuntimeError):
+class RunNotStarted(TrainerError, RuntimeError):
     """An attached engine ran outside the run's start() ... finish()."""
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from trainer.errors import TrainerError
+
 USAGE_ERROR = 2
 
 
-class UsageError(ValueError):
+class UsageError(TrainerError, ValueError):
     """The command line (or what it names) cannot be used; the message says what to do."""

@@ -37,6 +37,7 @@ from types import FrameType
 from typing import IO, Any
 
 from trainer.cli.errors import UsageError
+from trainer.errors import TrainerError
 from trainer.manifest import write_json_atomic
 
 RANKS_DIR = ".ranks"
@@ -59,7 +60,7 @@ _SUMMARY_FAILURE = re.compile(
 )
 
 
-class RankLost(RuntimeError):
+class RankLost(TrainerError, RuntimeError):
     """A rank's run ended because another rank of the job was lost (its collective failed)."""
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from trainer.errors import TrainerError
 from trainer.metrics.state import (
     StateValue,
     check_reduction,
@@ -31,7 +32,7 @@ def _fresh(value: StateValue) -> StateValue:
     return value if type(value) in _IMMUTABLE else copy.deepcopy(value)
 
 
-class NotComputableError(RuntimeError):
+class NotComputableError(TrainerError, RuntimeError):
     """Raised by `compute()` when the metric has not seen enough data to have a value."""
 
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from trainer.errors import TrainerError
 from trainer.metrics.accuracy import Accuracy, TopKCategoricalAccuracy
 from trainer.metrics.averages import Average, RunningAverage
 from trainer.metrics.base import Metric
@@ -56,15 +57,15 @@ BUILTIN_METRICS: tuple[type[Metric], ...] = (
 _by_name: dict[str, type[Metric]] = {cls.__name__: cls for cls in BUILTIN_METRICS}
 
 
-class UnknownMetricClass(LookupError):
+class UnknownMetricClass(TrainerError, LookupError):
     """A metric class name that is not registered; the message lists the registered ones."""
 
 
-class MetricNotPortable(ValueError):
+class MetricNotPortable(TrainerError, ValueError):
     """A metric whose state cannot be published for another process to merge; says why."""
 
 
-class MetricMessageError(ValueError):
+class MetricMessageError(TrainerError, ValueError):
     """A metric state message (one `metric_states` entry) that cannot be turned into a metric."""
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from trainer.errors import TrainerError
 
-class TrackingError(RuntimeError):
+
+class TrackingError(TrainerError, RuntimeError):
     """Tracking data could not be written (full disk, read-only directory...) or read back.
 
     `path` is the file or directory concerned and `reason` what the system said.
@@ -31,5 +33,5 @@ def tracking_error(exc: OSError, doing: str, fallback: str | os.PathLike[str]) -
     )
 
 
-class RunNotFound(LookupError):
+class RunNotFound(TrackingError, LookupError):
     """No run matches what was asked for; the message names it and the nearest run ids."""

@@ -61,7 +61,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return read_from(path)[0]
 
 
-class Tail:
+class JsonlFollower:
     """Follows a JSON-lines file: each `read()` returns the rows appended since the last one."""
 
     def __init__(self, path: Path) -> None:

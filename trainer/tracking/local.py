@@ -32,7 +32,7 @@ from trainer.atomic_file import atomic_file, copy_file
 from trainer.manifest import file_sha256
 from trainer.tracking.artifact import check_file_name
 from trainer.tracking.errors import TrackingError, tracking_error
-from trainer.tracking.jsonl import Tail, append_line, read_from
+from trainer.tracking.jsonl import JsonlFollower, append_line, read_from
 from trainer.tracking.layout import (
     ARTIFACT_INDEX,
     ARTIFACTS_DIR,
@@ -58,7 +58,7 @@ from trainer.tracking.summary import (
 )
 from trainer.tracking.tensorboard import EventFileWriter
 
-KINDS = ("meta", "log", "histogram", "image", "artifact", "removed", "finish")
+RECORD_KINDS = ("meta", "log", "histogram", "image", "artifact", "removed", "finish")
 STATUSES = ("running", "completed", "terminated", "failed")
 FINAL_STATUSES = ("completed", "terminated", "failed")
 
@@ -98,10 +98,10 @@ class _RunDirState:
     def __init__(self, run_dir: Path) -> None:
         self.dir = run_dir
         self.mutex = threading.Lock()
-        self.metrics = Tail(run_dir / METRICS_FILE)
-        self.tails = {
-            "histogram": Tail(run_dir / HISTOGRAMS_FILE),
-            "image": Tail(run_dir / IMAGES_FILE),
+        self.metrics = JsonlFollower(run_dir / METRICS_FILE)
+        self.followers = {
+            "histogram": JsonlFollower(run_dir / HISTOGRAMS_FILE),
+            "image": JsonlFollower(run_dir / IMAGES_FILE),
         }
         self.keys: dict[str, set[str]] = {"log": set(), "histogram": set(), "image": set()}
         self.last_step: int | None = None
@@ -122,7 +122,9 @@ class _RunDirState:
         kind = record.get("kind") if isinstance(record, Mapping) else None
         handler = self.handlers.get(kind)  # type: ignore[arg-type]
         if handler is None:
-            raise ValueError(f"tracking record kind {kind!r} is not one of {', '.join(KINDS)}")
+            raise ValueError(
+                f"tracking record kind {kind!r} is not one of {', '.join(RECORD_KINDS)}"
+            )
         with self.mutex:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +157,7 @@ class _RunDirState:
                 self.last_step = step
 
     def _catch_up(self, kind: str) -> None:
-        rows, restarted = self.tails[kind].read()
+        rows, restarted = self.followers[kind].read()
         if restarted:
             self.keys[kind].clear()
         self.keys[kind].update(row["key"] for row in rows if isinstance(row.get("key"), str))
@@ -266,8 +268,8 @@ class _RunDirState:
         if key is not None:
             row["key"] = str(key)
         row.update(bins=[float(b) for b in bins], counts=[int(c) for c in counts])
-        self.tails["histogram"].path.parent.mkdir(exist_ok=True)
-        append_line(self.tails["histogram"].path, row)
+        self.followers["histogram"].path.parent.mkdir(exist_ok=True)
+        append_line(self.followers["histogram"].path, row)
         self._catch_up("histogram")
         return step
 
@@ -300,7 +302,7 @@ class _RunDirState:
             width=record.get("width"),
             height=record.get("height"),
         )
-        append_line(self.tails["image"].path, row)
+        append_line(self.followers["image"].path, row)
         self._catch_up("image")
         return step
 
@@ -562,4 +564,4 @@ def _forget(run_dir: Path) -> None:
         _states.pop((os.getpid(), os.path.abspath(run_dir)), None)
 
 
-__all__ = ["FINAL_STATUSES", "KINDS", "STATUSES", "LocalSink", "TrackingError", "run_lock"]
+__all__ = ["FINAL_STATUSES", "RECORD_KINDS", "STATUSES", "LocalSink", "TrackingError", "run_lock"]

@@ -43,7 +43,7 @@ from bus import (
 )
 from bus.messages import RUN_STARTED
 from bus.urls import redact
-from workers.monitor.errors import BusUnreachable, MonitorError, RunNotFound
+from workers.monitor.errors import BusUnreachable, MonitorError, RunNotOnBus
 from workers.monitor.run_reader import HISTORY_BATCH, ReplayPacer, RunItem, RunReader
 from workers.monitor.state import EVENTS, MonitorState
 from workers.monitor.view import render, waiting
@@ -198,7 +198,7 @@ class Monitor:
             if recent
             else "no run has been announced in this namespace (is --namespace right?)"
         )
-        raise RunNotFound(
+        raise RunNotOnBus(
             f"run {run_id!r} not found in namespace {self.options.namespace!r} on "
             f"{self.shown_url}: the registry {self.topics.registry()!r} never announced it and "
             f"{events!r} is empty; {known}"
@@ -476,7 +476,7 @@ async def monitor(
 ) -> int:
     """Watch as `options` say on `console` until the run finished or `stop`; the exit status.
 
-    Raises MonitorError (RunNotFound, BusUnreachable) with a one-line message when it cannot.
+    Raises MonitorError (RunNotOnBus, BusUnreachable) with a one-line message when it cannot.
     """
     options.check()
     try:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from workers.errors import WorkerError
 
-class MonitorError(Exception):
+
+class MonitorError(WorkerError):
     """The monitor cannot watch what it was asked to; the message says what and how to fix it."""
 
 
-class RunNotFound(MonitorError):
+class RunNotOnBus(MonitorError):
     """The run asked for is neither on the registry nor has an events topic."""
 
 

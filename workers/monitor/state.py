@@ -156,7 +156,7 @@ class SplitMetrics:
 
 
 @dataclass(frozen=True)
-class Vote:
+class LatestVote:
     """A voter's latest vote."""
 
     stop: bool
@@ -176,7 +176,7 @@ class WorkerState:
     joined_ts: float | None = None
     last_seen: float | None = None
     left: bool = False
-    vote: Vote | None = None
+    vote: LatestVote | None = None
 
     def age(self, now: float) -> float | None:
         """Seconds since the worker was last heard of."""
@@ -184,7 +184,7 @@ class WorkerState:
 
 
 @dataclass
-class Checkpoint:
+class KeptCheckpoint:
     """A checkpoint file the checkpoint worker keeps."""
 
     path: str
@@ -225,7 +225,7 @@ class MonitorState:
         self.epoch_length_learnt: int | None = None
         self.metrics: dict[str, SplitMetrics] = {}  # by split
         self.workers: dict[str, WorkerState] = {}  # by name
-        self.checkpoints: dict[str, Checkpoint] = {}  # by path
+        self.checkpoints: dict[str, KeptCheckpoint] = {}  # by path
         self.pending_ready: dict[str, str] = {}  # CHECKPOINT_READY id -> path, not yet filed
         self.dead_letters = DeadLetters()
         self.exception: Mapping[str, Any] | None = None
@@ -465,7 +465,7 @@ class MonitorState:
         )
         for other in self.checkpoints.values():  # an alias names one checkpoint: it moves
             other.aliases = [a for a in other.aliases if a not in aliases]
-        self.checkpoints[path] = Checkpoint(
+        self.checkpoints[path] = KeptCheckpoint(
             path=path,
             epoch=_int(data.get("epoch")),
             iteration=_int(data.get("iteration")),
@@ -505,7 +505,7 @@ class MonitorState:
             worker.left = True
         elif kind == VOTE:
             worker.votes = True
-            worker.vote = Vote(
+            worker.vote = LatestVote(
                 stop=data.get("stop") is True,
                 epoch=_int(data.get("epoch")),
                 reason=_str(data.get("reason")) or "",

@@ -21,7 +21,7 @@ from workers.monitor.state import (
     GONE,
     LEFT,
     LIVE,
-    Checkpoint,
+    KeptCheckpoint,
     MonitorState,
     RankProgress,
     WorkerState,
@@ -273,7 +273,7 @@ def workers_table(state: MonitorState, now: float) -> Table:
 # -- checkpoints -------------------------------------------------------------------------
 
 
-def _checkpoint_order(checkpoint: Checkpoint) -> tuple[int, float]:
+def _checkpoint_order(checkpoint: KeptCheckpoint) -> tuple[int, float]:
     return (checkpoint.iteration if checkpoint.iteration is not None else -1, checkpoint.ts)
 
 

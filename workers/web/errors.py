@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from workers.errors import WorkerError
 
-class WebError(Exception):
+
+class WebError(WorkerError):
     """The web view cannot start as asked; the message says what to change."""

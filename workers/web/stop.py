@@ -11,12 +11,13 @@ from typing import Any
 
 from bus import Bus, Envelope, Topics, encode, sign
 from bus.messages import TERMINATE
+from workers.errors import WorkerError
 
 DEFAULT_REASON = "stopped from the web view"
 MAX_REASON = 500  # characters: a reason is a sentence, not a document
 
 
-class BadReason(ValueError):
+class BadReason(WorkerError, ValueError):
     """The reason given for a stop cannot be sent; the message says what would do."""
 
 
