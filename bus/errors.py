@@ -14,6 +14,9 @@
     ├── OutboxFull .......................... publish_nowait found the outbox full
     └── Rejected ............................ raised by a handler: dead-letter this envelope now
 
+Not an error, so not in the tree: `bus.tail._Closed` only ends a tail's read when it is closed
+from another thread; it never leaves `Tail`.
+
 The trainer and the workers have their own roots (`trainer.errors.TrainerError`,
 `workers.errors.WorkerError`): the bus imports nothing of theirs.
 """

@@ -18,6 +18,7 @@ from workers.errors import WorkerError
 
 # Signals to stop, not errors: drawn as such in each root's docstring.
 SIGNALS = {
+    "bus.tail._Closed",
     "trainer.cli.launch.RankStopped",
     "workers.base.WorkerStopping",
     "workers.monitor.app._Stopped",
