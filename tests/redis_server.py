@@ -17,6 +17,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class PortTaken(RuntimeError):
+    """The chosen port was taken between free_port() and the server's bind (parallel tests)."""
+
+
 def _read(s: socket.socket, n: int) -> bytes:
     """Up to `n` bytes from `s`, fewer only if the peer stops sending."""
     data = b""
@@ -44,6 +48,8 @@ class RedisServer:
             raise RuntimeError("redis-server is not on PATH; the README's test command installs it")
         self.exe = exe
         self.port = port or free_port()
+        # A port we picked ourselves may be taken by a parallel test before the server binds it.
+        self._port_chosen_here = port is None
         self.durable = durable
         self.extra = extra or []
         self.password = password  # --requirepass; the URL and the start-up PING carry it
@@ -56,7 +62,18 @@ class RedisServer:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        """Start the server and wait until it answers PING."""
+        """Start the server and wait until it answers PING (on a new port if ours was taken)."""
+        for _ in range(3):
+            try:
+                return self._start()
+            except PortTaken:
+                self.stop()
+                if not self._port_chosen_here:
+                    raise
+                self.port = free_port()
+        return self._start()
+
+    def _start(self) -> RedisServer:
         persistence = (
             ["--appendonly", "yes", "--appendfsync", "always"]
             if self.durable
@@ -87,15 +104,30 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                if "Address already in use" in err:
+                    raise PortTaken(err)
                 raise RuntimeError(f"redis-server exited on start: {err}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(hello.encode())
                     if _read(s, len(answer)).startswith(answer):
+                        self._check_it_is_ours()
                         return self
             except OSError:
                 time.sleep(0.02)
         raise RuntimeError(f"redis-server did not answer on port {self.port} within 10 s")
+
+    def _check_it_is_ours(self) -> None:
+        """Fail if the server answering on our port is another one (tests run in parallel)."""
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        try:
+            pid = client.info("server")["process_id"]
+        finally:
+            client.close()
+        if self.proc is None or pid != self.proc.pid:
+            raise PortTaken(f"port {self.port} is answered by another redis-server (pid {pid})")
 
     def stop(self) -> None:
         """Terminate the server (SIGTERM) and wait for it to exit."""
