@@ -282,3 +282,31 @@ def test_show_describes_the_media_with_their_captions(
     line = next(line for line in out.splitlines() if "prediction" in line)
     assert "Model prediction" in line and "100" in line and "media/images/" in line
     assert "weights" in out
+
+
+def test_a_run_stopped_mid_epoch_shows_the_epochs_it_completed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trainer.tracking.local import LocalSink
+
+    # As the tracking worker writes a run stopped in its 7th epoch: rows up to epoch 7 (the
+    # step rows of the epoch in progress), then RUN_FINISHED's count of completed epochs.
+    run = tracking.run("digits", name="stopped", config={"train": {"epochs": 30}}, dir=tmp_path)
+    for epoch in range(1, 8):
+        run.log({"train/loss": 1 / epoch, "epoch": epoch}, step=epoch * 10)
+    sink = LocalSink(run.dir)
+    sink.write(
+        {
+            "kind": "finish",
+            "status": "terminated",
+            "reason": "seen enough",
+            "by": "web:host:1",
+            "fields": {"epochs": 6, "iteration": 65},
+            "time": time.time(),
+            "key": "finished:x",
+        }
+    )
+    sink.close()
+    assert main(["runs", "ls", "--dir", str(tmp_path)]) == 0
+    (row,) = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert row[2:4] == ["terminated", "6/30"]

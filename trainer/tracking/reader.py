@@ -185,11 +185,16 @@ def max_epochs(meta: dict[str, Any]) -> int | None:
 
 
 def epochs_completed(run_dir: Path, meta: dict[str, Any], summary: dict[str, Any]) -> int | None:
-    """The epochs the run completed: the highest "epoch" logged, else run.json's "epochs".
+    """The epochs the run completed: run.json's "epochs" once it has finished, else the highest
+    "epoch" logged.
 
     Both count epochs as people do (the tracking worker logs `epoch` as the trainer's
-    0-based `state.epoch` + 1), so the first epoch's row says 1.
+    0-based `state.epoch` + 1), so the first epoch's row says 1. A finished run's own count
+    wins: a run stopped mid-epoch may have logged rows of the epoch it did not complete.
     """
+    finished = meta.get("epochs")
+    if isinstance(finished, (int, float)) and not isinstance(finished, bool):
+        return int(finished)
     if "epoch" in summary["last"]:
         if summary["goal"].get("epoch") == "max" and "epoch" in summary["best"]:
             highest = summary["best"]["epoch"]  # the summary already knows the maximum
@@ -198,8 +203,7 @@ def epochs_completed(run_dir: Path, meta: dict[str, Any], summary: dict[str, Any
             highest = max(epochs, default=None)
         if isinstance(highest, (int, float)):
             return int(highest)
-    value = meta.get("epochs")
-    return int(value) if isinstance(value, (int, float)) else None
+    return None
 
 
 def run_dirs(root: str | os.PathLike[str]) -> list[Path]:
