@@ -129,7 +129,8 @@ class SchedSection:
     min_lr: float = field(default=0.0, metadata=limits(ge=0.0))
 
 
-# Worker kinds `trainer worker KIND` knows; the embedded default runs those `workers` lists.
+# The built-in worker kinds `trainer worker KIND` knows by name; `workers` lists them or your
+# own kinds' import paths ("package.module:Class"), checked when `trainer run` starts them.
 WORKER_KINDS = ("metrics", "checkpoint", "tracking", "early-stop", "nan-guard", "budget")
 
 
@@ -147,6 +148,9 @@ class BusSection:
     barrier_timeout: float = field(default=30.0, metadata=limits(gt=0.0))  # seconds
     # a voter silent for this long (no heartbeat) no longer counts
     heartbeat_timeout: float = field(default=10.0, metadata=limits(gt=0.0))
+    # "package.module:function" probes: each is called with the engine at every published
+    # ITERATION_COMPLETED and returns {name: number}, sent in its outputs as "probe/<name>"
+    probes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -186,9 +190,9 @@ class TrainerConfig:
     bus: BusSection = field(default_factory=BusSection)
     dist: DistSection = field(default_factory=DistSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
-    # the workers `trainer run` runs beside the trainer when no --bus is given
+    # the workers `trainer run` runs beside the trainer when no --bus is given: kind names
+    # (WORKER_KINDS) or "package.module:Class"
     workers: list[str] = field(
-        default_factory=lambda: ["metrics", "checkpoint", "tracking", "early-stop"],
-        metadata=limits(choices=WORKER_KINDS),
+        default_factory=lambda: ["metrics", "checkpoint", "tracking", "early-stop"]
     )
     extra: dict[str, Any] = field(default_factory=dict)
