@@ -59,18 +59,21 @@ def test_a_coalesced_window_reads_the_probes_when_it_is_published(bus_url, clien
 
 def test_a_probe_that_returns_no_mapping_of_numbers_is_named() -> None:
     with pytest.raises(TypeError, match=r"probe .*<lambda> returned a list: return a mapping"):
-        Probes.load([lambda engine: [1.0]], "test").read(None)  # type: ignore[union-attr]
+        Probes.load([lambda engine: [1.0]], str).read(None)  # type: ignore[union-attr]
     with pytest.raises(TypeError, match=r"returned 'mb': 'big', which is not a number"):
-        Probes.load([lambda engine: {"mb": "big"}], "test").read(None)  # type: ignore[union-attr]
+        Probes.load([lambda engine: {"mb": "big"}], str).read(None)  # type: ignore[union-attr]
 
 
 def test_no_probes_cost_nothing_and_bad_paths_are_named_with_their_origin() -> None:
-    assert Probes.load([], "config 'bus.probes'") is None
+    def where(index: int) -> str:
+        return f"config 'bus.probes[{index}]'"
+
+    assert Probes.load([], where) is None
     with pytest.raises(PluginError) as caught:
-        Probes.load(["json:nothere"], "config 'bus.probes'")
+        Probes.load(["json:nothere"], where)
     assert str(caught.value) == (
-        "probe 'json:nothere' (config 'bus.probes'[0]): module 'json' has no attribute "
+        "probe 'json:nothere' (config 'bus.probes[0]'): module 'json' has no attribute "
         "'nothere'; check the name after ':'"
     )
     with pytest.raises(PluginError, match=r"'json:__name__' .* is a str, not a function"):
-        Probes.load(["json:__name__"], "config 'bus.probes'")
+        Probes.load(["json:__name__"], where)

@@ -147,14 +147,15 @@ class Probes:
         self.entries = tuple(entries)
 
     @classmethod
-    def load(cls, specs: Sequence[str | Probe], where: str) -> Probes | None:
+    def load(cls, specs: Sequence[str | Probe], where: Callable[[int], str]) -> Probes | None:
         """The probes `specs` name ("package.module:function" or callables); None for none, so
-        that publishing costs nothing more without probes. PluginError names a bad one."""
+        that publishing costs nothing more without probes. PluginError names a bad one and
+        `where(index)` it came from."""
         if isinstance(specs, str):
-            raise PluginError(f"probes ({where}) must be a list, got the string {specs!r}")
+            raise PluginError(f"probes must be a list, got the string {specs!r}")
         entries = []
         for index, spec in enumerate(specs):
-            origin = f"{where}[{index}]"
+            origin = where(index)
             if isinstance(spec, str):
                 probe, name = import_path(spec, what="probe", where=origin), spec
             else:

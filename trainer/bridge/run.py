@@ -178,7 +178,7 @@ class BusRun:
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir).resolve()
         # Where the trainer keeps the run's files; a tracking worker that sees it writes there.
         self.run_dir = None if run_dir is None else Path(run_dir).resolve()
-        self.probes = Probes.load(probes, "BusRun probes")
+        self.probes = Probes.load(probes, lambda i: f"BusRun probes[{i}]")
         verifier = Verifier(self.secret)  # refuses an empty secret before any thread starts
         options = dict(bus_options or {})
         self._owns_publisher = publisher is None

@@ -51,7 +51,7 @@ def check_plugins(cfg: Config, embedded: bool) -> None:
     before anything is made; ConfigError names a bad one."""
     source = cfg.source_of("bus.probes")
     try:
-        Probes.load(list(cfg.bus.probes), f"config 'bus.probes', set by {source}")
+        Probes.load(list(cfg.bus.probes), lambda i: f"config 'bus.probes[{i}]', set by {source}")
     except PluginError as exc:
         raise ConfigError(str(exc), key="bus.probes", source=source) from None
     if embedded:
