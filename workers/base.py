@@ -39,6 +39,10 @@ class Setting:
     ge: float | None = None
     choices: Sequence[Any] | None = None
 
+    def __post_init__(self) -> None:
+        if self.type not in (int, float, str):
+            raise TypeError(f"Setting {self.name!r}: type {self.type!r} is not int, float or str")
+
     @property
     def flag(self) -> str:
         """The command-line option, e.g. "--limit-mb"."""

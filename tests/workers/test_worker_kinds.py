@@ -107,6 +107,13 @@ def test_the_command_line_takes_a_kind_by_import_path(plugins, capsys) -> None:
     err = capsys.readouterr().err
     assert err.startswith("trainer: error: trainer worker: worker kind 'guards:Missing' (given")
     assert len(err.splitlines()) == 1
+    # A kind option that can never work is refused before the bus is contacted.
+    with pytest.raises(SystemExit) as exited:
+        main(["worker", "guards:Guard", "--bus", "redis://x:1/0", "--run", "r", "--limit-mb", "-3"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == (
+        "trainer: error: trainer worker: my-guard --limit-mb -3.0 is not a number > 0\n"
+    )
 
 
 class Sized(Worker):

@@ -101,6 +101,10 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
         print(kind_parser.format_help().replace("options:", f"options of {args.kind}:", 1))
         return 0
     kind_options = kind_parser.parse_args(extras)
+    try:
+        kind.check_options(vars(kind_options))  # before anything connects
+    except ValueError as exc:
+        raise UsageError(f"trainer worker: {exc}") from None
     if not args.bus:
         raise UsageError(
             f"trainer worker {args.kind}: --bus URL is required (or set {BUS_URL_ENV})"
