@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bus.messages import WORKER_KINDS
-
 # Keys of a field's metadata that `trainer.config` checks after merging.
 GT, GE, LT, LE, CHOICES = "gt", "ge", "lt", "le", "choices"
 
@@ -145,6 +143,9 @@ class BusSection:
     barrier_timeout: float = field(default=30.0, metadata=limits(gt=0.0))  # seconds
     # a voter silent for this long (no heartbeat) no longer counts
     heartbeat_timeout: float = field(default=10.0, metadata=limits(gt=0.0))
+    # "package.module:function" probes: each is called with the engine at every published
+    # ITERATION_COMPLETED and returns {name: number}, sent in its outputs as "probe/<name>"
+    probes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -184,10 +185,9 @@ class TrainerConfig:
     bus: BusSection = field(default_factory=BusSection)
     dist: DistSection = field(default_factory=DistSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
-    # the workers `trainer run` runs beside the trainer when no --bus is given: kinds of
-    # `trainer worker KIND` (the catalogue's names)
+    # the workers `trainer run` runs beside the trainer when no --bus is given: kind names
+    # (bus.messages.WORKER_KINDS) or "package.module:Class"
     workers: list[str] = field(
-        default_factory=lambda: ["metrics", "checkpoint", "tracking", "early-stop"],
-        metadata=limits(choices=WORKER_KINDS),
+        default_factory=lambda: ["metrics", "checkpoint", "tracking", "early-stop"]
     )
     extra: dict[str, Any] = field(default_factory=dict)

@@ -18,6 +18,7 @@ defined next to the code that raises them; this is the whole tree:
     ├── MetricMessageError (ValueError) ..... trainer.metrics.registry: a bad metric_states entry
     ├── RunNotStarted (RuntimeError) ........ trainer.bridge.lifecycle: an Engine ran outside a run
     ├── RankLost (RuntimeError) ............. trainer.cli.launch: another rank of the job was lost
+    ├── PluginError (ValueError) ............ trainer.plugins: an import path that imports nothing
     └── TrackingError (RuntimeError) ........ trainer.tracking.errors: cannot write or read a run
         └── RunNotFound (LookupError) ....... no run matches what was asked for
 

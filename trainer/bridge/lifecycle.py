@@ -31,7 +31,7 @@ from bus.messages import (
     TERMINATE,
 )
 from trainer.bridge.metric_payload import MetricStates, scalar_metrics
-from trainer.bridge.outputs import OutputWindow, scalar_outputs
+from trainer.bridge.outputs import OutputWindow, Probes, scalar_outputs
 from trainer.errors import TrainerError
 from trainer.events import EventEnum, Events
 
@@ -83,6 +83,7 @@ class EngineLink:
         before_run: Callable[[], None],
         on_exception: ExceptionHook | None = None,
         reduce: bool = False,
+        probes: Probes | None = None,
     ) -> None:
         self.engine = engine
         self.split = split
@@ -95,6 +96,7 @@ class EngineLink:
         # EPOCH_COMPLETED carries the metrics of every rank's data, all-reduced (a collective
         # at each of the engine's EPOCH_COMPLETED): ranks that do not share a bus.
         self.reduce = reduce
+        self.probes = probes  # read into each published ITERATION_COMPLETED's outputs
         self._window = OutputWindow()
         self._metric_states = MetricStates(split)
         self._custom: set[EventEnum] = set()
@@ -135,7 +137,15 @@ class EngineLink:
 
     def _iteration_handler(self) -> Callable[[Engine], None]:
         """The ITERATION_COMPLETED handler: the hot path, so built for `publish_every`."""
-        send, split, every = self.sender.send, self.split, self.publish_every
+        send, split, every, probes = self.sender.send, self.split, self.publish_every, self.probes
+        if every == 1 and probes is not None:
+
+            def publish_each_probed(engine: Engine) -> None:
+                outputs = scalar_outputs(engine.state.output)
+                outputs.update(probes.read(engine))
+                send("ITERATION_COMPLETED", {"split": split, "outputs": outputs, "count": 1})
+
+            return publish_each_probed
         if every == 1:
 
             def publish_each(engine: Engine) -> None:
@@ -161,6 +171,8 @@ class EngineLink:
         """Publish the coalesced window, if it holds any iteration."""
         if self._window.count:
             outputs, count = self._window.drain()
+            if self.probes is not None:
+                outputs.update(self.probes.read(self.engine))
             self.sender.send(
                 ITERATION_COMPLETED, {"split": self.split, "outputs": outputs, "count": count}
             )

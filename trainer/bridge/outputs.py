@@ -3,13 +3,25 @@
 A step's scalar outputs are named as the message catalogue says: a plain number is "output",
 a mapping contributes its scalar entries by key, and a tensor (or numpy array) with exactly
 one element counts as a number. Everything else (predictions, targets, tuples) is left out.
+
+Probes add values the step does not return (memory, a learning rate...) without editing the
+job: each is called with the engine when an ITERATION_COMPLETED is published and its
+{name: number} join the outputs as "probe/<name>", read then (not averaged over the window).
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from trainer.plugins import PluginError, import_path
+
+# Outputs a probe contributes are named "probe/<name>": they never shadow the step's own.
+PROBE_PREFIX = "probe/"
+
+# fn(engine) -> {name: number}; a None value (or a None return) means "nothing to report now".
+Probe = Callable[[Any], "Mapping[str, Any] | None"]
 
 
 def scalar(value: Any) -> float | None:
@@ -124,3 +136,58 @@ class OutputWindow:
         self.sums = {}
         self.counts = {}
         self.tensors = []
+
+
+class Probes:
+    """The probes of a run, read at each published ITERATION_COMPLETED into its outputs."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self, entries: Sequence[tuple[str, Probe]]) -> None:
+        self.entries = tuple(entries)
+
+    @classmethod
+    def load(cls, specs: Sequence[str | Probe], where: Callable[[int], str]) -> Probes | None:
+        """The probes `specs` name ("package.module:function" or callables); None for none, so
+        that publishing costs nothing more without probes. PluginError names a bad one and
+        `where(index)` it came from."""
+        if isinstance(specs, str):
+            raise PluginError(f"probes must be a list, got the string {specs!r}")
+        entries = []
+        for index, spec in enumerate(specs):
+            origin = where(index)
+            if isinstance(spec, str):
+                probe, name = import_path(spec, what="probe", where=origin), spec
+            else:
+                probe, name = spec, getattr(spec, "__qualname__", repr(spec))
+            if not callable(probe):
+                raise PluginError(
+                    f"probe {name!r} ({origin}) is a {type(probe).__name__}, not a function: "
+                    "name a function fn(engine) -> {name: number}"
+                )
+            entries.append((name, probe))
+        return cls(entries) if entries else None
+
+    def read(self, engine: Any) -> dict[str, float]:
+        """Every probe's values now, named "probe/<name>"; TypeError names a probe that
+        returns something other than a mapping of names to numbers."""
+        found: dict[str, float] = {}
+        for name, probe in self.entries:
+            values = probe(engine)
+            if values is None:
+                continue
+            if not isinstance(values, Mapping):
+                raise TypeError(
+                    f"probe {name} returned a {type(values).__name__}: return a mapping of "
+                    "names to numbers, e.g. {'memory_mb': 812.0}"
+                )
+            for key, value in values.items():
+                if value is None:
+                    continue
+                number = scalar(value)
+                if number is None:
+                    raise TypeError(
+                        f"probe {name} returned {key!r}: {value!r}, which is not a number"
+                    )
+                found[PROBE_PREFIX + str(key)] = number
+        return found

@@ -34,7 +34,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,7 @@ from trainer.bridge.checkpointer import Checkpointer, CheckpointStat
 from trainer.bridge.clock import RunClock
 from trainer.bridge.control import ControlReader, ControlState
 from trainer.bridge.lifecycle import EngineLink, RunNotStarted
+from trainer.bridge.outputs import Probe, Probes
 from trainer.bridge.ranks import RankBoundaries
 from trainer.bridge.sender import Sender
 from trainer.vote_tally import parse_policy
@@ -114,7 +115,9 @@ class BusRun:
     `barrier_timeout` s, for every live voter's vote on that epoch. A voter silent for
     `heartbeat_timeout` s is no longer counted. With a `secret` (default: the environment
     variable TRAINER_BUS_SECRET) unsigned or forged control envelopes are ignored. Pass
-    `publisher` to share a ThreadedPublisher (the caller then closes it).
+    `publisher` to share a ThreadedPublisher (the caller then closes it). `probes` (functions
+    fn(engine) -> {name: number}, or their "package.module:function" paths) add their values to
+    each published ITERATION_COMPLETED's outputs as "probe/<name>".
 
     With `world_size` > 1 and an initialised torch.distributed process group of that size, the
     ranks agree on stops and checkpoints every `stop_sync_every` iterations and at every
@@ -143,6 +146,7 @@ class BusRun:
         run_dir: str | os.PathLike[str] | None = None,
         bus_options: Mapping[str, Any] | None = None,
         publisher: ThreadedPublisher | None = None,
+        probes: Sequence[str | Probe] = (),
     ) -> None:
         self.rank = _number("rank", rank, minimum=0, integer=True)
         self.world_size = _number("world_size", world_size, minimum=1, integer=True)
@@ -174,6 +178,7 @@ class BusRun:
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir).resolve()
         # Where the trainer keeps the run's files; a tracking worker that sees it writes there.
         self.run_dir = None if run_dir is None else Path(run_dir).resolve()
+        self.probes = Probes.load(probes, lambda i: f"BusRun probes[{i}]")
         verifier = Verifier(self.secret)  # refuses an empty secret before any thread starts
         options = dict(bus_options or {})
         self._owns_publisher = publisher is None
@@ -285,6 +290,7 @@ class BusRun:
             before_run=self._check_running,
             on_exception=self._primary_failed if is_primary else None,
             reduce=self.speaks_for_ranks,
+            probes=self.probes,
         )
         link.attach()
         self.links.append(link)

@@ -13,18 +13,49 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from trainer.bridge.outputs import Probes
+from trainer.config import ConfigError
+from trainer.plugins import PluginError
+from workers.base import Worker
 from workers.kinds import load_kind
 from workers.runtime import RuntimeOptions, run_worker
 
 if TYPE_CHECKING:
     from bus import Bus
     from trainer.bridge import BusRun
+    from trainer.config import Config
 
 # Seconds an embedded worker keeps handling after the run finished before it ends: in-process
 # the reports of other workers follow within milliseconds.
 LINGER = 0.2
 # Seconds `wait` allows the workers to finish the run's last events.
 FINISH_TIMEOUT = 120.0
+
+
+def worker_kinds(cfg: Config) -> list[type[Worker]]:
+    """The Worker classes the config's `workers` names (built-in names or "package.module:Class");
+    ConfigError names a bad one, the layer that set it and the fix."""
+    source = cfg.source_of("workers")
+    kinds = []
+    for index, name in enumerate(cfg.workers):
+        where = f"config 'workers[{index}]', set by {source}"
+        try:
+            kinds.append(load_kind(str(name), where=where))
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="workers", source=source) from None
+    return kinds
+
+
+def check_plugins(cfg: Config, embedded: bool) -> None:
+    """Import what the config plugs in (`bus.probes`; `workers` when they run in this process)
+    before anything is made; ConfigError names a bad one."""
+    source = cfg.source_of("bus.probes")
+    try:
+        Probes.load(list(cfg.bus.probes), lambda i: f"config 'bus.probes[{i}]', set by {source}")
+    except PluginError as exc:
+        raise ConfigError(str(exc), key="bus.probes", source=source) from None
+    if embedded:
+        worker_kinds(cfg)
 
 
 @dataclass
@@ -38,7 +69,8 @@ class EmbeddedWorkers:
     @classmethod
     def start(cls, link: BusRun, kinds: Sequence[str], namespace: str) -> EmbeddedWorkers:
         """Start one worker of each kind on `link`'s run; return once each has joined it."""
-        kind_classes = [load_kind(kind) for kind in kinds]  # fail here, before any task runs
+        # Fail here, before any task runs (`check_plugins` names the config layer earlier).
+        kind_classes = [load_kind(kind, where="config 'workers'") for kind in kinds]
 
         async def launch(bus: Bus) -> tuple[list[asyncio.Task[int]], asyncio.Event]:
             stop = asyncio.Event()

@@ -121,6 +121,9 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
                 cfg = config.load(resume.run_dir / CONFIG_FILE, overrides)
         cfg.freeze()
         policy = _vote_policy(cfg)
+        from trainer.cli.embedded import check_plugins
+
+        check_plugins(cfg, embedded=args.bus is None)  # a bad import path: before any run dir
         run_dir = _chosen_run_dir(args, resume)
     except ResumeError as exc:
         raise UsageError(str(exc)) from None
@@ -304,6 +307,7 @@ def _train(
         checkpoint_dir=(run_dir / CHECKPOINT_DIR).resolve(),
         run_dir=run_dir.resolve(),
         stop_sync_every=cfg.dist.stop_sync_every,  # between ranks: how often they agree
+        probes=list(cfg.bus.probes),
     )
     if lead:
         print(f"run id: {run_id}", flush=True)

@@ -1,4 +1,7 @@
-"""`trainer worker KIND --bus URL (--run ID | --follow) [--from start|now] [kind options]`."""
+"""`trainer worker KIND --bus URL (--run ID | --follow) [--from start|now] [kind options]`.
+
+KIND is a built-in kind's name or the import path of your own ("package.module:Class").
+"""
 
 from __future__ import annotations
 
@@ -29,7 +32,10 @@ def add_parser(commands: Any) -> None:
     # Optional to argparse, so that `trainer worker --help` shows the help (exit 0) rather than
     # "KIND is required"; `command` refuses a missing KIND itself, with the usage (exit 2).
     worker.add_argument(
-        "kind", metavar="KIND", nargs="?", choices=sorted(KINDS), help=", ".join(KINDS)
+        "kind",
+        metavar="KIND",
+        nargs="?",
+        help=f"{', '.join(KINDS)}, or your own: package.module:Class (a workers.base.Worker)",
     )
     worker.add_argument("-h", "--help", action="store_true", help="show this help and exit")
     worker.add_argument(
@@ -78,7 +84,10 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
             args.parser.print_help()
             return 0
         args.parser.error(f"the following arguments are required: KIND (one of {', '.join(KINDS)})")
-    kind = load_kind(args.kind)
+    try:
+        kind = load_kind(args.kind, where="given on the command line")
+    except ValueError as exc:
+        raise UsageError(f"trainer worker: {exc}") from None
     kind_parser = argparse.ArgumentParser(
         prog=f"trainer worker {args.kind}",
         add_help=False,
@@ -92,6 +101,10 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
         print(kind_parser.format_help().replace("options:", f"options of {args.kind}:", 1))
         return 0
     kind_options = kind_parser.parse_args(extras)
+    try:
+        kind.check_options(vars(kind_options))  # before anything connects
+    except ValueError as exc:
+        raise UsageError(f"trainer worker: {exc}") from None
     if not args.bus:
         raise UsageError(
             f"trainer worker {args.kind}: --bus URL is required (or set {BUS_URL_ENV})"

@@ -6,7 +6,6 @@ A name is either registered here (`register_data`, `register_model`) or an impor
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trainer.config import ConfigError
+from trainer.plugins import PluginError, import_path
 from trainer.tasks.objectives import CLASSIFICATION, REGRESSION, TASKS
 
 # Builders are imported on first use: the CLI must not pay for scikit-learn unless it trains.
@@ -111,11 +111,10 @@ def _resolve(registry: dict[str, Any], name: str, key: str) -> Callable[..., Any
             f"unknown {key} {name!r}: use one of {known} or 'package.module:function'", key=key
         )
     if isinstance(target, str):
-        module_name, _, attr = target.partition(":")
         try:
-            target = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"{key} {name!r} cannot be imported: {exc}", key=key) from exc
+            target = import_path(target, what=key, where=f"config {key!r}")
+        except PluginError as exc:
+            raise ConfigError(str(exc), key=key) from None
         if name in registry:
             registry[name] = target
     return target
