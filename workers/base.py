@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from bus.messages import EPOCH_COMPLETED, PRIMARY_SPLIT
 from workers.context import config_value
 from workers.epoch_votes import EpochVotes
-from workers.messages import EPOCH_COMPLETED, PRIMARY_SPLIT
 
 if TYPE_CHECKING:
     from bus import Envelope

@@ -21,9 +21,8 @@ import resource
 import sys
 from typing import Any, ClassVar
 
-from workers.messages import ITERATION_COMPLETED
-
 from bus import Envelope
+from bus.messages import ITERATION_COMPLETED
 from workers.base import Setting, Worker
 
 MB = 1024 * 1024
