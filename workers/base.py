@@ -34,6 +34,9 @@ class Worker(abc.ABC):
     # Voters register with WORKER_JOINED votes=True and must vote on EVERY epoch: in barrier
     # mode the trainer waits for each live voter's vote on each epoch.
     votes: ClassVar[bool] = False
+    # The envelope types `handle` acts on (None: every type). The runtime acks the others
+    # without decoding them or waking the kind; RUN_STARTED reaches every kind regardless.
+    handles: ClassVar[frozenset[str] | None] = None
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -48,6 +51,10 @@ class Worker(abc.ABC):
     def __init__(self, ctx: RunContext, options: Mapping[str, Any]) -> None:
         self.ctx = ctx
         self.options = dict(options)
+
+    def handled_types(self) -> frozenset[str] | None:
+        """The envelope types this instance acts on (`handles`, unless its options say more)."""
+        return self.handles
 
     @abc.abstractmethod
     async def handle(self, env: Envelope) -> None:

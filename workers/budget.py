@@ -24,6 +24,7 @@ class BudgetWorker(Worker):
 
     kind: ClassVar[str] = "budget"
     votes: ClassVar[bool] = True
+    handles: ClassVar[frozenset[str] | None] = frozenset({ITERATION_COMPLETED, EPOCH_COMPLETED})
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

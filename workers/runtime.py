@@ -24,6 +24,7 @@ SECRET_ENV = "TRAINER_BUS_SECRET"
 # Seconds the publisher may take, on the way out, to write what is left (WORKER_LEFT...).
 CLOSE_TIMEOUT = 5.0
 _STARTS = {"start": BEGINNING, "now": NOW}
+READ_LINGER = 0.05
 
 
 @dataclass
@@ -42,6 +43,10 @@ class RuntimeOptions:
     claim_idle: float = 30.0
     block: float = 1.0
     max_deliveries: int = 5
+    # Seconds the consumer lets a run's events gather after a read that found fewer than a
+    # batch: a worker wakes a few times a second, not at every event the trainer publishes,
+    # for at most this much delay (a barrier's wait for the votes grows by up to as much).
+    read_linger: float = READ_LINGER
     # The consumer group; None: the kind's, shared by replicas (a voter's own). Another group
     # makes an independent copy of the kind, e.g. a second tracker writing elsewhere.
     group: str | None = None
@@ -64,7 +69,11 @@ class RuntimeOptions:
         ):
             if not value > low:
                 raise ValueError(f"RuntimeOptions {field}={value!r}: use a number of seconds > 0")
-        for field, value in (("linger", self.linger), ("claim_idle", self.claim_idle)):
+        for field, value in (
+            ("linger", self.linger),
+            ("claim_idle", self.claim_idle),
+            ("read_linger", self.read_linger),
+        ):
             if not value >= 0:
                 raise ValueError(f"RuntimeOptions {field}={value!r}: use a number of seconds >= 0")
         if not isinstance(self.max_deliveries, int) or self.max_deliveries < 1:
@@ -125,6 +134,7 @@ async def run_worker(
         claim_idle=options.claim_idle,
         block=options.block,
         max_deliveries=options.max_deliveries,
+        read_linger=options.read_linger,
     )
     log = worker_log("workers.runtime", worker=name, kind=kind.kind)
     where = {"run": options.run_id} if options.run_id is not None else {"follow": True}
