@@ -108,11 +108,12 @@ def embedded(loader: DataLoader, epochs: int, publish_every: int = 1) -> Turn:
         engine.run(loader, max_epochs=epochs)
         seconds = time.perf_counter() - start
         thread = time.thread_time() - thread
+        # The loop thread's share (publisher, control reader, the workers' tasks) while
+        # training: the whole process but the training thread. Ending the run and the
+        # workers costs the same whatever the run's length, so it is left out.
+        cpu = time.process_time() - cpu
         run.finish()
         workers.wait()
-        # The loop thread's share (publisher, control reader, the workers' tasks), up to the
-        # workers' end: the whole process but the training thread.
-        cpu = time.process_time() - cpu
     finally:
         workers.stop()
         run.close()

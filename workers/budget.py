@@ -60,6 +60,12 @@ class BudgetWorker(Worker):
         self.votes_ = EpochVotes(ctx)
         self._warned = False
 
+    def handled_types(self) -> frozenset[str] | None:
+        """Without a budget, only the epoch ends it votes on: no iteration can use one up."""
+        if self.max_seconds is None and self.max_iterations is None:
+            return frozenset({EPOCH_COMPLETED})
+        return self.handles
+
     async def handle(self, env: Envelope) -> None:
         """Check the budget at each iteration and epoch end; vote at each primary epoch end."""
         if env.type not in (ITERATION_COMPLETED, EPOCH_COMPLETED):
