@@ -6,7 +6,11 @@ One invocation, figures side by side:
    and Accuracy tracked) three ways: a plain PyTorch loop; the Engine attached to a run on the
    in-memory bus with the workers as asyncio tasks (the embedded default); the Engine
    publishing to a private redis-server with every worker a separate `trainer worker` process.
-   Seconds per epoch and each ratio to plain (target <= 1.05 for both stacks).
+   Seconds per epoch and each ratio to plain (target <= 1.05 in memory; <= 1.15 on Redis,
+   where the four worker processes and the server share the machine's other core), and the
+   CPU seconds per epoch of the training thread, the other threads, each worker process and
+   redis-server, counted from the start to the end of training (a shared machine's noise
+   moves the wall ratios; CPU seconds much less).
 2. Stop latency: from a stop VOTE landing on the control stream (its XADD returned) to the end
    of the trainer's last iteration, p50 and p99 over --stops runs (target p99 <= one
    iteration + 5 ms).
@@ -235,9 +239,10 @@ def overhead(
             a.cpu["training thread"] / b.cpu["training thread"] for a, b in pairs
         )
         spread = sorted(a.wall / b.wall for a, b in pairs)
+        target = {"in-memory stack": 1.05, "Redis stack": 1.15}[name]
         print(
             f"   {name}/plain = {ratio:.3f} (turns {spread[0]:.3f}-{spread[-1]:.3f}; training "
-            f"thread CPU {cpu:.3f} x plain's)  (target <= 1.05)"
+            f"thread CPU {cpu:.3f} x plain's)  (target <= {target})"
         )
     print("   CPU seconds per epoch (median over the turns):")
     for name, got in turns.items():
