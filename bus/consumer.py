@@ -10,13 +10,13 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from inspect import isawaitable
 from typing import Any
 
 from bus.base import BEGINNING, Bus, Entry
-from bus.codec import decode, encode
+from bus.codec import decode, encode, peek_type
 from bus.dead_letter import dead_letter_envelope
 from bus.envelope import Envelope
 from bus.errors import (
@@ -91,6 +91,7 @@ class ConsumerStats:
     dead_lettered: int = 0
     claimed: int = 0
     dead_letters_refused: int = 0  # dead-letter writes the bus refused; those entries stay pending
+    skipped: int = 0  # entries of types the consumer was told to pass over, acked unhandled
 
 
 class Consumer:
@@ -108,6 +109,15 @@ class Consumer:
     latency); larger reads cost fewer round trips per entry. `claim_idle` must exceed the time
     it takes to handle one batch, or a live consumer's work may be claimed by a replica and
     handled twice: with slow handlers, lower `batch` or raise `claim_idle`.
+
+    `types`, if given, are the envelope types the handler acts on: entries whose type (read
+    with `peek_type`, without decoding them) is another are acked without being decoded or
+    handed over (counted in `stats.skipped`); an entry whose type cannot be read that way is
+    decoded and dealt with as usual, dead letter included. `linger` seconds, if > 0: after a
+    read that found fewer than `batch` entries, the next read waits that long first (unless
+    stopping), so that entries arriving one by one are taken a batch at a time: the consumer
+    wakes at most about 1/linger times a second however fast they come, for up to `linger`
+    seconds of delay. A read that finds nothing still blocks until the first entry comes.
     """
 
     def __init__(
@@ -128,6 +138,8 @@ class Consumer:
         dead_letter_maxlen: int | None = None,
         dedup_size: int = 10_000,
         retry_delay: float = 0.5,
+        types: Collection[str] | None = None,
+        linger: float = 0.0,
     ) -> None:
         if max_deliveries < 1:
             raise ValueError(f"max_deliveries must be >= 1, got {max_deliveries}")
@@ -135,6 +147,8 @@ class Consumer:
             raise ValueError(f"claim_idle must be >= 0 seconds, got {claim_idle}")
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
+        if not linger >= 0:
+            raise ValueError(f"linger must be >= 0 seconds, got {linger}")
         self.bus = bus
         self.topic = topic
         self.group = group
@@ -155,6 +169,8 @@ class Consumer:
         self.dead_letter_topic = dead_letter_topic
         self.dead_letter_maxlen = dead_letter_maxlen
         self.retry_delay = retry_delay
+        self.types = None if types is None else frozenset(types)
+        self.linger = linger
         self.stats = ConsumerStats()
         self._seen = RecentIds(dedup_size)
         # Buses that can ack a batch and read the next one in one round trip (both built-in
@@ -162,6 +178,7 @@ class Consumer:
         self._ack_and_read = getattr(bus, "ack_and_read_group", None)
         self._prefetched: list[Entry] = []
         self._drained = False  # the last read (an ack-and-read) found nothing new
+        self._short = False  # the last read found fewer than `batch` entries: linger first
         self._next_claim = 0.0
         self._stop = asyncio.Event()
         self._ready = asyncio.Event()
@@ -187,7 +204,11 @@ class Consumer:
             block = min(block, max(0.0, self._next_claim - time.monotonic()))
         entries, self._prefetched = self._prefetched, []
         if not entries:
+            if self._short and self.linger and self._ack_and_read is None:
+                self._short = False
+                await self._sleep(self.linger)  # let entries gather (no combined read did)
             entries = await self._read_unless_stopped(block)
+            self._short = len(entries) < self.batch
         return handled + await self._handle_batch(entries, read_next=True)
 
     async def _read_unless_stopped(self, block: float | None) -> list[Entry]:
@@ -234,9 +255,19 @@ class Consumer:
         remember_order = seen.order.append
         handler = self.handler
         max_deliveries = self.max_deliveries
+        wanted = self.types
+        skipped = 0
         completed = False
         try:
             for entry in entries:
+                if wanted is not None:
+                    # Passed over unread: most entries of a run are ITERATION_COMPLETED that
+                    # a kind acting on epochs ignores, and decoding them costs more.
+                    peeked = peek_type(entry.payload)
+                    if peeked is not None and peeked not in wanted:
+                        skipped += 1
+                        settled(entry.id)
+                        continue
                 try:
                     env = decode(entry.payload)
                 except DecodeError as exc:
@@ -269,7 +300,12 @@ class Consumer:
         finally:
             seen.trim()
             self.stats.handled += handled
+            self.stats.skipped += skipped
             combined = self._ack_and_read
+            short = len(entries) < self.batch
+            if completed and read_next and combined is not None and self.linger and short:
+                # Everything there was has been read: let the next entries gather.
+                await self._sleep(self.linger)
             if completed and read_next and combined is not None and not self._stop.is_set():
                 # Acked first, then read: the same order as an ack and the next poll's read.
                 self._prefetched = await combined(

@@ -156,6 +156,15 @@ def decode_cause(data: bytes) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Launched:
+    """An agreement under way: its all-reduce's work, flags, and this rank's stop cause."""
+
+    work: Any  # torch.distributed Work: wait() for the all-reduced flags
+    flags: torch.Tensor
+    stop: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
 class Agreed:
     """What all ranks agreed at one agreement point."""
 
@@ -173,6 +182,10 @@ class StopAgreement:
     stop, which is the lowest such rank, and whether any asks for a checkpoint; only when a
     stop is agreed does that rank broadcast its cause, a fixed-size UTF-8 byte tensor.
     `agreements` and `seconds` count the agreements and the time spent in their collectives.
+
+    `agree()` waits for the all-reduce; `launch()` starts it without waiting and `finish()`
+    waits for it and completes the agreement, so that a rank can train meanwhile (the bridge
+    launches at an agreement point's ITERATION_STARTED and finishes at its ITERATION_COMPLETED).
     """
 
     def __init__(self, cause_bytes: int = CAUSE_BYTES) -> None:
@@ -195,11 +208,27 @@ class StopAgreement:
 
     def agree(self, stop: Mapping[str, Any] | None, checkpoint: bool = False) -> Agreed:
         """Collective: this rank's stop cause (or None) and checkpoint wish, agreed by all."""
+        return self.finish(self.launch(stop, checkpoint))
+
+    def launch(self, stop: Mapping[str, Any] | None, checkpoint: bool = False) -> Launched:
+        """Collective, started: send this rank's flags; `finish()` the result before the next.
+
+        Every rank must launch at the same point and finish before launching again; other
+        collectives (a DDP step's) may run in between.
+        """
         # Flag 0 carries world_size - rank for a rank that stops, so MAX names the lowest.
         mine = self.world_size - self.rank if stop is not None else 0
         started = time.perf_counter()
         flags = torch.tensor([mine, int(checkpoint)], dtype=torch.int64, device=self.device)
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        work = dist.all_reduce(flags, op=dist.ReduceOp.MAX, async_op=True)
+        self.seconds += time.perf_counter() - started
+        return Launched(work, flags, None if stop is None else dict(stop))
+
+    def finish(self, launched: Launched) -> Agreed:
+        """Collective: wait for a launched agreement and complete it; what all ranks agreed."""
+        started = time.perf_counter()
+        launched.work.wait()
+        stop, flags = launched.stop, launched.flags
         top, wanted = flags.tolist()
         cause = None
         if top:

@@ -101,6 +101,9 @@ class Worker(abc.ABC):
     votes: ClassVar[bool] = False
     # The kind's options; `add_arguments`, `check_options` and `setting` are made from them.
     SETTINGS: ClassVar[Sequence[Setting]] = ()
+    # The envelope types `handle` acts on (None: every type). The runtime acks the others
+    # without decoding them or waking the kind; RUN_STARTED reaches every kind regardless.
+    handles: ClassVar[frozenset[str] | None] = None
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -179,6 +182,10 @@ class Worker(abc.ABC):
         """
         if env.type == EPOCH_COMPLETED and env.data.get("split") == split:
             await self._votes().epoch_end(env.epoch, reason, env.iteration)
+
+    def handled_types(self) -> frozenset[str] | None:
+        """The envelope types this instance acts on (`handles`, unless its options say more)."""
+        return self.handles
 
     @abc.abstractmethod
     async def handle(self, env: Envelope) -> None:

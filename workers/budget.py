@@ -24,6 +24,7 @@ class BudgetWorker(Worker):
 
     kind: ClassVar[str] = "budget"
     votes: ClassVar[bool] = True
+    handles: ClassVar[frozenset[str] | None] = frozenset({ITERATION_COMPLETED, EPOCH_COMPLETED})
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -58,6 +59,12 @@ class BudgetWorker(Worker):
         self.split: str = options.get("split") or PRIMARY_SPLIT
         self.votes_ = EpochVotes(ctx)
         self._warned = False
+
+    def handled_types(self) -> frozenset[str] | None:
+        """Without a budget, only the epoch ends it votes on: no iteration can use one up."""
+        if self.max_seconds is None and self.max_iterations is None:
+            return frozenset({EPOCH_COMPLETED})
+        return self.handles
 
     async def handle(self, env: Envelope) -> None:
         """Check the budget at each iteration and epoch end; vote at each primary epoch end."""

@@ -90,6 +90,7 @@ class CheckpointWorker(Worker):
     """Files each run's checkpoints, keeps the last n and the best k, and says what it did."""
 
     kind: ClassVar[str] = "checkpoint"
+    handles: ClassVar[frozenset[str] | None] = frozenset({CHECKPOINT_READY})
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

@@ -76,6 +76,7 @@ class EarlyStopWorker(Worker):
 
     kind: ClassVar[str] = "early-stop"
     votes: ClassVar[bool] = True
+    handles: ClassVar[frozenset[str] | None] = frozenset({RUN_STARTED, METRICS, EPOCH_COMPLETED})
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

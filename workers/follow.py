@@ -54,6 +54,15 @@ class FollowerSetup:
     claim_idle: float
     block: float
     max_deliveries: int
+    # Seconds the consumer lets entries gather after a read that found fewer than a batch.
+    read_linger: float = 0.0
+
+
+def _consumed_types(worker: Worker) -> frozenset[str] | None:
+    """The types the follower reads off the run's events: the kind's, and RUN_STARTED (the
+    follower learns the config from it)."""
+    handled = worker.handled_types()
+    return None if handled is None else handled | {RUN_STARTED}
 
 
 async def first_of(*aws: Awaitable[Any], timeout: float | None = None) -> None:
@@ -111,6 +120,8 @@ class RunFollower:
             batch=getattr(kind, "consumer_batch", CONSUMER_BATCH),
             block=setup.block,
             dead_letter_topic=setup.topics.dead_letter(),
+            types=_consumed_types(self.worker),
+            linger=setup.read_linger,
         )
         self.started = asyncio.Event()  # set once joined and consuming
         self.joined = False

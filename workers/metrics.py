@@ -101,6 +101,7 @@ class MetricsWorker(Worker):
     # Entries per read: handling one takes tens of microseconds, so a read of 500 is handled
     # far within claim_idle, and costs a fifth of the round trips per envelope of the default.
     consumer_batch: ClassVar[int] = 500
+    handles: ClassVar[frozenset[str] | None] = frozenset({EPOCH_COMPLETED})
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -154,6 +155,12 @@ class MetricsWorker(Worker):
         self._last_iteration: dict[str, int] = {}  # per split: the highest iteration seen
         self._unknown_classes: set[Any] = set()
         self._templates = MetricTemplates()
+
+    def handled_types(self) -> frozenset[str] | None:
+        """EPOCH_COMPLETED; ITERATION_COMPLETED too with --running-every."""
+        if self.running_every is None:
+            return self.handles
+        return frozenset({EPOCH_COMPLETED, ITERATION_COMPLETED})
 
     async def handle(self, env: Envelope) -> None:
         """Collect EPOCH_COMPLETED states (and ITERATION_COMPLETED outputs when running)."""

@@ -28,6 +28,7 @@ class NanGuardWorker(Worker):
 
     kind: ClassVar[str] = "nan-guard"
     votes: ClassVar[bool] = True
+    handles: ClassVar[frozenset[str] | None] = frozenset({ITERATION_COMPLETED, EPOCH_COMPLETED})
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

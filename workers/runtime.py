@@ -23,6 +23,7 @@ from workers.registry import RegisteredRun, RegistryHook, read_registry, watch_r
 # Seconds the publisher may take, on the way out, to write what is left (WORKER_LEFT...).
 CLOSE_TIMEOUT = 5.0
 _STARTS = {"start": BEGINNING, "now": NOW}
+READ_LINGER = 0.05
 
 
 @dataclass
@@ -41,6 +42,10 @@ class RuntimeOptions:
     claim_idle: float = 30.0
     block: float = 1.0
     max_deliveries: int = 5
+    # Seconds the consumer lets a run's events gather after a read that found fewer than a
+    # batch: a worker wakes a few times a second, not at every event the trainer publishes,
+    # for at most this much delay (a barrier's wait for the votes grows by up to as much).
+    read_linger: float = READ_LINGER
     # The consumer group; None: the kind's, shared by replicas (a voter's own). Another group
     # makes an independent copy of the kind, e.g. a second tracker writing elsewhere.
     group: str | None = None
@@ -63,7 +68,11 @@ class RuntimeOptions:
         ):
             if not value > low:
                 raise ValueError(f"RuntimeOptions {field}={value!r}: use a number of seconds > 0")
-        for field, value in (("linger", self.linger), ("claim_idle", self.claim_idle)):
+        for field, value in (
+            ("linger", self.linger),
+            ("claim_idle", self.claim_idle),
+            ("read_linger", self.read_linger),
+        ):
             if not value >= 0:
                 raise ValueError(f"RuntimeOptions {field}={value!r}: use a number of seconds >= 0")
         if not isinstance(self.max_deliveries, int) or self.max_deliveries < 1:
@@ -124,6 +133,7 @@ async def run_worker(
         claim_idle=options.claim_idle,
         block=options.block,
         max_deliveries=options.max_deliveries,
+        read_linger=options.read_linger,
     )
     log = worker_log("workers.runtime", worker=name, kind=kind.kind)
     where = {"run": options.run_id} if options.run_id is not None else {"follow": True}

@@ -60,6 +60,17 @@ class TrackingWorker(Worker):
     """Keep a run's tracking directory: metadata, per-epoch metrics, checkpoints, status."""
 
     kind: ClassVar[str] = "tracking"
+    handles: ClassVar[frozenset[str] | None] = frozenset(
+        {
+            RUN_STARTED,
+            METRICS,
+            EPOCH_COMPLETED,
+            CHECKPOINT_SAVED,
+            CHECKPOINT_PRUNED,
+            RUN_FINISHED,
+            TRACK,
+        }
+    )
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

@@ -22,7 +22,7 @@ import sys
 from typing import Any, ClassVar
 
 from bus import Envelope
-from bus.messages import ITERATION_COMPLETED
+from bus.messages import EPOCH_COMPLETED, ITERATION_COMPLETED
 from workers.base import Setting, Worker
 
 MB = 1024 * 1024
@@ -53,6 +53,8 @@ class MemoryGuard(Worker):
 
     kind: ClassVar[str] = "memory-guard"
     votes: ClassVar[bool] = True
+    # What it reads: the runtime acks every other type unread.
+    handles: ClassVar[frozenset[str] | None] = frozenset({ITERATION_COMPLETED, EPOCH_COMPLETED})
     SETTINGS = (
         Setting(
             "limit_mb",

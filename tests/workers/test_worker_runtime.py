@@ -35,6 +35,13 @@ class OtherRecorder(Recorder):
     kind: ClassVar[str] = "other-recorder"
 
 
+class EpochRecorder(Recorder):
+    """A kind acting on epoch ends only: it says so, and is handed nothing else."""
+
+    kind: ClassVar[str] = "epoch-recorder"
+    handles: ClassVar[frozenset[str] | None] = frozenset({"EPOCH_COMPLETED"})
+
+
 def run_id() -> str:
     return f"run-{uuid.uuid4().hex[:10]}"
 
@@ -278,6 +285,27 @@ async def test_follow_joins_live_and_new_runs_and_skips_finished_ones(
     assert not any(run == done for run, _ in seen)
 
 
+async def test_a_kind_is_handed_only_the_types_it_handles_and_run_started(
+    bus: Bus, start_worker: Any
+) -> None:
+    rid = run_id()
+    trainer = FakeTrainer(bus, rid, config=CONFIG)
+    worker = await start_worker(EpochRecorder, run_id=rid, read_linger=0.05)
+    await trainer.start()
+    for epoch in range(2):
+        for i in range(5):
+            await trainer.iteration(epoch, epoch * 5 + i + 1, {"loss": 0.5})
+        await trainer.epoch_completed(epoch, 5 * (epoch + 1))
+    await trainer.finish(epochs=2)
+
+    assert await worker.ended() == 0
+    assert types_seen(worker.name) == ["RUN_STARTED", "EPOCH_COMPLETED", "EPOCH_COMPLETED"]
+    # What it was not handed was acked all the same: nothing is left for a replica.
+    group = "epoch-recorder"
+    topic = trainer.topics.events(rid)
+    assert await bus.claim_stale(topic, group, "inspector", min_idle=0, count=100) == []
+
+
 async def test_bad_runtime_options_are_refused_naming_the_option() -> None:
     url = "memory://unused"
     cases: list[tuple[dict[str, Any], str]] = [
@@ -287,6 +315,7 @@ async def test_bad_runtime_options_are_refused_naming_the_option() -> None:
         ({"run_id": "bad id"}, "run id 'bad id'"),
         ({"run_id": "r", "heartbeat": 0}, "heartbeat=0"),
         ({"run_id": "r", "linger": -1}, "linger=-1"),
+        ({"run_id": "r", "read_linger": -0.5}, "read_linger=-0.5"),
     ]
     for fields, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -14,7 +14,10 @@ EPOCH_COMPLETED, after the barrier. On an agreed stop every rank terminates at t
 iteration and takes the cause of the lowest rank that asked to stop, so every rank's
 RUN_FINISHED names the same `by` and `reason`; on an agreed checkpoint every rank takes it
 (only rank 0 writes it). Iterations that are not agreement points cost one attribute read and a
-modulo; the agreement itself is one all-reduce of two int64 flags.
+modulo; the agreement itself is one all-reduce of two int64 flags. At an iteration that is an
+agreement point the all-reduce starts in ITERATION_STARTED, with what was held by then, and is
+waited for in ITERATION_COMPLETED: it runs while the rank takes its step (a stop asked for
+during that step is agreed at the next point); the one at EPOCH_COMPLETED is waited for at once.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from trainer.events import Events
 if TYPE_CHECKING:
     from trainer.bridge.checkpointer import Checkpointer
     from trainer.bridge.control import ControlState
-    from trainer.distributed import StopAgreement
+    from trainer.distributed import Launched, StopAgreement
     from trainer.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -76,17 +79,24 @@ class RankBoundaries(Boundaries):
         self._wanted: tuple[str, str] | None = None  # this rank's checkpoint request, likewise
         self._deferred_checkpoint = False  # agreed at an epoch's last iteration: taken at its end
         self._stopping = False  # a stop was agreed: the terminate() is ours
+        self._launched: Launched | None = None  # an agreement under way (launched, not finished)
 
     def attach(self, engine: Engine) -> None:
         """Register the holding and agreeing handlers on the primary engine."""
-        every, hold, agree = self.every, self._hold, self._agree
+        every, hold, launch, settle = self.every, self._hold, self._launch, self._settle
 
-        def iteration_completed(engine: Engine) -> None:
+        def iteration_started(engine: Engine) -> None:
             # The per-iteration cost: an attribute read, and a modulo.
             if engine.should_terminate:
                 hold(engine)
             if engine.state.iteration % every == 0:
-                agree(engine, False)
+                launch()  # the all-reduce runs during this iteration's step
+
+        def iteration_completed(engine: Engine) -> None:
+            if engine.should_terminate:
+                hold(engine)  # agreed at the next point
+            if self._launched is not None:
+                settle(engine, False)
 
         def held_back(engine: Engine) -> None:
             if engine.should_terminate:
@@ -97,12 +107,14 @@ class RankBoundaries(Boundaries):
         # Held back in ITERATION_STARTED too: the step must still run on this rank (its
         # collectives wait for it on the others) until every rank stops.
         on(Events.EPOCH_STARTED, held_back, priority=RANK_PRIORITY)
-        on(Events.ITERATION_STARTED, held_back, priority=RANK_PRIORITY)
+        on(Events.ITERATION_STARTED, iteration_started, priority=RANK_PRIORITY)
         on(Events.ITERATION_COMPLETED, iteration_completed, priority=RANK_PRIORITY)
         on(Events.EPOCH_COMPLETED, self._epoch_boundary, priority=RANK_PRIORITY)
+        on(Events.COMPLETED, self._finish_launched, priority=RANK_PRIORITY)
         on(Events.TERMINATE, self._terminated)
 
     def _started(self, engine: Engine) -> None:
+        self._launched = None
         self._stopping = False
         self._deferred_checkpoint = False
         if engine.should_terminate:
@@ -140,8 +152,19 @@ class RankBoundaries(Boundaries):
                 self.control.decide_by_tally(result.tally)
         self._agree(engine, True)
 
+    def _finish_launched(self, engine: Engine) -> None:
+        """Finish an agreement whose ITERATION_COMPLETED never came (the loop broke off)."""
+        if self._launched is not None:
+            self._settle(engine, False)
+
     def _agree(self, engine: Engine, epoch_end: bool) -> None:
         """Collective: agree with the other ranks on a stop and a checkpoint, then act."""
+        self._finish_launched(engine)
+        self._launch()
+        self._settle(engine, epoch_end)
+
+    def _launch(self) -> None:
+        """Collective, started: this rank's held stop and checkpoint wish, as of now."""
         control = self.control
         if control.pending:
             control.pending = False  # cleared before reading: a later signal sets it again
@@ -156,8 +179,14 @@ class RankBoundaries(Boundaries):
             request = control.take_checkpoint_request()
             if request is not None:
                 self._wanted = request
-        agreed = self.agreement.agree(self._held, self._wanted is not None)
+        self._launched = self.agreement.launch(self._held, self._wanted is not None)
         self._wanted = None
+
+    def _settle(self, engine: Engine, epoch_end: bool) -> None:
+        """Collective: wait for the launched agreement, then act on it."""
+        launched, self._launched = self._launched, None
+        assert launched is not None
+        agreed = self.agreement.finish(launched)
         if agreed.stop and not self._stopping:
             cause = agreed.cause or {}
             self.stop_cause = StopCause(
