@@ -61,3 +61,24 @@ def test_a_port_in_use_is_one_line_before_anything_is_served(
         argv = ["web", "--bus", "redis://127.0.0.1:1/0", "--runs", str(tmp_path)]
         err = usage_error([*argv, "--port", str(port)], capsys)
     assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
+
+
+def test_a_wildcard_host_is_said_to_listen_on_every_interface(
+    tmp_path: Path, redis_url: str
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    argv = [sys.executable, "-m", "trainer.cli", "web", "--bus", redis_url, "--runs", str(tmp_path)]
+    argv += ["--host", "0.0.0.0", "--port", str(port), "--token", "a-long-token"]
+    server = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = server.stdout.readline()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+    # The URL to open here, and plainly that every interface hears it (no token shown).
+    assert f"serving http://127.0.0.1:{port}/ (listening on every interface, 0.0.0.0)" in first
+    assert "a-long-token" not in first

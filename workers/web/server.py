@@ -78,8 +78,11 @@ def serve(options: WebOptions, out: TextIO = sys.stderr) -> int:
         web_log.setLevel(logging.INFO)
         web_log.propagate = False
     login = " (every request needs the token: open it once as /?token=<the token>)"
+    # A wildcard host is shown as the URL to open here, and said plainly: every interface hears.
+    wildcard = options.host in ("0.0.0.0", "::", "")
+    everywhere = f" (listening on every interface, {options.host or '*'})" if wildcard else ""
     print(
-        f"trainer web: serving {address(options)} · bus {options.shown_url} · runs "
+        f"trainer web: serving {address(options)}{everywhere} · bus {options.shown_url} · runs "
         f"{options.runs_dir}" + (login if options.token else ""),
         file=out,
         flush=True,
