@@ -42,6 +42,11 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class RecentIds:
     """The most recent `size` ids seen, oldest forgotten first (bounded memory for dedup).
 
@@ -181,6 +186,8 @@ class Consumer:
         self._short = False  # the last read found fewer than `batch` entries: linger first
         self._next_claim = 0.0
         self._stop = asyncio.Event()
+        # Futures stop() completes: of `_sleep`s and blocking reads it cuts short.
+        self._sleepers: set[asyncio.Future[None]] = set()
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -226,10 +233,13 @@ class Consumer:
         read = self.bus.read_group(self.topic, self.group, self.name, count=self.batch, block=block)
         # Race the blocking read against stop() so that stopping never waits a whole block.
         reader = asyncio.ensure_future(read)
-        stopper = asyncio.ensure_future(self._stop.wait())
+        # A bare future stop() completes, not a task on the Event: cheaper, at every idle read.
+        stopper: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleepers.add(stopper)
         try:
             await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._sleepers.discard(stopper)
             stopper.cancel()
             if not reader.done():
                 reader.cancel()
@@ -423,8 +433,21 @@ class Consumer:
             await self._handle_batch(entries)
 
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+        """Wait `seconds`, or until stop()."""
+        # A bare future and a timer: asyncio.wait_for(stop.wait()) would make a task, a timeout
+        # and a cancellation at each linger, several times the cost, on the loop the embedded
+        # stack shares with the trainer's publisher (and the GIL with its training thread).
+        if self._stop.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(seconds, _wake, woken)
+        self._sleepers.add(woken)
+        try:
+            await woken
+        finally:
+            timer.cancel()
+            self._sleepers.discard(woken)
 
     async def start(self) -> None:
         """Run in a background task; return once the group exists (or the task has failed)."""
@@ -444,6 +467,8 @@ class Consumer:
     async def stop(self) -> None:
         """Stop once the batch being handled is done; wait for the background task if any."""
         self._stop.set()
+        for woken in self._sleepers:
+            _wake(woken)
         task = self._task
         if task is not None and task is not asyncio.current_task():
             await task

@@ -20,7 +20,7 @@ from bus.stream_ids import ZERO_ID, Key, format_id, parse_id
 from bus.validate import check_count, check_maxlen, check_payloads
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     consumer: str
     deliveries: int
@@ -30,22 +30,25 @@ class _Pending:
 @dataclass
 class _Group:
     last_delivered: Key
-    pending: dict[Key, _Pending] = field(default_factory=dict)
+    # By entry id as delivered: an ack (one per entry of every group) then needs no parsing.
+    pending: dict[str, _Pending] = field(default_factory=dict)
 
 
 @dataclass
 class _Topic:
     keys: list[Key] = field(default_factory=list)
+    # Each entry's id as a string, formatted once at append rather than at every read.
+    ids: list[str] = field(default_factory=list)
     payloads: list[bytes] = field(default_factory=list)
     last: Key = (0, 0)
     groups: dict[str, _Group] = field(default_factory=dict)
     # Futures of readers blocked on this topic, each completed on its own loop when entries arrive.
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
-    def after(self, key: Key, count: int) -> list[tuple[Key, bytes]]:
+    def after(self, key: Key, count: int) -> tuple[int, int]:
+        """The index range of the (at most `count`) entries after `key`."""
         start = bisect.bisect_right(self.keys, key)
-        stop = start + count
-        return list(zip(self.keys[start:stop], self.payloads[start:stop], strict=True))
+        return start, min(start + count, len(self.keys))
 
     def find(self, key: Key) -> bytes | None:
         i = bisect.bisect_left(self.keys, key)
@@ -182,6 +185,7 @@ class InMemoryBus:
                 t.keys.append(key)
                 t.payloads.append(payload)
                 ids.append(format_id(key))
+            t.ids.extend(ids)
             if maxlen is not None:
                 # Approximate like Redis' MAXLEN ~: at least `maxlen` entries are kept, and
                 # trimming happens in chunks so that appending stays amortised O(1).
@@ -189,6 +193,7 @@ class InMemoryBus:
                 if len(t.keys) >= maxlen + slack or maxlen == 0:
                     drop = len(t.keys) - maxlen
                     del t.keys[:drop]
+                    del t.ids[:drop]
                     del t.payloads[:drop]
             waiters, t.waiters = t.waiters, []
         for fut in waiters:
@@ -213,27 +218,35 @@ class InMemoryBus:
 
         def attempt(t: _Topic) -> list[Entry]:
             _, g = storage.group(topic, group)
+            start, stop = t.after(g.last_delivered, count)
+            if start >= stop:
+                return []
             now = time.monotonic()
-            out = []
-            for key, payload in t.after(g.last_delivered, count):
-                g.pending[key] = _Pending(consumer, 1, now)
-                g.last_delivered = key
-                out.append(Entry(format_id(key), payload, 1))
-            return out
+            ids = t.ids[start:stop]
+            pending = g.pending
+            for entry_id in ids:
+                pending[entry_id] = _Pending(consumer, 1, now)
+            g.last_delivered = t.keys[stop - 1]
+            return list(map(Entry, ids, t.payloads[start:stop]))
 
         return await self._wait_for(topic, attempt, block)
 
     async def ack(self, topic: str, group: str, ids: Sequence[str]) -> None:
         """Mark deliveries as handled, removing them from the group's pending list."""
         storage = self._live()
-        keys = [parse_id(i) for i in ids]
         with storage.lock:
             t = storage.topics.get(topic)
             g = t.groups.get(group) if t is not None else None
-            if g is None:  # like XACK: nothing pending there, nothing to do
+            if g is None:  # like XACK: nothing pending there, nothing to do (ids checked)
+                for entry_id in ids:
+                    parse_id(entry_id)
                 return
-            for key in keys:
-                g.pending.pop(key, None)
+            pop = g.pending.pop
+            for entry_id in ids:
+                # The id as delivered, by far the common case; else another spelling of it
+                # ("5" for "5-0"), or no id at all (parse_id raises ValueError, as XACK errs).
+                if pop(entry_id, None) is None:
+                    pop(format_id(parse_id(entry_id)), None)
 
     async def ack_and_read_group(
         self, topic: str, group: str, consumer: str, ids: Sequence[str], *, count: int
@@ -252,18 +265,18 @@ class InMemoryBus:
             t, g = storage.group(topic, group)
             now = time.monotonic()
             out: list[Entry] = []
-            for key in sorted(g.pending):
+            for entry_id in sorted(g.pending, key=parse_id):
                 if len(out) >= count:
                     break
-                p = g.pending[key]
+                p = g.pending[entry_id]
                 if now - p.delivered_at < min_idle:
                     continue
-                payload = t.find(key)
+                payload = t.find(parse_id(entry_id))
                 if payload is None:  # trimmed away: Redis 7 drops it from the pending list
-                    del g.pending[key]
+                    del g.pending[entry_id]
                     continue
                 p.consumer, p.deliveries, p.delivered_at = consumer, p.deliveries + 1, now
-                out.append(Entry(format_id(key), payload, p.deliveries))
+                out.append(Entry(entry_id, payload, p.deliveries))
             return out
 
     async def read(self, topic: str, after: str, *, count: int, block: float | None) -> list[Entry]:
@@ -277,7 +290,8 @@ class InMemoryBus:
             start = parse_id(after)
 
         def attempt(t: _Topic) -> list[Entry]:
-            return [Entry(format_id(k), p) for k, p in t.after(start, count)]
+            first, stop = t.after(start, count)
+            return list(map(Entry, t.ids[first:stop], t.payloads[first:stop]))
 
         return await self._wait_for(topic, attempt, block)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import re
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -66,3 +68,24 @@ def test_making_ids_leaves_the_global_random_state_alone() -> None:
     random.seed(7)
     new_id()
     assert random.random() == expected
+
+
+def test_new_envelope_is_the_envelope_the_class_builds() -> None:
+    """The trainer's fast constructor gives a true, frozen Envelope equal to Envelope(...)."""
+    from bus.envelope import new_envelope
+
+    env = new_envelope("ITERATION_COMPLETED", "run-1", "trainer:0", {"count": 1}, 2, 3)
+    assert type(env) is Envelope
+    assert env == Envelope(
+        "ITERATION_COMPLETED", "run-1", "trainer:0", {"count": 1}, 2, 3, id=env.id, ts=env.ts
+    )
+    assert len(env.id) == 26 and env.sig is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        env.epoch = 5  # type: ignore[misc]
+
+
+def test_ids_of_consecutive_milliseconds_keep_their_own_time() -> None:
+    """The cached time prefix follows the clock: each id decodes to its own millisecond."""
+    first, second = new_id(1000.000), new_id(1000.001)
+    assert (decode_ulid_ms(first), decode_ulid_ms(second)) == (1_000_000, 1_000_001)
+    assert new_id(1000.000)[:10] == first[:10]

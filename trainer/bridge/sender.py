@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from bus import Envelope, PublisherClosed, PublisherFailed, ThreadedPublisher, Topics
+from bus.envelope import new_envelope
 
 if TYPE_CHECKING:
     from trainer.engine import Engine
@@ -56,11 +57,12 @@ class Sender:
         if self.muted:
             return
         primary = self.primary
+        # new_envelope, not Envelope(...): this runs at every published iteration.
         if primary is None:
-            env = Envelope(type, self.run_id, self.source, data)
+            env = new_envelope(type, self.run_id, self.source, data)
         else:
             state = primary.state
-            env = Envelope(type, self.run_id, self.source, data, state.epoch, state.iteration)
+            env = new_envelope(type, self.run_id, self.source, data, state.epoch, state.iteration)
         self.publish(self.events_topic, env)
 
     def publish(self, topic: str, env: Envelope) -> None:
