@@ -10,9 +10,8 @@ from typing import Any
 
 import msgpack
 
-from bus.envelope import SCHEMA_VERSION, Envelope
+from bus.envelope import SCHEMA_VERSION, Envelope, filled_envelope
 from bus.errors import DecodeError, EnvelopeTooLarge
-from bus.frozen import filler
 
 MAX_ENVELOPE_BYTES = 1 << 20
 
@@ -37,7 +36,6 @@ if tuple(f.name for f in dataclasses.fields(Envelope)) != _FIELD_NAMES:
         f"bus.codec.decode sets the fields {_FIELD_NAMES} of Envelope, but Envelope now has "
         f"{tuple(f.name for f in dataclasses.fields(Envelope))}: update decode"
     )
-_EnvelopeFiller = filler(Envelope)
 # Tells an absent `sig` from one present as nil (which is invalid).
 _ABSENT = object()
 # The exact types of v, id, run_id, type, source, ts, epoch, iteration and data on the fast path.
@@ -161,21 +159,7 @@ def decode(raw: bytes) -> Envelope:
             type(data),
         )
         if types == _FAST_TYPES and v == SCHEMA_VERSION and _isfinite(ts):
-            # Built through a filler (bus/frozen.py): Envelope's own __init__ would cost half
-            # as much as unpacking the bytes did.
-            env = _EnvelopeFiller()
-            env.type = type_
-            env.run_id = run_id
-            env.source = source
-            env.data = data
-            env.epoch = epoch
-            env.iteration = iteration
-            env.id = id_
-            env.ts = ts
-            env.v = v
-            env.sig = sig
-            env.__class__ = Envelope
-            return env
+            return filled_envelope(type_, run_id, source, data, epoch, iteration, id_, ts, v, sig)
     return _checked(wire)
 
 
