@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from redis_server import RedisServer
 
 from bus import Bus, open_bus
+
+if TYPE_CHECKING:
+    from workers.context import RunContext
 
 # Torch's intra-op pool only adds noise on a 2-core machine running several processes.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -50,4 +54,24 @@ async def bus(bus_url: str) -> AsyncIterator[Bus]:
     """An open bus on `bus_url` for the test's own reads and writes, closed after the test."""
     handle = open_bus(bus_url)
     yield handle
+    await handle.close()
+
+
+@pytest.fixture
+async def worker_ctx() -> AsyncIterator[RunContext]:
+    """A worker's context before its run's RUN_STARTED (no config yet), on a fresh memory bus."""
+    from bus import Publisher, Topics
+    from workers.context import RunContext
+    from workers.logs import worker_log
+
+    handle = open_bus(f"memory://ctx-{uuid.uuid4().hex}")
+    yield RunContext(
+        run_id="r",
+        kind="test",
+        name="w",
+        topics=Topics(),
+        bus=handle,
+        publisher=Publisher(handle),
+        log=worker_log("test"),
+    )
     await handle.close()

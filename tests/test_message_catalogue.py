@@ -6,14 +6,12 @@ import pytest
 from test_cli import EXAMPLE, run_main
 from test_cli_bad_input import one_line
 
-from bus import Envelope, Publisher, Rejected, Topics, open_bus
+from bus import Envelope, Rejected
 from bus.messages import CONTROL, EVENTS, REQUIRED, TERMINATE, VOTE, WORKER_KINDS, check_data
 from trainer.config_schema import CheckpointSection, DistSection, EarlyStoppingSection
 from workers.checkpoint import CheckpointWorker
-from workers.context import RunContext
 from workers.early_stop import EarlyStopWorker
 from workers.kinds import KINDS
-from workers.logs import worker_log
 from workers.metrics import MetricsWorker
 
 READY = {"path": "/c/x.pt", "size": 3, "sha256": "ab", "epoch": 0, "iteration": 5}
@@ -60,24 +58,8 @@ def test_an_unknown_worker_in_the_config_is_refused_naming_it_and_the_kinds(caps
     assert all(kind in line for kind in WORKER_KINDS) and "import path" in line, line
 
 
-@pytest.fixture
-async def ctx():
-    """A worker's context before the run's RUN_STARTED: no config, so the defaults apply."""
-    bus = open_bus("memory://catalogue")
-    yield RunContext(
-        run_id="r",
-        kind="test",
-        name="w",
-        topics=Topics(),
-        bus=bus,
-        publisher=Publisher(bus),
-        log=worker_log("test"),
-    )
-    await bus.close()
-
-
-async def test_a_worker_without_config_uses_the_config_schemas_defaults(ctx) -> None:
-    settings = EarlyStopWorker(ctx, {}).settings()
+async def test_a_worker_without_config_uses_the_config_schemas_defaults(worker_ctx) -> None:
+    settings = EarlyStopWorker(worker_ctx, {}).settings()
     schema = EarlyStoppingSection()
     assert (settings.patience, settings.metric, settings.split, settings.mode) == (
         schema.patience,
@@ -90,7 +72,7 @@ async def test_a_worker_without_config_uses_the_config_schemas_defaults(ctx) -> 
         schema.cumulative_delta,
     )
 
-    policy, _, mode = CheckpointWorker(ctx, {"score": "accuracy"}).retention()
+    policy, _, mode = CheckpointWorker(worker_ctx, {"score": "accuracy"}).retention()
     section = CheckpointSection()
     assert (policy.keep_last, policy.keep_best, mode) == (
         section.n_saved,
@@ -99,13 +81,13 @@ async def test_a_worker_without_config_uses_the_config_schemas_defaults(ctx) -> 
     )
     # The one deliberate difference: no score unless one is named (a run whose config is not
     # the trainer's may publish no `accuracy`).
-    assert CheckpointWorker(ctx, {}).retention()[1] is None
+    assert CheckpointWorker(worker_ctx, {}).retention()[1] is None
 
-    assert MetricsWorker(ctx, {}).rank_timeout() == DistSection().rank_timeout
+    assert MetricsWorker(worker_ctx, {}).rank_timeout() == DistSection().rank_timeout
 
 
-async def test_the_run_config_still_wins_over_the_schema_defaults(ctx) -> None:
+async def test_the_run_config_still_wins_over_the_schema_defaults(worker_ctx) -> None:
     config = {"early_stopping": {"patience": 2, "metric": "loss", "mode": "min"}}
-    ctx.learn_started(Envelope("RUN_STARTED", "r", "trainer:0", {"config": config}))
-    settings = EarlyStopWorker(ctx, {}).settings()
+    worker_ctx.learn_started(Envelope("RUN_STARTED", "r", "trainer:0", {"config": config}))
+    settings = EarlyStopWorker(worker_ctx, {}).settings()
     assert (settings.patience, settings.metric, settings.mode) == (2, "loss", "min")

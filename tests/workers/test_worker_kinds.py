@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from bus import Envelope, Publisher, Topics, open_bus
+from bus import Envelope
 from trainer.cli import main
 from workers.base import Setting, Worker
 from workers.context import RunContext
 from workers.kinds import load_kind
-from workers.logs import worker_log
 
 PLUGINS = {
     "guards.py": """
@@ -142,17 +141,10 @@ def test_settings_make_the_options_their_checks_and_their_values() -> None:
         Sized.check_options({"every": 0})
 
 
-async def test_a_setting_is_the_option_else_the_runs_config_else_its_default() -> None:
-    bus = open_bus("memory://kinds")
-    ctx = RunContext(
-        run_id="r",
-        kind="sized",
-        name="w",
-        topics=Topics(),
-        bus=bus,
-        publisher=Publisher(bus),
-        log=worker_log("test"),
-    )
+async def test_a_setting_is_the_option_else_the_runs_config_else_its_default(
+    worker_ctx: RunContext,
+) -> None:
+    ctx = worker_ctx
     config = {"extra": {"sized": {"limit_mb": 64, "key": ""}}}
     ctx.learn_started(Envelope("RUN_STARTED", "r", "trainer:0", {"config": config}))
     worker = Sized(ctx, {"limit_mb": None, "key": None, "every": 3})
@@ -162,4 +154,3 @@ async def test_a_setting_is_the_option_else_the_runs_config_else_its_default() -
     assert Sized(ctx, {"limit_mb": 8.0}).setting("limit_mb") == 8.0
     with pytest.raises(TypeError, match="sized votes: set the class attribute votes = True"):
         await worker.vote_stop("no", Envelope("ITERATION_COMPLETED", "r", "trainer:0", {}))
-    await bus.close()

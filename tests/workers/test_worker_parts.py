@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from bus import Envelope, Publisher, Topics, open_bus
+from bus import Envelope
 from workers.context import RunContext, config_value
 from workers.kinds import KINDS, load_kind
 from workers.logs import LogfmtFormatter, worker_log
@@ -26,17 +26,10 @@ def test_load_kind_names_the_known_kinds_for_an_unknown_one() -> None:
         load_kind("early_stop")
 
 
-async def test_setting_prefers_the_option_then_the_config_then_the_default() -> None:
-    bus = open_bus("memory://parts")
-    ctx = RunContext(
-        run_id="r",
-        kind="test",
-        name="w",
-        topics=Topics(),
-        bus=bus,
-        publisher=Publisher(bus),
-        log=worker_log("test"),
-    )
+async def test_setting_prefers_the_option_then_the_config_then_the_default(
+    worker_ctx: RunContext,
+) -> None:
+    ctx = worker_ctx
     assert ctx.setting(None, "early_stopping.patience", 5) == 5  # config not known yet
     started = {"config": CONFIG, "world_size": 4}
     ctx.learn_started(Envelope("RUN_STARTED", "r", "trainer:0", started))
@@ -48,7 +41,6 @@ async def test_setting_prefers_the_option_then_the_config_then_the_default() -> 
     assert ctx.setting(None, "checkpoint.n_saved", 2) is None
     assert ctx.setting(None, "checkpoint.n_best.deeper", 0) == 0
     assert config_value(CONFIG, "missing.key", "d") == "d"
-    await bus.close()
 
 
 def test_log_lines_are_key_value_pairs_with_the_workers_context_first() -> None:
