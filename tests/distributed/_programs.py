@@ -173,11 +173,46 @@ def digits_program(
     return epochs_seen
 
 
+# StopAgreement rounds: per rank, (stop cause or None, checkpoint wish); each round is agreed.
+AGREEMENT_ROUNDS: list[dict[int, tuple[dict[str, Any] | None, bool]]] = [
+    {0: (None, False), 1: (None, False)},
+    {0: (None, False), 1: ({"signal": "PROGRAM", "reason": "nan on rank 1", "by": "b"}, False)},
+    {0: (None, True), 1: (None, False)},
+    {
+        0: ({"signal": "TERMINATE", "reason": "asked", "by": "op", "voter": None}, True),
+        1: ({"signal": "PROGRAM", "reason": "nan", "by": "b"}, True),
+    },
+    # After a round that agreed on both flags, the next that asks nothing agrees on nothing.
+    {0: (None, False), 1: (None, False)},
+]
+
+
+def agreement_program(rank: int, world_size: int) -> dict[str, Any]:
+    """Agree the AGREEMENT_ROUNDS one after the other, then one launched and never finished (a
+    run that broke off) followed by another; report what was agreed each time."""
+    from trainer.distributed import StopAgreement
+
+    agreement = StopAgreement()
+    agreed = [agreement.agree(*wishes[rank]) for wishes in AGREEMENT_ROUNDS]
+    # Launched by every rank and never finished: its flags must not be the next one's.
+    abandoned = agreement.launch({"signal": "PROGRAM", "reason": "r", "by": "b"} if rank else None)
+    after = agreement.agree(None)
+    abandoned.work.wait()
+    return {
+        "agreed": agreed,
+        "after abandoned": after,
+        "abandoned flags": abandoned.flags.tolist(),
+        "agreements": agreement.agreements,
+        "stops": agreement.stops,
+    }
+
+
 def all_programs(
     rank: int, world_size: int, scores: torch.Tensor, y: torch.Tensor, epochs: int
 ) -> dict[str, Any]:
-    """Both programs in one process group: the ranks start (import torch) once for all tests."""
+    """The programs in one process group: the ranks start (import torch) once for all tests."""
     return {
         "metrics": metrics_program(rank, world_size),
         "digits": digits_program(rank, world_size, scores, y, epochs),
+        "agreement": agreement_program(rank, world_size),
     }
