@@ -13,6 +13,7 @@ import bus
 import trainer
 import workers
 from bus.errors import BusError
+from trainer.adapters.extras import MissingFramework
 from trainer.errors import TrainerError
 from workers.errors import WorkerError
 
@@ -31,7 +32,10 @@ def exceptions_defined_in(package: object) -> list[type[BaseException]]:
     for module_info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
         if module_info.name.rpartition(".")[2] == "__main__":
             continue  # runs the command when imported
-        module = importlib.import_module(module_info.name)
+        try:
+            module = importlib.import_module(module_info.name)
+        except MissingFramework:
+            continue  # an adapter whose framework (an optional extra) is not installed
         for value in vars(module).values():
             if (
                 inspect.isclass(value)

@@ -17,6 +17,8 @@ defined next to the code that raises them; this is the whole tree:
     ├── MetricNotPortable (ValueError) ...... trainer.metrics.registry: a state no process can merge
     ├── MetricMessageError (ValueError) ..... trainer.metrics.registry: a bad metric_states entry
     ├── RunNotStarted (RuntimeError) ........ trainer.bridge.lifecycle: an Engine ran outside a run
+    ├── DrivenEngineError (RuntimeError) .... trainer.adapters.driven: a driven Engine misused
+    ├── MissingFramework (ImportError) ...... trainer.adapters.extras: an adapter's extra is missing
     ├── RankLost (RuntimeError) ............. trainer.cli.launch: another rank of the job was lost
     ├── PluginError (ValueError) ............ trainer.plugins: an import path that imports nothing
     └── TrackingError (RuntimeError) ........ trainer.tracking.errors: cannot write or read a run

@@ -18,7 +18,7 @@ from trainer.bridge.barrier import BarrierResult, epoch_text, wait_for_votes
 from trainer.events import Events
 
 if TYPE_CHECKING:
-    from trainer.bridge.checkpointer import Checkpointer
+    from trainer.bridge.checkpointer import CheckpointService
     from trainer.bridge.control import ControlState, StopCause
     from trainer.engine import Engine
 
@@ -38,7 +38,7 @@ class Boundaries:
         *,
         barrier: bool,
         barrier_timeout: float,
-        checkpointer: Callable[[], Checkpointer | None],
+        checkpointer: Callable[[], CheckpointService | None],
         before_barrier: Callable[[], None] = lambda: None,
     ) -> None:
         self.run_id = run_id

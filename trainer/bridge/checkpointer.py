@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bus.messages import CHECKPOINT_READY
 from trainer.bridge.snapshot import Snapshots
@@ -39,6 +39,28 @@ log = logging.getLogger(__name__)
 CHECKPOINT_PRIORITY = -1e6
 INCOMING = ".incoming"
 UNITS = ("epoch", "iteration")
+
+
+class CheckpointService(Protocol):
+    """What a run's boundaries need of whatever takes its checkpoints: `Checkpointer` here, a
+    framework's own saving in trainer.adapters."""
+
+    stats: list[CheckpointStat]
+
+    def attach(self, engine: Engine) -> None:
+        """Take scheduled checkpoints of the primary `engine`."""
+
+    def prepare(self) -> None:
+        """Get ready before the run starts."""
+
+    def take(self, engine: Engine, reason: str, epoch_end: bool) -> object | None:
+        """Take one now ("scheduled", "requested" or "final"); None if nothing was taken."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until what was taken is written; False on timeout."""
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish the writes and stop."""
 
 
 @dataclass

@@ -33,7 +33,7 @@ from trainer.bridge.control import StopCause
 from trainer.events import Events
 
 if TYPE_CHECKING:
-    from trainer.bridge.checkpointer import Checkpointer
+    from trainer.bridge.checkpointer import CheckpointService
     from trainer.bridge.control import ControlState
     from trainer.distributed import Launched, StopAgreement
     from trainer.engine import Engine
@@ -60,7 +60,7 @@ class RankBoundaries(Boundaries):
         source: str,
         barrier: bool,
         barrier_timeout: float,
-        checkpointer: Callable[[], Checkpointer | None],
+        checkpointer: Callable[[], CheckpointService | None],
         before_barrier: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__(

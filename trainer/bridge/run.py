@@ -44,9 +44,9 @@ from bus import ThreadedPublisher, Topics, Verifier, open_bus
 from bus.messages import PRIMARY_SPLIT, RUN_FINISHED, RUN_STARTED, SECRET_ENV
 from trainer.bridge.barrier import BarrierResult
 from trainer.bridge.boundaries import Boundaries
-from trainer.bridge.checkpointer import Checkpointer, CheckpointStat
+from trainer.bridge.checkpointer import Checkpointer, CheckpointService, CheckpointStat
 from trainer.bridge.clock import RunClock
-from trainer.bridge.control import ControlReader, ControlState
+from trainer.bridge.control import ControlReader, ControlState, StopCause
 from trainer.bridge.lifecycle import EngineLink, RunNotStarted
 from trainer.bridge.outputs import Probe, Probes
 from trainer.bridge.ranks import RankBoundaries
@@ -99,17 +99,17 @@ def _number(name: str, value: object, *, minimum: float, integer: bool = False) 
     return value
 
 
-def _native_config(config: Any) -> dict[str, Any]:
+def _native_config(config: Any, what: str = "config") -> dict[str, Any]:
     if config is None:
         return {}
     if not isinstance(config, Mapping) and callable(getattr(config, "to_dict", None)):
         config = config.to_dict()
     if not isinstance(config, Mapping):
-        raise TypeError(f"BusRun config must be a mapping (or have to_dict()), got {config!r}")
+        raise TypeError(f"BusRun {what} must be a mapping (or have to_dict()), got {config!r}")
     try:
         return bus.to_native(dict(config))
     except TypeError as exc:
-        raise TypeError(f"BusRun config cannot travel on the bus: {exc}") from None
+        raise TypeError(f"BusRun {what} cannot travel on the bus: {exc}") from None
 
 
 class BusRun:
@@ -122,7 +122,8 @@ class BusRun:
     variable TRAINER_BUS_SECRET) unsigned or forged control envelopes are ignored. Pass
     `publisher` to share a ThreadedPublisher (the caller then closes it). `probes` (functions
     fn(engine) -> {name: number}, or their "package.module:function" paths) add their values to
-    each published ITERATION_COMPLETED's outputs as "probe/<name>".
+    each published ITERATION_COMPLETED's outputs as "probe/<name>". `run_info` adds keys to
+    RUN_STARTED (never replacing the catalogue's): `framework`, `name`, `project`...
 
     With `world_size` > 1 and an initialised torch.distributed process group of that size, the
     ranks agree on stops and checkpoints every `stop_sync_every` iterations and at every
@@ -152,6 +153,7 @@ class BusRun:
         bus_options: Mapping[str, Any] | None = None,
         publisher: ThreadedPublisher | None = None,
         probes: Sequence[str | Probe] = (),
+        run_info: Mapping[str, Any] | None = None,
     ) -> None:
         self.rank = _number("rank", rank, minimum=0, integer=True)
         self.world_size = _number("world_size", world_size, minimum=1, integer=True)
@@ -184,6 +186,8 @@ class BusRun:
         # Where the trainer keeps the run's files; a tracking worker that sees it writes there.
         self.run_dir = None if run_dir is None else Path(run_dir).resolve()
         self.probes = Probes.load(probes, lambda i: f"BusRun probes[{i}]")
+        # More RUN_STARTED keys (a framework adapter's `framework`, a run `name`, `project`).
+        self.run_info = _native_config(run_info, "run_info")
         verifier = Verifier(self.secret)  # refuses an empty secret before any thread starts
         options = dict(bus_options or {})
         self._owns_publisher = publisher is None
@@ -209,7 +213,7 @@ class BusRun:
         )
         self._reader_future: concurrent.futures.Future[None] | None = None
         self.links: list[EngineLink] = []
-        self._checkpointer: Checkpointer | None = None
+        self._checkpointer: CheckpointService | None = None
         self._boundaries: Boundaries
         if self._agreement is not None:
             self._boundaries = RankBoundaries(
@@ -243,6 +247,11 @@ class BusRun:
     def primary(self) -> Engine | None:
         """The first engine attached: its progress stamps envelopes, stop signals stop it."""
         return self.links[0].engine if self.links else None
+
+    @property
+    def stop_cause(self) -> StopCause | None:
+        """The control signal that stopped the primary engine, once one has."""
+        return self._boundaries.stop_cause
 
     @property
     def barriers(self) -> list[BarrierResult]:
@@ -318,19 +327,14 @@ class BusRun:
     ) -> None:
         """Checkpoint `to_save` every `every` epochs (or iterations) of the primary, on request
         (CHECKPOINT_REQUEST) and at finish(); written off the training thread."""
-        if self._checkpointer is not None:
-            raise RuntimeError(f"run {self.run_id} already checkpoints; call checkpoint() once")
-        if self._phase != "new":
-            raise RuntimeError(
-                "call checkpoint() before start(): RUN_STARTED announces the checkpoint directory"
-            )
+        self._check_can_add_checkpointer()
         chosen = directory if directory is not None else self.checkpoint_dir
         if chosen is None:
             raise ValueError(
                 "checkpoint() needs a directory: pass directory= or BusRun(checkpoint_dir=...)"
             )
         self.checkpoint_dir = Path(chosen).resolve()
-        self._checkpointer = Checkpointer(
+        checkpointer = Checkpointer(
             self.sender,
             to_save,
             every=every,
@@ -341,8 +345,23 @@ class BusRun:
             # Rank 0 writes; the other ranks take part (collective state_dicts) and drop it.
             write=self.rank == 0,
         )
+        self.checkpoint_with(checkpointer)
+
+    def checkpoint_with(self, checkpointer: CheckpointService) -> None:
+        """Serve checkpoints (scheduled, requested, final) with `checkpointer` instead of
+        `checkpoint()`'s own: e.g. another framework's saving (trainer.adapters)."""
+        self._check_can_add_checkpointer()
+        self._checkpointer = checkpointer
         if self.primary is not None:
-            self._checkpointer.attach(self.primary)
+            checkpointer.attach(self.primary)
+
+    def _check_can_add_checkpointer(self) -> None:
+        if self._checkpointer is not None:
+            raise RuntimeError(f"run {self.run_id} already checkpoints; call checkpoint() once")
+        if self._phase != "new":
+            raise RuntimeError(
+                "call checkpoint() before start(): RUN_STARTED announces the checkpoint directory"
+            )
 
     # ---- start and finish -------------------------------------------------------------------
 
@@ -368,6 +387,7 @@ class BusRun:
         }
         if self.speaks_for_ranks:
             data["reduced_ranks"] = self.world_size
+        data.update({k: v for k, v in self.run_info.items() if k not in data})
         self._announce(RUN_STARTED, data)
         self._phase = "started"
         # Voters that registered before this start must count from the first boundary on.
