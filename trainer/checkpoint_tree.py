@@ -54,6 +54,17 @@ def checkpoint_digest(path: str | os.PathLike[str]) -> tuple[int, str]:
     return size, lines.hexdigest()
 
 
+def link_or_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """A hard link of file `source` at `target`; a copy where the file system cannot link."""
+    try:
+        os.link(source, target)
+        return
+    except OSError as exc:
+        if exc.errno not in _NO_LINK:
+            raise
+    shutil.copyfile(source, target)
+
+
 def link_tree(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
     """Make directory `target` hold hard links to `source`'s files (copies where links fail).
 
@@ -65,12 +76,7 @@ def link_tree(source: str | os.PathLike[str], target: str | os.PathLike[str]) ->
     for relative, file in tree_files(source):
         placed = target / relative
         placed.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(file, placed)
-        except OSError as exc:
-            if exc.errno not in _NO_LINK:
-                raise
-            shutil.copyfile(file, placed)
+        link_or_copy(file, placed)
 
 
 def remove_checkpoint(path: str | os.PathLike[str]) -> None:

@@ -109,6 +109,8 @@ def is_handled(directory: Path, ready_id: str, *, locked: bool = False) -> bool:
 
 def _move(source: Path, target: Path) -> None:
     """Move file or directory `source` to `target` atomically, also across file systems."""
+    if source.is_dir() and target.is_dir():
+        remove_checkpoint(target)  # the same step filed again: a rename cannot replace a folder
     try:
         os.replace(source, target)
         return
