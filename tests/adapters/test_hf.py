@@ -309,3 +309,75 @@ def test_the_hf_adapter_without_the_extra_names_it() -> None:
         timeout=RUN_S,
     ).stdout
     assert "pip install -e '.[hf]'" in out, out
+
+
+@pytest.mark.parametrize(
+    ("metrics", "split", "values"),
+    [
+        (
+            {"eval_loss": 0.5, "eval_accuracy": 0.9, "eval_runtime": 0.1, "epoch": 2.0},
+            "val",
+            {"loss": 0.5, "accuracy": 0.9},
+        ),
+        (
+            {
+                "eval_digits_loss": 0.4,
+                "eval_digits_runtime": 0.1,
+                "eval_digits_steps_per_second": 9,
+            },
+            "val_digits",
+            {"loss": 0.4},
+        ),
+        (
+            {"test_f1": 0.7, "test_runtime": 0.2, "test_samples_per_second": 3.0},
+            "test",
+            {"f1": 0.7},
+        ),
+    ],
+)
+def test_an_evaluations_split_and_metrics_come_from_hfs_prefix(
+    metrics: dict[str, float], split: str, values: dict[str, float]
+) -> None:
+    from trainer.adapters.hf import eval_split
+
+    assert eval_split(metrics) == (split, values)
+
+
+def test_an_exception_in_training_is_published_and_fails_the_run(tmp_path: Path) -> None:
+    import uuid
+
+    from bridge._bus import TOPICS, BusClient
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from adapters.hf_program import DigitsConfig, DigitsMLP, digits
+    from trainer.adapters.hf import BusCallback
+
+    class Boom(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == 3:
+                raise ValueError("boom at step 3")
+
+    url, run = f"memory://hf-{uuid.uuid4().hex}", "hf-boom"
+    client = BusClient(url)  # keeps the in-memory bus alive to read it back
+    try:
+        train, _ = digits()
+        args = TrainingArguments(
+            str(tmp_path), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no"
+        )
+        bus = BusCallback(url, run)
+        model = DigitsMLP(DigitsConfig())
+        with pytest.raises(ValueError, match="boom"), bus:
+            Trainer(model=model, args=args, train_dataset=train, callbacks=[bus, Boom()]).train()
+        events = client.read(TOPICS.events(run))
+    finally:
+        client.close()
+    for env in events:
+        check_data(env.type, env.data, topic=EVENTS)
+    raised = [e for e in events if e.type == "EXCEPTION_RAISED"]
+    assert [(e.data["error_type"], e.data["message"]) for e in raised] == [
+        ("ValueError", "boom at step 3")
+    ]
+    finished = events[-1]
+    assert finished.type == "RUN_FINISHED" and finished.data["status"] == "failed"
+    assert "boom at step 3" in finished.data["reason"]
+    assert bus.end is not None and bus.end.status == "failed"

@@ -219,10 +219,8 @@ class BusCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """RUN_STARTED and STARTED of "train"; from now on the control topic is obeyed."""
         if self.active:
-            raise RuntimeError(
-                f"BusCallback: run {self.run_id} is still under way; one callback serves one "
-                "trainer.train() at a time"
-            )
+            # The last train() never reached on_train_end (it raised, in a notebook, say).
+            self._fail(None, "a new trainer.train() began before this run had ended")
         run_id, self._run_id = self._run_id, None  # the given id names the first run only
         checkpoint_dir = self._checkpoint_dir
         if checkpoint_dir is None and self.bus is not None:
@@ -232,7 +230,8 @@ class BusCallback(TrainerCallback):
             self.bus,
             run_id,
             config=self._config_of(args, kwargs.get("model")),
-            name=self._name or args.run_name,
+            # Before transformers 5, run_name defaults to output_dir: not a name.
+            name=self._name or (args.run_name if args.run_name != args.output_dir else None),
             framework=FRAMEWORK,
             rank=args.process_index,
             world_size=args.world_size,
@@ -384,12 +383,13 @@ class BusCallback(TrainerCallback):
         """End a run that an exception broke off: EXCEPTION_RAISED, RUN_FINISHED "failed"."""
         self._fail(exc)
 
-    def _fail(self, exc: BaseException | None) -> None:
+    def _fail(self, exc: BaseException | None, why: str = "") -> None:
+        """End the run under way as failed: by `exc` (published as EXCEPTION_RAISED), or `why`."""
         if not self.active:
             return
         bridge = self._bridge
         if exc is None:
-            exc = RuntimeError("training ended without HF's on_train_end")
+            exc = RuntimeError(why or "training ended without HF's on_train_end")
         else:
             bridge.exception(exc)
         self.end = bridge.finish(exc)
