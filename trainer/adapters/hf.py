@@ -246,7 +246,12 @@ class BusCallback(TrainerCallback):
         if not self._exit_hook:
             atexit.register(self._at_exit)
             self._exit_hook = True
-        self.bridge.start()
+        try:
+            self.bridge.start()
+        except BaseException:
+            bridge, self.bridge = self.bridge, None  # no run began: nothing to finish at exit
+            bridge.close()
+            raise
         self.bridge.split_started(
             PRIMARY_SPLIT, max_epochs=self._max_epochs, epoch_length=self._epoch_length
         )
