@@ -31,6 +31,7 @@ import logging
 import random
 import statistics
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -215,24 +216,113 @@ def lightning_stop_trial(loader: DataLoader, bus_url: str, run_id: str, clock: S
     raise NotImplementedError("the Lightning part of this benchmark is not written yet")
 
 
-# ---- Hugging Face (filled by the hf adapter's author) --------------------------------------
+# ---- Hugging Face --------------------------------------------------------------------------
+
+_HF_OUTPUT = Path(tempfile.mkdtemp(prefix="bench-hf-"))  # HF's output_dir (nothing is saved)
+
+
+class _HFDigits(torch.utils.data.Dataset):
+    """The loader's examples as the dicts a Hugging Face Trainer feeds its model."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.x, self.y = loader.dataset.tensors  # type: ignore[attr-defined]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
+class _HFModel(torch.nn.Module):
+    """The job's MLP returning {"loss", "logits"}, as a Hugging Face model does."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__()
+        self.net, self.loss_fn = job.model, job.loss_fn
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.net(x)
+        return {"loss": self.loss_fn(logits, labels), "logits": logits}
+
+
+def _hf_trainer(loader: DataLoader, epochs: int, callbacks: list[Any]) -> Any:
+    """A Trainer on the digits MLP: Adam at 1e-3 (AdamW, no decay), constant rate, a log every
+    10 steps, no evaluation, no saves, no printing."""
+    from transformers import Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
+
+    args = TrainingArguments(
+        str(_HF_OUTPUT),
+        per_device_train_batch_size=loader.batch_size or 64,
+        num_train_epochs=epochs,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        optim="adamw_torch",
+        weight_decay=0.0,
+        logging_steps=10,
+        eval_strategy="no",
+        save_strategy="no",
+        use_cpu=True,
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    trainer = Trainer(
+        model=_HFModel(Job(seed=0)), args=args, train_dataset=_HFDigits(loader), callbacks=callbacks
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _hf_callback(**hooks: Callable[..., None]) -> Any:
+    """A TrainerCallback running `hooks` (name -> fn(state)) at those hooks."""
+    from transformers import TrainerCallback
+
+    class Hooks(TrainerCallback):
+        pass
+
+    callback = Hooks()
+    for name, fn in hooks.items():
+        setattr(callback, name, lambda args, state, control, fn=fn, **kw: fn(state))
+    return callback
+
+
+def _hf_window(window: Window) -> Any:
+    """Opens `window` when the first epoch begins, closes it at the end of training (this
+    callback comes before the adapter's, so before the run's end is published)."""
+    return _hf_callback(
+        on_epoch_begin=lambda state: window.open() if state.global_step == 0 else None,
+        on_train_end=lambda state: window.close(),
+    )
 
 
 def hf_plain(loader: DataLoader, epochs: int, window: Window) -> None:
     """The Hugging Face Trainer's own loop on the digits MLP, no adapter; `window` as for
     Lightning (on_epoch_begin of the first epoch, on_train_end before the adapter's)."""
-    raise NotImplementedError("the Hugging Face part of this benchmark is not written yet")
+    _hf_trainer(loader, epochs, [_hf_window(window)]).train()
 
 
 def hf_adapted(loader: DataLoader, epochs: int, bus_url: str, window: Window) -> None:
     """The Hugging Face Trainer's loop with the bus TrainerCallback publishing to `bus_url`."""
-    raise NotImplementedError("the Hugging Face part of this benchmark is not written yet")
+    from trainer.adapters.hf import BusCallback
+
+    bus = BusCallback(bus_url, new_id())
+    _hf_trainer(loader, epochs, [_hf_window(window), bus]).train()
+    assert bus.end is not None and bus.end.status == "completed", bus.end
 
 
 def hf_stop_trial(loader: DataLoader, bus_url: str, run_id: str, clock: StepClock) -> None:
     """The Hugging Face Trainer with the bus callback on run `run_id`, `clock.step()` after
     every step (on_step_end), until a vote stops it."""
-    raise NotImplementedError("the Hugging Face part of this benchmark is not written yet")
+    from trainer.adapters.hf import BusCallback
+
+    # No checkpoint at the stop: the latency is to the last step's end, the save comes after.
+    bus = BusCallback(bus_url, run_id, save_on_stop=False)
+    clock_cb = _hf_callback(on_step_end=lambda state: clock.step())
+    _hf_trainer(loader, TRIAL_EPOCHS, [bus, clock_cb]).train()
+    assert bus.end is not None and bus.end.voter == VOTER, bus.end
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ def checkpoint_filename(
     score_name: str | None = None,
     ext: str = "pt",
 ) -> str:
-    """The file name of a checkpoint of `name` at `step` with `score` (None: no score)."""
+    """The file name of a checkpoint of `name` at `step` with `score` (None: no score); an
+    empty `ext` names a directory (a framework's checkpoint folder)."""
     parts = [prefix] if prefix else []
     parts.append(name)
     if step is not None:
@@ -40,7 +41,7 @@ def checkpoint_filename(
     if score is not None and not (step is not None and math.isnan(score)):
         shown = format_score(score)
         parts.append(f"{score_name}={shown}" if score_name else shown)
-    return "_".join(parts) + f".{ext}"
+    return "_".join(parts) + (f".{ext}" if ext else "")
 
 
 def incoming_path(checkpoint_dir: str | Path, name: str, iteration: int, ext: str = "pt") -> Path:

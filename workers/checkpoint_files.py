@@ -20,8 +20,8 @@ from typing import Any
 
 from trainer.atomic_file import atomic_file
 from trainer.checkpoint_names import checkpoint_filename
+from trainer.checkpoint_tree import checkpoint_digest, remove_checkpoint
 from trainer.manifest import (
-    file_sha256,
     manifest_lock,
     manifest_records,
     read_manifest,
@@ -64,24 +64,33 @@ class Filed:
 
 
 def verify(ready: Ready) -> None:
-    """Raise VerificationError unless `ready.path` exists with the announced size and sha256."""
-    where = f"checkpoint file {ready.path} (CHECKPOINT_READY {ready.id})"
-    try:
-        size = ready.path.stat().st_size
-    except FileNotFoundError:
-        raise VerificationError(
-            f"{where} does not exist: is the checkpoint directory shared with the trainer "
-            "and mounted at the same path? (--dir names it as this worker sees it)"
-        ) from None
+    """Raise VerificationError unless `ready.path` exists with the announced size and sha256.
+
+    The path may be a file or a directory (a framework's checkpoint folder); for a directory
+    size and sha256 are those of `trainer.checkpoint_tree.checkpoint_digest`.
+    """
+    where = f"checkpoint {ready.path} (CHECKPOINT_READY {ready.id})"
+    if ready.path.is_dir():
+        size, actual = checkpoint_digest(ready.path)
+    else:
+        try:
+            size = ready.path.stat().st_size
+        except FileNotFoundError:
+            raise VerificationError(
+                f"{where} does not exist: is the checkpoint directory shared with the trainer "
+                "and mounted at the same path? (--dir names it as this worker sees it)"
+            ) from None
+        actual = None
     if size != ready.size:
         raise VerificationError(
-            f"{where} has {size} bytes but the trainer announced {ready.size}: the file is "
+            f"{where} has {size} bytes but the trainer announced {ready.size}: it is "
             "incomplete or was replaced"
         )
-    actual = file_sha256(ready.path)
+    if actual is None:
+        actual = checkpoint_digest(ready.path)[1]
     if actual != ready.sha256.lower():
         raise VerificationError(
-            f"{where} has sha256 {actual} but the trainer announced {ready.sha256}: the file "
+            f"{where} has sha256 {actual} but the trainer announced {ready.sha256}: it "
             "is corrupt or was replaced"
         )
 
@@ -99,7 +108,9 @@ def is_handled(directory: Path, ready_id: str, *, locked: bool = False) -> bool:
 
 
 def _move(source: Path, target: Path) -> None:
-    """Move `source` to `target` atomically, also across file systems (copy, fsync, rename)."""
+    """Move file or directory `source` to `target` atomically, also across file systems."""
+    if source.is_dir() and target.is_dir():
+        remove_checkpoint(target)  # the same step filed again: a rename cannot replace a folder
     try:
         os.replace(source, target)
         return
@@ -107,6 +118,13 @@ def _move(source: Path, target: Path) -> None:
         if exc.errno != errno.EXDEV:
             raise
     # --dir on another file system than the trainer's directory: rename cannot cross it.
+    if source.is_dir():
+        staged = target.with_name(f".{target.name}.partial")
+        remove_checkpoint(staged)
+        shutil.copytree(source, staged)
+        os.replace(staged, target)
+        remove_checkpoint(source)
+        return
     with atomic_file(target) as out, open(source, "rb") as src:
         shutil.copyfileobj(src, out)
     source.unlink()
@@ -138,7 +156,11 @@ def file_checkpoint(
         handled = list(manifest.get("handled", []))
         if ready.id in handled:
             return None
-        filename = checkpoint_filename(ready.name, ready.iteration, score, score_name=score_name)
+        # A directory (a framework's checkpoint folder) is filed under the same name, sans ".pt".
+        ext = "" if ready.path.is_dir() else "pt"
+        filename = checkpoint_filename(
+            ready.name, ready.iteration, score, score_name=score_name, ext=ext
+        )
         new = CheckpointRecord(filename, ready.iteration, score)
         decision = policy.admit(manifest_records(manifest), new)
         _move(ready.path, directory / filename)
@@ -155,7 +177,7 @@ def file_checkpoint(
         pruned = [entries[rec.name] for rec in decision.prune]
         for entry in pruned:
             with contextlib.suppress(FileNotFoundError):  # already gone is what we want
-                (directory / entry["file"]).unlink()
+                remove_checkpoint(directory / entry["file"])
         kept = decision.keep
         newest, top = latest(kept), best(kept)
         handled = [*handled, ready.id][-HANDLED_KEPT:]

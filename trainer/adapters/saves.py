@@ -6,25 +6,24 @@ every rank at the same step), and it only notes that the framework must save now
 reads that as `StepDecision.checkpoint`. Scheduled and final checkpoints are the framework's
 own business.
 
-`announce()` makes a file the framework wrote known to the checkpoint worker: the worker moves
+`stage()` makes a file the framework wrote known to the checkpoint worker: the worker moves
 what a CHECKPOINT_READY names into the run's checkpoint directory, so the READY names a hard
 link to the file under `<checkpoint_dir>/.incoming/` (a copy where links cannot be made), and
-the framework keeps its own file, its names and its own retention.
+the framework keeps its own file, its names and its own retention. A folder (Hugging Face's
+`checkpoint-<step>/`) is announced the same way, as a folder of links to its files.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.checkpoint_names import INCOMING_DIR
-from trainer.manifest import file_sha256
+from trainer.checkpoint_tree import checkpoint_digest, link_or_copy, link_tree
 
 if TYPE_CHECKING:
     from trainer.bridge.checkpointer import CheckpointStat
@@ -80,37 +79,33 @@ class Announced:
     sha256: str
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """A hard link of `source` at `target`; a copy where the file system cannot link."""
-    try:
-        os.link(source, target)
-        return
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
-            raise
-    shutil.copyfile(source, target)
-
-
 def stage(source: str | os.PathLike[str], directory: Path | None, name: str) -> Announced:
-    """Put the framework's file `source` where the checkpoint worker takes it from.
+    """Put the framework's file or folder `source` where the checkpoint worker takes it from.
 
-    `directory` is the run's checkpoint directory (None: the file's own directory). Raises
-    FileNotFoundError naming the file when the framework did not write it.
+    `directory` is the run's checkpoint directory (None: the checkpoint's own directory). A
+    folder (Hugging Face's `checkpoint-<step>/`) is announced as a folder of links to its files,
+    with `trainer.checkpoint_tree`'s size and sha256. Raises FileNotFoundError naming the path
+    when the framework did not write it.
     """
     source = Path(source).resolve()
-    if not source.is_file():
+    if not source.exists():
         raise FileNotFoundError(
-            f"checkpoint_ready({str(source)!r}): no such file; announce a checkpoint after the "
-            "framework has written it"
+            f"checkpoint_ready({str(source)!r}): no such file or folder; announce a checkpoint "
+            "after the framework has written it"
         )
     chosen = directory if directory is not None else source.parent
     incoming = chosen / INCOMING_DIR
     incoming.mkdir(parents=True, exist_ok=True)
     # Unique: two announcements of one step (a request and the final one) must not collide.
-    target = incoming / f"{name}_{uuid.uuid4().hex[:12]}{source.suffix or '.pt'}"
-    _link_or_copy(source, target)
-    size = target.stat().st_size
-    return Announced(target, source, chosen, size, file_sha256(target))
+    unique = f"{name}_{uuid.uuid4().hex[:12]}"
+    if source.is_dir():
+        target = incoming / unique
+        link_tree(source, target)
+    else:
+        target = incoming / f"{unique}{source.suffix or '.pt'}"
+        link_or_copy(source, target)
+    size, sha256 = checkpoint_digest(target)
+    return Announced(target, source, chosen, size, sha256)
 
 
 def ready_data(
