@@ -93,8 +93,7 @@ def test_asha_reasons_name_the_rung_the_value_and_the_cutoff() -> None:
     decision = rule.judge(Report("late", 1, 0.81, at=(9, 0)))
     assert decision.stop
     assert decision.reason == (
-        "rung 1 (epoch 1): accuracy 0.81 below the cutoff 0.88 of 7 trials "
-        "(the 3rd best; the top 3 of 7 trials go on)"
+        "rung 1 (epoch 1): accuracy 0.81 below the cutoff 0.88 of 7 trials (the top 3 go on)"
     )
 
 

@@ -30,7 +30,6 @@ from workers.pruning.reports import (
     better,
     fmt,
     is_number,
-    ordinal,
     plural,
     worse_word,
 )
@@ -109,11 +108,11 @@ class Asha(Rule):
         cut = cutoff(values, keep, self.mode)
         rung.record(report.trial, v, report.at[0])
         stop = better(cut, v, self.mode)
-        top = f"the top {keep} of {plural(n, 'trial')} go on"
+        top = f"the top {keep} go on"
         if stop:
             reason = (
                 f"{where}: {self.metric} {fmt(v)} {worse_word(self.mode)} the cutoff {fmt(cut)} "
-                f"of {plural(n, 'trial')} (the {ordinal(keep)} best; {top})"
+                f"of {plural(n, 'trial')} ({top})"
             )
         elif n == 1:
             reason = f"{where}: {self.metric} {fmt(v)}, the first value at this rung: goes on"

@@ -83,12 +83,6 @@ def fmt(value: float | None) -> str:
     return "none" if value is None else f"{value:.4g}"
 
 
-def ordinal(n: int) -> str:
-    """1st, 2nd, 3rd, 4th ... 11th, 12th, 13th, 21st."""
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
-
-
 def plural(n: int, word: str) -> str:
     """ "1 trial", "7 trials"."""
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
