@@ -21,6 +21,8 @@ from workers.context import RunContext
 from workers.figures import FiguresWait, awaits_metrics, epoch_figures
 from workers.logs import worker_log
 from workers.pruning import RULE_OPTIONS, RULES, SweepHistory, make_rule
+from workers.pruning.asha import DEFAULT_MIN_RESOURCE, DEFAULT_REDUCTION_FACTOR
+from workers.pruning.median import DEFAULT_MIN_TRIALS
 from workers.sweep_trials import SweepTrials, sweep_of, sweeps_on_registry
 
 if TYPE_CHECKING:
@@ -52,11 +54,7 @@ class PrunerWorker(Worker):
     votes: ClassVar[bool] = True
     handles: ClassVar[frozenset[str] | None] = frozenset({RUN_STARTED, METRICS, EPOCH_COMPLETED})
     SETTINGS: ClassVar[tuple[Setting, ...]] = (
-        Setting(
-            "sweep",
-            str,
-            help="the sweep whose trials it prunes (the id `trainer sweep` prints); required",
-        ),
+        Setting("sweep", str, help="the sweep to prune: the id `trainer sweep` printed; required"),
         Setting(
             "rule",
             str,
@@ -76,34 +74,37 @@ class PrunerWorker(Worker):
         Setting(
             "min_resource",
             int,
+            default=DEFAULT_MIN_RESOURCE,
             ge=1,
-            help="asha, hyperband: epoch of the first rung (1); median: first epoch judged (1)",
+            help="asha, hyperband: the epoch of the first rung; median: the first epoch judged",
         ),
         Setting(
             "reduction_factor",
             int,
+            default=DEFAULT_REDUCTION_FACTOR,
             ge=2,
-            help="asha, hyperband: the top 1/F of a rung go on; rungs at R*F**k (3)",
+            help="asha, hyperband: the top 1/F of a rung go on, rungs at epochs R*F**k",
         ),
         Setting(
             "max_resource",
             int,
             ge=1,
-            help="asha, hyperband: rungs only below this epoch (each trial's train.epochs; "
-            "hyperband: the first trial's)",
+            help="asha, hyperband: rungs only below this epoch; left out: each trial's "
+            "train.epochs (hyperband: the first trial's)",
         ),
         Setting(
             "min_trials",
             int,
+            default=DEFAULT_MIN_TRIALS,
             ge=1,
-            help="median: other trials' values an epoch needs before judging (5)",
+            help="median: the other trials' values an epoch needs before it is judged",
         ),
         Setting(
             "follow_from",
             str,
+            default="start",
             choices=("start", "now"),
-            help="start: every trial's whole history counts; now: only what comes next "
-            "(the --from option's value)",
+            help="start: every trial's whole history counts; now: only what comes from now on",
         ),
     )
 
@@ -142,8 +143,12 @@ class PrunerWorker(Worker):
                 f"pruner --run {options.run_id}: the pruner follows every trial of its --sweep; "
                 "leave --run out"
             )
-        start = kind_options.get("follow_from") or options.start
-        return replace(options, follow=True, start=start)
+        if options.start != "start" and not kind_options.get("follow_from"):
+            raise ValueError(
+                f"pruner --from {options.start}: the pruner's history is the whole sweep's; "
+                f"say --follow-from {options.start}"
+            )
+        return replace(options, follow=True, start=kind_options.get("follow_from") or "start")
 
     @classmethod
     def wants(cls, started: Envelope | None, kind_options: Mapping[str, Any]) -> bool:
@@ -194,7 +199,7 @@ class PrunerWorker(Worker):
                 split=self.split,
                 metric=self.metric,
                 history=SweepHistory(rule),
-                start=self.setting("follow_from") or "start",
+                start=self.setting("follow_from"),
                 log=log,
             )
             log.info("rule", extra={"rule": rule.describe()})

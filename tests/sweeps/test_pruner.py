@@ -185,3 +185,29 @@ def test_bad_options_are_one_line_exit_2_and_start_nothing(
     finally:
         trial.release()
         trial.join()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            ["--run", "r1"],
+            "pruner --run r1: the pruner follows every trial of its --sweep; leave --run out",
+        ),
+        (
+            ["--from", "now"],
+            "pruner --from now: the pruner's history is the whole sweep's; say --follow-from now",
+        ),
+        ([], "pruner needs --sweep ID: the id `trainer sweep` printed for the sweep to prune"),
+    ],
+)
+def test_options_the_pruner_cannot_run_with_are_refused_before_connecting(
+    capsys: pytest.CaptureFixture[str], options: list[str], message: str
+) -> None:
+    from trainer.cli import main
+
+    sweep = [] if not options else ["--sweep", "s4"]
+    with pytest.raises(SystemExit) as exited:
+        main(["worker", "pruner", "--bus", "redis://127.0.0.1:1/0", *sweep, *options])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == f"trainer: error: trainer worker: {message}\n"

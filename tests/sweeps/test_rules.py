@@ -240,7 +240,7 @@ def test_hyperband_judges_each_trial_in_its_bracket_only() -> None:
         (GO, 2),
         (UNJUDGED, None),
     ]
-    assert rule.stopped("t5").reason.startswith("bracket 2 of 3, rung 1 (epoch 3): accuracy 0.5")
+    assert rule.stopped("t5").reason.startswith("rung 1 (epoch 3), bracket 2 of 3: accuracy 0.5")
 
 
 def test_hyperband_with_a_nan_stops_at_the_first_rung_of_its_bracket() -> None:

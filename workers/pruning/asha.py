@@ -45,7 +45,8 @@ class Asha(Rule):
 
     `max_resource` caps the rungs for every trial (rungs only below it); None caps each trial's
     rungs by its own planned epochs (`Report.planned`), or not at all when that is unknown.
-    `offset` skips the first rungs (a Hyperband bracket); `label` prefixes every reason.
+    `offset` skips the first rungs (a Hyperband bracket); `label` follows the place in every
+    reason ("rung 1 (epoch 3), bracket 2 of 4: ..."), which always comes first.
     """
 
     name: ClassVar[str] = "asha"
@@ -97,7 +98,7 @@ class Asha(Rule):
 
     def _at_rung(self, k: int, report: Report) -> Decision:
         v, epoch = report.value, self.ladder.epoch(k)
-        where = f"{self.label}rung {k + 1} (epoch {epoch})"
+        where = f"rung {k + 1} (epoch {epoch}){self.label}"
         if not is_number(v):
             reason = f"{where}: {self.metric} is NaN, not a value that can go on"
             return Decision(True, reason, judged=True, rung=k + 1)
@@ -128,17 +129,17 @@ class Asha(Rule):
         if following is not None:
             epoch = self.ladder.epoch(following)
             reason = (
-                f"{self.label}epoch {report.epoch}: no rung here "
+                f"epoch {report.epoch}{self.label}: no rung here "
                 f"(next: rung {following + 1} at epoch {epoch})"
             )
         elif self._judged.get(report.trial, 0) == 0:
             first = self.ladder.epoch(0)
             reason = (
-                f"{self.label}epoch {report.epoch}: no rung below the trial's {cap} epochs "
+                f"epoch {report.epoch}{self.label}: no rung below the trial's {cap} epochs "
                 f"(the first rung is at epoch {first})"
             )
         else:
-            reason = f"{self.label}epoch {report.epoch}: past the last rung, trains to its end"
+            reason = f"epoch {report.epoch}{self.label}: past the last rung, trains to its end"
         return Decision(False, reason)
 
     def describe(self) -> str:

@@ -102,7 +102,7 @@ class Hyperband(Rule):
                 reduction_factor=self.reduction_factor,
                 max_resource=self.max_resource,
                 offset=b,
-                label=f"bracket {b + 1} of {n}, ",
+                label=f", bracket {b + 1} of {n}",
                 metric=self.metric,
                 mode=self.mode,
             )
