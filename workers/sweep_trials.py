@@ -3,7 +3,7 @@
 Trials are found on the registry (RUN_STARTED whose `data.sweep.id` is the sweep's). Each
 trial's events topic is read with plain reads (no consumer group, nothing acked), and every
 epoch's figures of the watched split (`workers.figures`: METRICS, or a one-rank run's own
-EPOCH_COMPLETED) become a `Report`, placed on the bus by its entry id.
+EPOCH_COMPLETED) become a `EpochReport`, placed on the bus by its entry id.
 
 Deciding on a trial's report at entry K: every trial's topic is read to its end first, which
 holds every entry written before K (Redis gives entry ids from one clock, so an entry of an
@@ -30,7 +30,7 @@ from bus.codec import peek_type
 from bus.messages import EPOCH_COMPLETED, METRICS, RUN_FINISHED, RUN_STARTED
 from bus.stream_ids import parse_id
 from workers.figures import epoch_figures
-from workers.pruning import Decision, Report, SweepHistory
+from workers.pruning import Decision, EpochReport, SweepHistory
 from workers.pruning.reports import Key
 
 # Figures a trial publishes this long (bus time) after its RUN_FINISHED are not counted.
@@ -72,7 +72,7 @@ async def sweeps_on_registry(bus: Bus, topics: Topics) -> dict[str, int]:
 
 
 @dataclass
-class Trial:
+class TrialStream:
     """One trial as read so far: who it is, and where its topic was read up to."""
 
     run_id: str
@@ -126,7 +126,7 @@ class SweepTrials:
         self.history = history
         self.start = start
         self.log = log or logging.getLogger(__name__)
-        self.trials: dict[str, Trial] = {}
+        self.trials: dict[str, TrialStream] = {}
         self._registry_after = BEGINNING
         self._first_look = True
         self._clock_ms = (
@@ -187,7 +187,7 @@ class SweepTrials:
             return
         trial = self.trials.get(env.run_id)
         if trial is None:
-            trial = self.trials[env.run_id] = Trial(env.run_id)
+            trial = self.trials[env.run_id] = TrialStream(env.run_id)
             if self.start == "now" and self._first_look:
                 trial.after = await self.bus.last_id(self.topics.events(env.run_id))
             self.log.info(
@@ -196,7 +196,7 @@ class SweepTrials:
         trial.learn(env)
         trial.quiet = False  # started again: its topic may hold new figures
 
-    async def _read_trial(self, trial: Trial) -> None:
+    async def _read_trial(self, trial: TrialStream) -> None:
         topic = self.topics.events(trial.run_id)
         while True:
             entries = await self.bus.read(topic, trial.after, count=BATCH, block=None)
@@ -207,7 +207,7 @@ class SweepTrials:
             if len(entries) < BATCH:
                 return
 
-    def _take(self, trial: Trial, entry_id: str, payload: bytes) -> None:
+    def _take(self, trial: TrialStream, entry_id: str, payload: bytes) -> None:
         try:
             env = decode(payload)
         except DecodeError:
@@ -235,7 +235,7 @@ class SweepTrials:
         value = figures.values.get(self.metric)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return  # the voter says in its vote that the metric is missing
-        report = Report(
+        report = EpochReport(
             trial=trial.run_id,
             epoch=figures.epoch + 1,
             value=float(value),
@@ -245,7 +245,7 @@ class SweepTrials:
         )
         self.history.add(report)
 
-    def _note(self, report: Report, decision: Decision) -> None:
+    def _note(self, report: EpochReport, decision: Decision) -> None:
         if not decision.judged:
             return
         self.log.info(

@@ -13,14 +13,14 @@ import zlib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.pruning import Asha, Hyperband, Median, Report, SweepHistory, make_rule
+from workers.pruning import Asha, EpochReport, Hyperband, Median, SweepHistory, make_rule
 from workers.pruning.rule import Rule
 
 NAN = math.nan
 GO, STOP, UNJUDGED = "go", "stop", "-"
 
 
-def outcome(rule: Rule, report: Report) -> tuple[str, int | None]:
+def outcome(rule: Rule, report: EpochReport) -> tuple[str, int | None]:
     """What `rule` says of `report`: go / stop / - (nothing to compare), and the rung."""
     decision = rule.judge(report)
     word = STOP if decision.stop else GO if decision.judged else UNJUDGED
@@ -32,7 +32,7 @@ def replay(
 ) -> list[tuple[str, int | None]]:
     """Each report of `curve` judged in turn (report i at millisecond i)."""
     return [
-        outcome(rule, Report(trial, epoch, value, at=(ms, 0), planned=planned))
+        outcome(rule, EpochReport(trial, epoch, value, at=(ms, 0), planned=planned))
         for ms, (trial, epoch, value) in enumerate(curve)
     ]
 
@@ -88,9 +88,9 @@ def test_asha_keeps_the_top_ceil_n_over_eta_at_each_rung() -> None:
 def test_asha_reasons_name_the_rung_the_value_and_the_cutoff() -> None:
     rule = Asha(min_resource=1, reduction_factor=3, max_resource=27, metric="accuracy")
     for ms, value in enumerate([0.9, 0.86, 0.88, 0.7, 0.95, 0.87]):
-        rule.judge(Report(f"t{ms}", 1, value, at=(ms, 0)))
+        rule.judge(EpochReport(f"t{ms}", 1, value, at=(ms, 0)))
     # 7 values at rung 1: keep ceil(7/3) = 3; best first .95 .90 .88 .87 .86 .81 .70: cutoff .88
-    decision = rule.judge(Report("late", 1, 0.81, at=(9, 0)))
+    decision = rule.judge(EpochReport("late", 1, 0.81, at=(9, 0)))
     assert decision.stop
     assert decision.reason == (
         "rung 1 (epoch 1): accuracy 0.81 below the cutoff 0.88 of 7 trials (the top 3 go on)"
@@ -112,12 +112,14 @@ def test_asha_never_judges_a_trial_with_fewer_epochs_than_the_first_rung() -> No
     # r 2, eta 2, no maximum resource: each trial's rungs lie below its own planned epochs.
     rule = Asha(min_resource=2, reduction_factor=2)
     reports = [
-        Report("p", 1, 0.9, at=(0, 0), planned=2),  # first rung 2 is not below 2: no rung
-        Report("p", 2, 0.9, at=(1, 0), planned=2),  # its last epoch: not judged, not recorded
-        Report("s", 1, 0.95, at=(2, 0), planned=1),  # a one-epoch trial: never judged
-        Report("q", 2, 0.1, at=(3, 0), planned=8),  # rung 1 (epoch 2): {.1}: go (p not there)
-        Report("u", 2, 0.05, at=(4, 0), planned=8),  # rung 1: {.1 .05}, keep 1, cutoff .1: stop
-        Report("q", 4, 0.3, at=(5, 0), planned=8),  # rung 2 (epoch 4): {.3}: go
+        EpochReport("p", 1, 0.9, at=(0, 0), planned=2),  # first rung 2 is not below 2: no rung
+        EpochReport("p", 2, 0.9, at=(1, 0), planned=2),  # its last epoch: not judged, not recorded
+        EpochReport("s", 1, 0.95, at=(2, 0), planned=1),  # a one-epoch trial: never judged
+        EpochReport("q", 2, 0.1, at=(3, 0), planned=8),  # rung 1 (epoch 2): {.1}: go (p not there)
+        EpochReport(
+            "u", 2, 0.05, at=(4, 0), planned=8
+        ),  # rung 1: {.1 .05}, keep 1, cutoff .1: stop
+        EpochReport("q", 4, 0.3, at=(5, 0), planned=8),  # rung 2 (epoch 4): {.3}: go
     ]
     assert [outcome(rule, r) for r in reports] == [
         (UNJUDGED, None),
@@ -127,7 +129,7 @@ def test_asha_never_judges_a_trial_with_fewer_epochs_than_the_first_rung() -> No
         (STOP, 1),
         (GO, 2),
     ]
-    assert rule.judge(Report("p", 2, 0.9, at=(6, 0), planned=2)).reason == (
+    assert rule.judge(EpochReport("p", 2, 0.9, at=(6, 0), planned=2)).reason == (
         "epoch 2: no rung below the trial's 2 epochs (the first rung is at epoch 2)"
     )
 
@@ -136,9 +138,9 @@ def test_reports_of_the_same_millisecond_do_not_count_for_each_other() -> None:
     # x and y report rung 1 in the same millisecond: neither sees the other. z comes later.
     rule = Asha(min_resource=1, reduction_factor=2, max_resource=4)
     reports = [
-        Report("x", 1, 0.3, at=(5, 0)),  # rung 1: {.3}: go
-        Report("y", 1, 0.2, at=(5, 0)),  # x is not earlier: {.2}: go
-        Report("z", 1, 0.1, at=(6, 0)),  # {.3 .2 .1}, keep 2, cutoff .2: stop
+        EpochReport("x", 1, 0.3, at=(5, 0)),  # rung 1: {.3}: go
+        EpochReport("y", 1, 0.2, at=(5, 0)),  # x is not earlier: {.2}: go
+        EpochReport("z", 1, 0.1, at=(6, 0)),  # {.3 .2 .1}, keep 2, cutoff .2: stop
     ]
     assert [outcome(rule, r) for r in reports] == [(GO, 1), (GO, 1), (STOP, 1)]
 
@@ -226,7 +228,7 @@ def test_hyperband_judges_each_trial_in_its_bracket_only() -> None:
         (2, 9, 0.0),  # bracket 3, epoch 9: no rung
     ]
     got = [
-        outcome(rule, Report(f"t{n}", epoch, value, at=(ms, 0), number=n, planned=9))
+        outcome(rule, EpochReport(f"t{n}", epoch, value, at=(ms, 0), number=n, planned=9))
         for ms, (n, epoch, value) in enumerate(curve)
     ]
     assert got == [
@@ -246,8 +248,8 @@ def test_hyperband_judges_each_trial_in_its_bracket_only() -> None:
 def test_hyperband_with_a_nan_stops_at_the_first_rung_of_its_bracket() -> None:
     rule = Hyperband(sweep="hb", min_resource=1, reduction_factor=3, max_resource=9)
     # trial 4 is in bracket 2 (above): its first rung is epoch 3; epoch 1 is not judged.
-    assert outcome(rule, Report("t4", 1, NAN, at=(0, 0), number=4)) == (UNJUDGED, None)
-    assert outcome(rule, Report("t4", 3, NAN, at=(1, 0), number=4)) == (STOP, 1)
+    assert outcome(rule, EpochReport("t4", 1, NAN, at=(0, 0), number=4)) == (UNJUDGED, None)
+    assert outcome(rule, EpochReport("t4", 3, NAN, at=(1, 0), number=4)) == (STOP, 1)
 
 
 # ---- the history: bus order, whatever the reading order ---------------------------------------
@@ -260,12 +262,12 @@ CURVES = {
 }
 
 
-def bus_reports() -> list[Report]:
+def bus_reports() -> list[EpochReport]:
     """The curves as a sweep of 4 trials in lockstep: epoch by epoch, a b c d, 1 ms apart."""
     reports, ms = [], 0
     for epoch in range(1, 5):
         for trial, values in CURVES.items():
-            reports.append(Report(trial, epoch, values[epoch - 1], at=(ms, 0), planned=4))
+            reports.append(EpochReport(trial, epoch, values[epoch - 1], at=(ms, 0), planned=4))
             ms += 1
     return reports
 
@@ -283,7 +285,7 @@ def test_the_history_feeds_in_bus_order_up_to_the_watermark_and_drops_repeats() 
         for report in reports:
             if report.trial == trial:
                 assert history.add(report)
-    assert not history.add(Report("a", 1, 0.0, at=(99, 0)))  # a resumed trial's repeat
+    assert not history.add(EpochReport("a", 1, 0.0, at=(99, 0)))  # a resumed trial's repeat
     # Up to b's epoch-1 report (ms 1): a's and b's epoch-1 reports are fed, nothing else.
     fed = history.advance((1, 0), "b")
     assert [(r.trial, r.epoch) for r, _ in fed] == [("a", 1), ("b", 1)]

@@ -1,6 +1,6 @@
 """Pruning rules for sweeps: plain Python, no torch and no bus, replayable on fixed curves.
 
-- `reports`: a trial's Report at one epoch, a rule's Decision, comparing values under a mode.
+- `reports`: a trial's EpochReport at one epoch, a rule's Decision, comparing values under a mode.
 - `rule`: the Rule base: bus-order decisions, stops that stand.
 - `rungs`: the rung ladder r * eta**k and the values recorded at a rung.
 - `asha`, `median`, `hyperband`: the rules, one module each, each with its exact decision.
@@ -17,7 +17,7 @@ from workers.pruning.asha import Asha
 from workers.pruning.history import SweepHistory
 from workers.pruning.hyperband import Hyperband
 from workers.pruning.median import Median
-from workers.pruning.reports import Decision, Report
+from workers.pruning.reports import Decision, EpochReport
 from workers.pruning.rule import Rule
 
 RULES: dict[str, type[Rule]] = {"asha": Asha, "median": Median, "hyperband": Hyperband}
@@ -33,9 +33,9 @@ __all__ = [
     "RULE_OPTIONS",
     "Asha",
     "Decision",
+    "EpochReport",
     "Hyperband",
     "Median",
-    "Report",
     "Rule",
     "SweepHistory",
     "make_rule",

@@ -26,7 +26,7 @@ from typing import ClassVar
 
 from workers.pruning.reports import (
     Decision,
-    Report,
+    EpochReport,
     better,
     fmt,
     is_number,
@@ -44,7 +44,7 @@ class Asha(Rule):
     """Stop a trial whose value at a rung is below the top ceil(n / eta) of the n trials there.
 
     `max_resource` caps the rungs for every trial (rungs only below it); None caps each trial's
-    rungs by its own planned epochs (`Report.planned`), or not at all when that is unknown.
+    rungs by its own planned epochs (`EpochReport.planned`), or not at all when that is unknown.
     `offset` skips the first rungs (a Hyperband bracket); `label` follows the place in every
     reason ("rung 1 (epoch 3), bracket 2 of 4: ..."), which always comes first.
     """
@@ -76,7 +76,7 @@ class Asha(Rule):
         """eta: the top 1/eta of a rung go on."""
         return self.ladder.reduction_factor
 
-    def cap(self, report: Report) -> int | None:
+    def cap(self, report: EpochReport) -> int | None:
         """The epoch the trial's rungs stay below: the maximum resource, else its planned epochs."""
         return self.max_resource if self.max_resource is not None else report.planned
 
@@ -84,7 +84,7 @@ class Asha(Rule):
         """How many values rung k holds (every trial judged there, stopped ones included)."""
         return len(self._rungs[k]) if k in self._rungs else 0
 
-    def _judge(self, report: Report) -> Decision:
+    def _judge(self, report: EpochReport) -> Decision:
         cap = self.cap(report)
         decision = None
         for k in self.ladder.rungs(cap, report.epoch):
@@ -96,7 +96,7 @@ class Asha(Rule):
                 return decision
         return decision or self._between(report, cap)
 
-    def _at_rung(self, k: int, report: Report) -> Decision:
+    def _at_rung(self, k: int, report: EpochReport) -> Decision:
         v, epoch = report.value, self.ladder.epoch(k)
         where = f"rung {k + 1} (epoch {epoch}){self.label}"
         if not is_number(v):
@@ -124,7 +124,7 @@ class Asha(Rule):
             )
         return Decision(stop, reason, judged=True, rung=k + 1, cutoff=cut, trials=n)
 
-    def _between(self, report: Report, cap: int | None) -> Decision:
+    def _between(self, report: EpochReport, cap: int | None) -> Decision:
         following = self.ladder.following(self._judged.get(report.trial, 0), cap)
         if following is not None:
             epoch = self.ladder.epoch(following)

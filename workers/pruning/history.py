@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-from workers.pruning.reports import Decision, Key, Report
+from workers.pruning.reports import Decision, EpochReport, Key
 from workers.pruning.rule import Rule
 
 # A report's total order: its place on the bus, then its trial (two topics may hold entries
@@ -31,12 +31,12 @@ class SweepHistory:
     """Reports pending, and the decisions on those fed to `rule`, by (trial, epoch)."""
 
     rule: Rule
-    _pending: list[tuple[Order, int, Report]] = field(default_factory=list)
+    _pending: list[tuple[Order, int, EpochReport]] = field(default_factory=list)
     _seen: set[tuple[str, int]] = field(default_factory=set)
     _count: int = 0
     decisions: dict[tuple[str, int], Decision] = field(default_factory=dict)
 
-    def add(self, report: Report) -> bool:
+    def add(self, report: EpochReport) -> bool:
         """Keep `report` until it is fed; False (and dropped) if its (trial, epoch) came before."""
         key = (report.trial, report.epoch)
         if key in self._seen:
@@ -46,7 +46,7 @@ class SweepHistory:
         heapq.heappush(self._pending, (order(report.at, report.trial), self._count, report))
         return True
 
-    def advance(self, at: Key, trial: str) -> list[tuple[Report, Decision]]:
+    def advance(self, at: Key, trial: str) -> list[tuple[EpochReport, Decision]]:
         """Feed the rule every pending report up to (`at`, `trial`) in bus order; what it said."""
         upto = order(at, trial)
         fed = []
@@ -57,7 +57,7 @@ class SweepHistory:
             fed.append((report, decision))
         return fed
 
-    def feed_all(self) -> list[tuple[Report, Decision]]:
+    def feed_all(self) -> list[tuple[EpochReport, Decision]]:
         """Feed every pending report (a replay of a finished sweep); what the rule said."""
         if not self._pending:
             return []

@@ -20,7 +20,7 @@ import zlib
 from typing import ClassVar
 
 from workers.pruning.asha import DEFAULT_MIN_RESOURCE, DEFAULT_REDUCTION_FACTOR, Asha
-from workers.pruning.reports import Decision, Report
+from workers.pruning.reports import Decision, EpochReport
 from workers.pruning.rule import Rule
 from workers.pruning.rungs import Ladder, check_int
 
@@ -78,7 +78,7 @@ class Hyperband(Rule):
         self._shares: list[int] = []
         self._of: dict[str, int] = {}  # trial -> its bracket
 
-    def bracket(self, report: Report) -> int:
+    def bracket(self, report: EpochReport) -> int:
         """The bracket of `report`'s trial (by its sweep number; its run id if it has none)."""
         found = self._of.get(report.trial)
         if found is None:
@@ -86,7 +86,7 @@ class Hyperband(Rule):
             found = self._of[report.trial] = bracket_of(self.sweep, number, self._shares)
         return found
 
-    def _setup(self, report: Report) -> bool:
+    def _setup(self, report: EpochReport) -> bool:
         """Make the brackets once R is known; False while it is not (no decision possible)."""
         if self._brackets:
             return True
@@ -110,7 +110,7 @@ class Hyperband(Rule):
         ]
         return True
 
-    def _judge(self, report: Report) -> Decision:
+    def _judge(self, report: EpochReport) -> Decision:
         if not self._setup(report):
             reason = (
                 f"epoch {report.epoch}: no maximum resource yet (give --max-resource, or "

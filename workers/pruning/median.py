@@ -24,7 +24,7 @@ from typing import ClassVar
 
 from workers.pruning.reports import (
     Decision,
-    Report,
+    EpochReport,
     better,
     fmt,
     is_number,
@@ -57,7 +57,7 @@ class Median(Rule):
         self._epochs: dict[int, Rung] = defaultdict(Rung)
         self._best: dict[str, float] = {}  # trial -> its best value so far (NaN left out)
 
-    def _judge(self, report: Report) -> Decision:
+    def _judge(self, report: EpochReport) -> Decision:
         v, t, trial = report.value, report.epoch, report.trial
         if is_number(v) and (trial not in self._best or better(v, self._best[trial], self.mode)):
             self._best[trial] = v
@@ -66,7 +66,7 @@ class Median(Rule):
             self._epochs[t].record(trial, v, report.at[0])
         return decision
 
-    def _decide(self, report: Report) -> Decision:
+    def _decide(self, report: EpochReport) -> Decision:
         t, trial = report.epoch, report.trial
         if t < self.min_resource:
             reason = f"epoch {t}: not judged before epoch {self.min_resource}"

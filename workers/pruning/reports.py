@@ -1,4 +1,4 @@
-"""What a pruning rule reads and says: a trial's Report at one epoch, and its Decision.
+"""What a pruning rule reads and says: a trial's EpochReport at one epoch, and its Decision.
 
 Values are compared under a `mode`: "max" (higher is better, e.g. accuracy) or "min" (lower is
 better, e.g. loss). NaN is never a value a rule ranks: each rule says what it does with one.
@@ -16,7 +16,7 @@ MODES = ("max", "min")
 
 
 @dataclass(frozen=True)
-class Report:
+class EpochReport:
     """One trial's value of the watched metric after `epoch` epochs (1 = its first epoch).
 
     `at` is the report's place on the bus (its entry id as (ms, seq)): a rule counts another

@@ -4,7 +4,7 @@ A rule is fed every report of a sweep in bus order (`SweepHistory` does that) an
 with a Decision. Three things hold for every rule:
 
 - Another trial's value counts for a decision only if it was reported in an earlier
-  millisecond than the report decided on (`Report.at`). Reports of the same millisecond are
+  millisecond than the report decided on (`EpochReport.at`). Reports of the same millisecond are
   simultaneous: neither counts for the other. That makes a decision a function of what was on
   the bus before it, which a pruner reading the streams live and one replaying them after a
   restart see alike (trials' topics are read one after the other, so the order in which two
@@ -20,7 +20,7 @@ from __future__ import annotations
 import abc
 from typing import ClassVar
 
-from workers.pruning.reports import Decision, Report, check_mode
+from workers.pruning.reports import Decision, EpochReport, check_mode
 
 
 class Rule(abc.ABC):
@@ -33,7 +33,7 @@ class Rule(abc.ABC):
         self.mode = check_mode(mode)
         self._stopped: dict[str, Decision] = {}
 
-    def judge(self, report: Report) -> Decision:
+    def judge(self, report: EpochReport) -> Decision:
         """The decision on `report`: the trial's standing stop, or the rule's own word."""
         standing = self._stopped.get(report.trial)
         if standing is not None:
@@ -48,7 +48,7 @@ class Rule(abc.ABC):
         return self._stopped.get(trial)
 
     @abc.abstractmethod
-    def _judge(self, report: Report) -> Decision:
+    def _judge(self, report: EpochReport) -> Decision:
         """Decide on a report of a trial that was not stopped, and record what the rule keeps."""
 
     @abc.abstractmethod
