@@ -134,7 +134,15 @@ TERMINATE_CASES = {
 # Agreement points: every K = 5 iterations and every epoch end (8, 16, ...): 5, 8, 10, 15, 16, 20.
 LOCAL_CASES = [
     # TerminateOnNan on rank 1 at iteration 11: both stop at the next agreement point, 15.
-    {"name": "nan on rank 1", "nan_at": {"1": 11}, "stop": 15, "decider": 1, "agreements": 4},
+    # Its reason, the one TerminateOnNan gives terminate(), is every rank's RUN_FINISHED reason.
+    {
+        "name": "nan on rank 1",
+        "nan_at": {"1": 11},
+        "stop": 15,
+        "decider": 1,
+        "agreements": 4,
+        "reason": "the output of iteration 11 is NaN or inf on rank 1",
+    },
     # terminate() in ITERATION_STARTED of 12 on rank 1: its step still runs (the collective
     # in it would hang rank 0 otherwise); both stop at 15.
     {
@@ -291,7 +299,8 @@ def test_a_stop_one_ranks_program_decides_stops_every_rank_at_the_next_agreement
     for data in finished.values():
         assert data["status"] == "terminated"
         assert data["by"] == f"trainer:{decider}"
-        assert data["reason"] == f"terminated by the program on rank {decider}"
+        said = case.get("reason", f"terminated by the program on rank {decider}")
+        assert data["reason"] == said
         assert data["iteration"] == stop
         assert data["epochs"] == stop // EPOCH_LENGTH
     for source in ("trainer:0", "trainer:1"):

@@ -125,9 +125,10 @@ class RankBoundaries(Boundaries):
         if self._stopping:
             return
         if self._held is None:
+            said = engine.stop_reason or "terminated by the program"
             self._held = {
                 "signal": PROGRAM,
-                "reason": f"terminated by the program on rank {self.rank}",
+                "reason": f"{said} on rank {self.rank}",
                 "by": self.source,
             }
             log.info(
