@@ -122,7 +122,8 @@ class BusRun:
     variable TRAINER_BUS_SECRET) unsigned or forged control envelopes are ignored. Pass
     `publisher` to share a ThreadedPublisher (the caller then closes it). `probes` (functions
     fn(engine) -> {name: number}, or their "package.module:function" paths) add their values to
-    each published ITERATION_COMPLETED's outputs as "probe/<name>".
+    each published ITERATION_COMPLETED's outputs as "probe/<name>". A trial of a sweep passes
+    `sweep` ({"id", "trial", "params"}), which its RUN_STARTED carries.
 
     With `world_size` > 1 and an initialised torch.distributed process group of that size, the
     ranks agree on stops and checkpoints every `stop_sync_every` iterations and at every
@@ -152,6 +153,7 @@ class BusRun:
         bus_options: Mapping[str, Any] | None = None,
         publisher: ThreadedPublisher | None = None,
         probes: Sequence[str | Probe] = (),
+        sweep: Mapping[str, Any] | None = None,
     ) -> None:
         self.rank = _number("rank", rank, minimum=0, integer=True)
         self.world_size = _number("world_size", world_size, minimum=1, integer=True)
@@ -184,6 +186,8 @@ class BusRun:
         # Where the trainer keeps the run's files; a tracking worker that sees it writes there.
         self.run_dir = None if run_dir is None else Path(run_dir).resolve()
         self.probes = Probes.load(probes, lambda i: f"BusRun probes[{i}]")
+        # A sweep's trial says so in its RUN_STARTED: {"id", "trial", "params"}.
+        self.sweep = None if sweep is None else bus.to_native(dict(sweep))
         verifier = Verifier(self.secret)  # refuses an empty secret before any thread starts
         options = dict(bus_options or {})
         self._owns_publisher = publisher is None
@@ -368,6 +372,8 @@ class BusRun:
         }
         if self.speaks_for_ranks:
             data["reduced_ranks"] = self.world_size
+        if self.sweep is not None:
+            data["sweep"] = self.sweep
         self._announce(RUN_STARTED, data)
         self._phase = "started"
         # Voters that registered before this start must count from the first boundary on.
