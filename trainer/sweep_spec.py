@@ -154,7 +154,8 @@ class SweepPlan:
 
 
 def parse_spec(text: str, where: str) -> Param:
-    """The distribution a SPEC describes; SweepSpecError names `where` it came from and the forms."""
+    """The distribution a SPEC describes; SweepSpecError names `where` it came from, and the
+    forms."""
     found = _SPEC.fullmatch(text) if isinstance(text, str) else None
     if found is None:
         raise SweepSpecError(f"{where}: SPEC {text!r} is not one of {_FORMS}")
@@ -163,7 +164,9 @@ def parse_spec(text: str, where: str) -> Param:
         args = [_value(item) for item in _split_args(inner)]
     except (yaml.YAMLError, ValueError) as exc:
         problem = str(exc).splitlines()[0]
-        raise SweepSpecError(f"{where}: SPEC {text!r}: cannot read its values ({problem})") from None
+        raise SweepSpecError(
+            f"{where}: SPEC {text!r}: cannot read its values ({problem})"
+        ) from None
     if form == "choice":
         if not args:
             raise SweepSpecError(f"{where}: SPEC {text!r}: choice needs one value or more")
@@ -301,14 +304,13 @@ def check_param(cfg: Config, key: str, param: Param) -> None:
             f"{where}: unknown config key {key!r}{hint} (`trainer config` lists every key)"
         )
     default = cfg.get(key)
+    takes_list = isinstance(default, Sequence) and not isinstance(default, str)
     for value in param.bounds():
-        if isinstance(default, Sequence) and not isinstance(default, str):
-            if not isinstance(value, (list, tuple)):
-                raise SweepSpecError(
-                    f"{where}: {key} takes a list (it is {json.dumps(wire_value(list(default)))}"
-                    f"), so each value must be one: write choice([32], [64]) rather than "
-                    "choice(32, 64)"
-                )
+        if takes_list and not isinstance(value, (list, tuple)):
+            raise SweepSpecError(
+                f"{where}: {key} takes a list (it is {json.dumps(wire_value(list(default)))}), "
+                "so each value must be one: write choice([32], [64]) rather than choice(32, 64)"
+            )
         try:
             cfg.merge(nested(key, value))
         except ConfigError as exc:
