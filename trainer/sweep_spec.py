@@ -21,6 +21,7 @@ import difflib
 import json
 import math
 import re
+from types import SimpleNamespace
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -211,12 +212,12 @@ def plan_sweep(
     `params` are `--param KEY=SPEC` options; the other arguments, when given, replace the
     section's values. SweepSpecError (one line) names what cannot work and how to fix it.
     """
-    section = cfg.sweep
+    section = SimpleNamespace(**cfg.to_dict()["sweep"])  # plain values, not OmegaConf nodes
     source = cfg.source_of("sweep.params")
     found: dict[str, Param] = {}
     for key, value in section_params(section.params or {}).items():
         where = f"sweep.params.{key} (set by {source})"
-        if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+        if isinstance(value, list):
             found[key] = Choice(tuple(value))
         else:
             found[key] = parse_spec(str(value), where)
