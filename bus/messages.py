@@ -59,7 +59,15 @@ REGISTRY_TYPES = (RUN_STARTED, RUN_FINISHED)
 PRIMARY_SPLIT = "train"
 
 # The worker kinds (WORKER_JOINED `kind`, `trainer worker KIND`, the config's `workers:`).
-WORKER_KINDS = ("metrics", "checkpoint", "tracking", "early-stop", "nan-guard", "budget")
+WORKER_KINDS = (
+    "metrics",
+    "checkpoint",
+    "tracking",
+    "early-stop",
+    "nan-guard",
+    "budget",
+    "pruner",
+)
 
 # The environment variable holding the shared signing secret of control envelopes.
 SECRET_ENV = "TRAINER_BUS_SECRET"

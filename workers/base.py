@@ -19,8 +19,9 @@ from workers.context import config_value
 from workers.epoch_votes import EpochVotes
 
 if TYPE_CHECKING:
-    from bus import Envelope
+    from bus import Bus, Envelope, Topics
     from workers.context import RunContext
+    from workers.runtime import RuntimeOptions
 
 _UNSET = object()
 
@@ -104,6 +105,33 @@ class Worker(abc.ABC):
     # The envelope types `handle` acts on (None: every type). The runtime acks the others
     # without decoding them or waking the kind; RUN_STARTED reaches every kind regardless.
     handles: ClassVar[frozenset[str] | None] = None
+
+    @classmethod
+    def runtime_options(
+        cls, options: RuntimeOptions, kind_options: Mapping[str, Any]
+    ) -> RuntimeOptions:
+        """How the runtime runs this kind, given its options (default: as asked).
+
+        A kind that picks its runs itself (the pruner: every trial of one sweep) returns the
+        options with `follow` set, so that `--run`/`--follow` need not be given. ValueError
+        (one line) names options it cannot run with.
+        """
+        return options
+
+    @classmethod
+    def wants(cls, started: Envelope | None, kind_options: Mapping[str, Any]) -> bool:
+        """Whether a `--follow` worker of this kind takes part in the run `started` announces.
+
+        Every run by default; `started` is the run's RUN_STARTED from the registry (None when
+        the registry has none).
+        """
+        return True
+
+    @classmethod
+    async def preflight(cls, bus: Bus, topics: Topics, kind_options: Mapping[str, Any]) -> None:
+        """Raise ValueError (one line) when the bus shows the options cannot work, e.g. a sweep
+        nobody started; the command line calls it before the worker joins anything."""
+        return None
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

@@ -45,6 +45,7 @@ class RunContext:
         publisher: Publisher,
         log: logging.LoggerAdapter,
         secret: str | None = None,
+        shared: dict[str, Any] | None = None,
     ) -> None:
         self.run_id = run_id
         self.kind = kind
@@ -58,6 +59,9 @@ class RunContext:
         self.world_size = 1
         self._publisher = publisher
         self._secret = secret or None
+        # What the instances of a kind in one worker process share across the runs they follow
+        # (the pruner: its sweep's rungs); a kind keeps its own keys in it.
+        self.shared: dict[str, Any] = shared if shared is not None else {}
         self._tasks: set[asyncio.Task[Any]] = set()
         # Set when the worker stops: a kind waiting inside `handle` (for a report of another
         # kind) gives up at once, so that SIGTERM never waits for it.

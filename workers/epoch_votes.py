@@ -17,6 +17,15 @@ class EpochVotes:
         self.stopped: str | None = None  # the reason of the stop vote, once voted
         self._voted: set[int] = set()
 
+    def has_voted(self, epoch: int) -> bool:
+        """True once this voter voted on `epoch` (since the run last started)."""
+        return epoch in self._voted
+
+    def restart(self) -> None:
+        """The run started again (a resume): its epochs trained again get votes again (a stop
+        this voter voted stands)."""
+        self._voted.clear()
+
     async def stop(self, reason: str, epoch: int, iteration: int = 0) -> None:
         """Vote stop on `epoch`, unless this voter already voted stop."""
         if self.stopped is not None:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bus import (
@@ -56,6 +56,8 @@ class FollowerSetup:
     max_deliveries: int
     # Seconds the consumer lets entries gather after a read that found fewer than a batch.
     read_linger: float = 0.0
+    # Shared by the kind's instances on every run this process follows (RunContext.shared).
+    shared: dict[str, Any] = field(default_factory=dict)
 
 
 def _consumed_types(worker: Worker) -> frozenset[str] | None:
@@ -100,6 +102,7 @@ class RunFollower:
             publisher=setup.publisher,
             log=self.log,
             secret=setup.secret,
+            shared=setup.shared,
         )
         if info.started is not None:
             self.ctx.learn_started(info.started)

@@ -23,6 +23,7 @@ KINDS: dict[str, str] = {
     "early-stop": "workers.early_stop:EarlyStopWorker",
     "nan-guard": "workers.nan_guard:NanGuardWorker",
     "budget": "workers.budget:BudgetWorker",
+    "pruner": "workers.pruner:PrunerWorker",
 }
 
 

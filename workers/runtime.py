@@ -112,6 +112,7 @@ async def run_worker(
     `ready` is set once the worker has joined (WORKER_JOINED written, consumer group created):
     on its run with `run_id`, on the runs live at start with `follow`.
     """
+    options = kind.runtime_options(options, kind_options)
     options.check()
     kind.check_options(kind_options)
     stop = stop if stop is not None else asyncio.Event()
@@ -256,9 +257,12 @@ async def _follow_runs(
 
         task.add_done_callback(done)
 
+    def wanted(info: RegisteredRun) -> bool:
+        return setup.kind.wants(info.started, setup.kind_options)
+
     # Runs live now are followed from where `start` says; runs already over are skipped.
     for info in runs.values():
-        if info.started is not None and not info.finished:
+        if info.started is not None and not info.finished and wanted(info):
             launch(info, start)
     for task, follower in list(driving.items()):
         await first_of(follower.started.wait(), task, stop.wait())
@@ -272,7 +276,7 @@ async def _follow_runs(
             return
         info = runs.setdefault(env.run_id, RegisteredRun(env.run_id))
         info.observe(env)
-        if env.type == RUN_STARTED and not info.finished:
+        if env.type == RUN_STARTED and not info.finished and wanted(info):
             # Started after this worker: all of its history is new, whatever `start` says.
             launch(info, BEGINNING)
 
@@ -364,6 +368,7 @@ def main(kind: str, options: RuntimeOptions, kind_options: Mapping[str, Any]) ->
     log = worker_log("workers.runtime", kind=kind)
     try:
         kind_class = load_kind(kind)
+        options = kind_class.runtime_options(options, kind_options)
         options.check()
         kind_class.check_options(kind_options)
     except ValueError as exc:

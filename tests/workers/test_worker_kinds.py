@@ -87,7 +87,8 @@ def test_a_kind_is_found_by_its_import_path_and_named_on_the_bus_by_its_kind(plu
         (
             "guards",
             "unknown worker kind 'guards': use one of metrics, checkpoint, tracking, early-stop, "
-            "nan-guard, budget or an import path 'package.module:Class' (config 'workers[1]')",
+            "nan-guard, budget, pruner or an import path 'package.module:Class' "
+            "(config 'workers[1]')",
         ),
     ],
 )

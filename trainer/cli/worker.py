@@ -6,12 +6,17 @@ KIND is a built-in kind's name or the import path of your own ("package.module:C
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from bus import Topics, open_bus
 from trainer.cli.environment import BUS_URL_ENV, SECRET_ENV
 from trainer.cli.errors import UsageError
 from trainer.cli.reach import check_bus
+
+if TYPE_CHECKING:
+    from workers.base import Worker
 
 FROM_CHOICES = ("start", "now")
 
@@ -109,9 +114,6 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
         raise UsageError(
             f"trainer worker {args.kind}: --bus URL is required (or set {BUS_URL_ENV})"
         )
-    if not args.run and not args.follow:
-        raise UsageError(f"trainer worker {args.kind}: give --run ID or --follow")
-    check_bus(args.bus, args.namespace)  # one clear line now, not a retry loop
     options = RuntimeOptions(
         bus_url=args.bus,
         run_id=args.run,
@@ -124,4 +126,29 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
         claim_idle=args.claim_idle,
         secret=os.environ.get(SECRET_ENV) or None,
     )
+    # A kind that picks its runs (the pruner: a sweep's trials) follows without being told.
+    try:
+        options = kind.runtime_options(options, vars(kind_options))
+    except ValueError as exc:
+        raise UsageError(f"trainer worker: {exc}") from None
+    if not options.run_id and not options.follow:
+        raise UsageError(f"trainer worker {args.kind}: give --run ID or --follow")
+    check_bus(args.bus, args.namespace)  # one clear line now, not a retry loop
+    preflight(kind, args.bus, args.namespace, vars(kind_options))
     return main(args.kind, options, vars(kind_options))
+
+
+def preflight(kind: type[Worker], url: str, namespace: str, kind_options: dict[str, Any]) -> None:
+    """Raise UsageError (one line) when the bus shows the kind's options cannot work."""
+
+    async def probe() -> None:
+        bus = open_bus(url)
+        try:
+            await kind.preflight(bus, Topics(namespace), kind_options)
+        finally:
+            await bus.close()
+
+    try:
+        asyncio.run(probe())
+    except ValueError as exc:
+        raise UsageError(f"trainer worker: {exc}") from None
