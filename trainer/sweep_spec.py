@@ -21,9 +21,9 @@ import difflib
 import json
 import math
 import re
-from types import SimpleNamespace
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
