@@ -125,11 +125,7 @@ def trial_figures(reader: Reader, run_id: str) -> dict[str, Any]:
     ]
     best = max((a for a in accuracy if isinstance(a, (int, float))), default=float("nan"))
     figures: dict[str, Any] = {"best": best, "status": finished.data["status"]}
-    gaps = [
-        b.ts - a.ts
-        for a, b in itertools.pairwise(steps)
-        if b.iteration == a.iteration + 1
-    ]
+    gaps = [b.ts - a.ts for a, b in itertools.pairwise(steps) if b.iteration == a.iteration + 1]
     figures["step"] = statistics.median(gaps) if gaps else 0.0
     if finished.data["status"] == "terminated":
         votes = [

@@ -147,6 +147,16 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
     return asyncio.run(_sweep(args.bus, namespace, sweep_id, plan, cfg, suggester, pruner))
 
 
+def _stop_on_failure(stop: asyncio.Event) -> Any:
+    """A done-callback: a helper task that failed stops the sweep (its error is raised later)."""
+
+    def done(task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            stop.set()
+
+    return done
+
+
 def new_sweep_id(name: str) -> str:
     """`<run.name>-sweep-<YYYYmmdd-HHMMSS>-<4 hex>`."""
     return f"{name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
@@ -210,6 +220,7 @@ async def _sweep(
                 name=agent_name("sweep"),
             )
             tasks.append(asyncio.create_task(agent.run(stop.event)))
+            tasks[-1].add_done_callback(_stop_on_failure(stop.event))
         try:
             state = await coordinator.run(stop.event)
         except BaseException:
@@ -219,7 +230,10 @@ async def _sweep(
             await task  # the local agent ends with the sweep (or stops its trials on a signal)
     finally:
         pruner_stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise outcome
         stop.remove()
         if threads is not None:
             threads.close()

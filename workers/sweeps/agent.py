@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bus import BEGINNING, Bus, Topics, encode, tail
+from bus import BEGINNING, Bus, BusUnavailable, Topics, encode, tail
 from bus.messages import SWEEP_FINISHED, TRIAL_ENDED, TRIAL_STARTED
 from trainer.manifest import read_manifest
 from trainer.run_dir import CHECKPOINT_DIR
@@ -97,35 +97,52 @@ class Agent:
         self.ran: list[int] = []  # trials this agent ran (or took over), in order
 
     async def run(self, stop: asyncio.Event) -> int:
-        """Take and run trials until the sweep has finished and ours are over, or `stop`."""
-        await self.queue.ensure()
+        """Take and run trials until the sweep has finished and ours are over, or `stop`.
+
+        An unreachable bus is waited out (the trials running go on meanwhile); a trial whose
+        renewals lapse that long may be taken over by another agent, which this one then sees.
+        """
         watch = asyncio.create_task(self._watch_sweep())
-        next_claim = 0.0
-        next_renew = time.monotonic() + self.reclaim_after / 4
+        self._next_claim = 0.0
+        self._next_renew = time.monotonic() + self.reclaim_after / 4
+        ready = False
         try:
             while not stop.is_set():
-                self._report_bad()
-                free = self.slots - len(self.running)
-                if self.finished.is_set() and not self.running:
-                    return 0
-                if free > 0 and not self.finished.is_set():
-                    taken: list[Taken] = []
-                    if time.monotonic() >= next_claim:
-                        taken = await self.queue.reclaim(free, self.reclaim_after)
-                        next_claim = time.monotonic() + self.reclaim_after / 2
-                    if len(taken) < free:
-                        taken += await self.queue.take(free - len(taken), block=self.poll)
-                    for one in taken:
-                        self._start(one)
-                else:
+                try:
+                    if not ready:
+                        await self.queue.ensure()
+                        ready = True
+                    if await self._round(stop):
+                        return 0
+                except BusUnavailable as exc:
+                    log.warning("the bus is unreachable (%s); retrying", exc)
                     await _first(list(self.running.values()), stop, self.finished, self.poll)
-                if time.monotonic() >= next_renew and self.running:
-                    await self._renew()
-                    next_renew = time.monotonic() + self.reclaim_after / 4
             return 0
         finally:
             watch.cancel()
             await self._stop_trials()
+
+    async def _round(self, stop: asyncio.Event) -> bool:
+        """Take what there is room for, wait, renew; True once there is nothing more to do."""
+        self._report_bad()
+        free = self.slots - len(self.running)
+        if self.finished.is_set() and not self.running:
+            return True
+        if free > 0 and not self.finished.is_set():
+            taken: list[Taken] = []
+            if time.monotonic() >= self._next_claim:
+                taken = await self.queue.reclaim(free, self.reclaim_after)
+                self._next_claim = time.monotonic() + self.reclaim_after / 2
+            if len(taken) < free:
+                taken += await self.queue.take(free - len(taken), block=self.poll)
+            for one in taken:
+                self._start(one)
+        else:
+            await _first(list(self.running.values()), stop, self.finished, self.poll)
+        if time.monotonic() >= self._next_renew and self.running:
+            await self._renew()
+            self._next_renew = time.monotonic() + self.reclaim_after / 4
+        return False
 
     def _start(self, taken: Taken) -> None:
         task = asyncio.create_task(self._trial(taken), name=f"trial:{taken.order.run_id}")
@@ -219,6 +236,7 @@ class Agent:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _watch_sweep(self) -> None:
+        # A tail rides out an unreachable bus by itself.
         async for env in tail(self.bus, self.topics.sweeps(), BEGINNING, block=self.poll):
             if env.type == SWEEP_FINISHED and env.run_id == self.sweep_id:
                 self.finished.set()

@@ -119,8 +119,18 @@ class Coordinator:
             # The state learns of a queued trial from the queue itself: count those not seen yet.
             unseen = self.asked - len(self.state.trials)
             wanted = min(total, self.asked + max(0, 1 - waiting - unseen))
+        if self.asked >= wanted:
+            return
+        # On a thread: building each trial's config (validated against the schema) takes a
+        # while, and this loop carries the agent's and the pruner's bus traffic meanwhile.
+        orders = await asyncio.to_thread(self._orders, wanted - self.asked)
+        self.asked += len(orders)
+        await self.queue.put(orders, self.source)
+
+    def _orders(self, count: int) -> list[TrialOrder]:
+        """The next `count` trials, as the sampler suggests them."""
         orders = []
-        while self.asked < wanted:
+        for _ in range(count):
             number, values = self.suggester.ask()
             params = {key: wire_value(value) for key, value in values.items()}
             orders.append(
@@ -134,9 +144,7 @@ class Coordinator:
                     objective=self.plan.objective.to_dict(),
                 )
             )
-            self.asked += 1
-        if orders:
-            await self.queue.put(orders, self.source)
+        return orders
 
     def _tell(self) -> None:
         """Tell the sampler about each trial that ended since last time."""
