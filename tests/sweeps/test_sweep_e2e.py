@@ -159,3 +159,27 @@ def test_runs_compare_names_the_pruner_and_the_rung(sweep: Sweep, capsys) -> Non
         capsys, "runs", "plot", "--sweep", SWEEP, "--dir", sweep.cwd / "runs", "-o", png
     )
     assert status == 0 and png.read_bytes().startswith(b"\x89PNG"), err
+
+
+def test_a_trial_may_have_two_ranks(redis_url: str, tmp_path: Path) -> None:
+    s = Sweep(redis_url, tmp_path)
+    try:
+        cfg = yaml.safe_load(EXAMPLE.read_text())
+        cfg["run"]["dir"] = str(tmp_path / "runs")
+        cfg["train"] = {"epochs": 1, "epoch_length": 4, "progress_bar": False}
+        path = tmp_path / "ranks.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        args = ["--param", "optim.lr=choice(0.01)", "--trials", "1", "--nproc", "2"]
+        s.start("sweep", "sweep", path, "--bus", redis_url, "--sweep-id", "ranks", *args)
+        s.procs[-1].succeeded(HANG)
+        run_id = "ranks-t000"
+        started = {e.source: e.data for e in s.events(run_id, RUN_STARTED)}
+        assert sorted(started) == ["trainer:0", "trainer:1"]
+        assert all(d["sweep"]["id"] == "ranks" and d["world_size"] == 2 for d in started.values())
+        finished = s.events(run_id, RUN_FINISHED)
+        assert sorted(e.source for e in finished) == ["trainer:0", "trainer:1"]
+        assert {e.data["status"] for e in finished} == {"completed"}
+        ended = s.sweep_events("ranks", TRIAL_ENDED)
+        assert [e.data["status"] for e in ended] == ["completed"]
+    finally:
+        s.close()
