@@ -263,3 +263,19 @@ def test_a_malformed_sweep_trial_marker_is_refused(capsys, tmp_path) -> None:
         capsys, "run", EXAMPLE, "--sweep-trial", '{"id": "s", "trial": -1, "params": {}}'
     )
     assert status == 2 and "--sweep-trial" in one_line(err) and "trial (int >= 0)" in err
+
+
+def test_run_started_sweep_is_checked_when_present_and_the_sweep_types_are_catalogued() -> None:
+    from bus import Rejected
+    from bus.messages import EVENTS, REGISTRY, REQUIRED, SWEEP_EVENTS, TRIALS, check_data
+
+    started = {"config": {}, "rank": 0, "world_size": 1, "host": "h", "pid": 1}
+    started["resumed_from"] = None
+    check_data(RUN_STARTED, started, topic=EVENTS)  # no sweep: an ordinary run
+    good = {"id": "s", "trial": 0, "params": {"optim.lr": 0.1}}
+    check_data(RUN_STARTED, {**started, "sweep": good}, topic=REGISTRY)
+    for bad in ({"id": "", "trial": 0, "params": {}}, {"id": "s", "trial": "0", "params": {}}):
+        with pytest.raises(Rejected, match="'sweep' must be a map of id"):
+            check_data(RUN_STARTED, {**started, "sweep": bad}, topic=EVENTS)
+    assert set(REQUIRED[TRIALS]) == {"TRIAL"}
+    assert set(REQUIRED[SWEEP_EVENTS]) == {"TRIAL_STARTED", "TRIAL_ENDED"}
