@@ -108,11 +108,13 @@ def trial_figures(reader: Reader, run_id: str) -> dict[str, Any]:
     """One trial: epochs used, best val accuracy, and for a pruned one the stop's latency."""
     events = reader.envelopes(TOPICS.events(run_id))
     steps = [e for e in events if e.type == ITERATION_COMPLETED and e.data.get("split") == "train"]
-    per_epoch = max(e.data.get("count", 1) for e in steps) if steps else 1
+    # An epoch's length: the iteration at which the first train epoch ended.
+    first_end = next(
+        e for e in events if e.type == EPOCH_COMPLETED and e.data.get("split") == "train"
+    )
+    length = first_end.iteration
     finished = next(e for e in events if e.type == RUN_FINISHED)
     iterations = finished.data["iteration"]
-    epochs_done = finished.data["epochs"]
-    length = iterations / max(1, epochs_done) if epochs_done else per_epoch
     val = [
         (e.epoch if e.type == EPOCH_COMPLETED else e.data["epoch"], e)
         for e in events
@@ -133,11 +135,13 @@ def trial_figures(reader: Reader, run_id: str) -> dict[str, Any]:
             for e in reader.envelopes(TOPICS.control(run_id))
             if e.type == VOTE and e.data.get("stop")
         ]
-        epoch = votes[-1].data["epoch"]
+        # The deciding vote is the first stop; the pruner votes stop again on the figures of the
+        # validation the trainer runs where it stopped, which come after its last iteration.
+        epoch = votes[0].data["epoch"]
         crossing = min(e.ts for at, e in val if at == epoch)
         last = max(e.ts for e in steps)
         figures["latency"] = last - crossing
-    figures["epochs"] = iterations / length if length else float(epochs_done)
+    figures["epochs"] = iterations / length
     return figures
 
 
