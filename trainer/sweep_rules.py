@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class Objective:
+class SweepGoal:
     """What a trial is scored by: the best `metric` of `split` over its epochs, `mode` max/min."""
 
     metric: str = "accuracy"

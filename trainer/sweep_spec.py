@@ -30,9 +30,9 @@ import yaml
 
 from trainer.config import Config, ConfigError, from_dict
 from trainer.config_schema import TrainerConfig
-from trainer.sweep_rules import Objective, pruned_at
+from trainer.sweep_rules import SweepGoal, pruned_at
 
-__all__ = ["Objective", "pruned_at"]  # re-exported: a sweep's goal and the pruned rule
+__all__ = ["SweepGoal", "pruned_at"]  # re-exported: a sweep's goal and the pruned rule
 
 # The samplers `trainer sweep --sampler` offers (Optuna's GridSampler, RandomSampler, TPESampler).
 SAMPLERS = ("grid", "random", "tpe")
@@ -123,7 +123,7 @@ class SweepPlan:
     parallel: int
     sampler: str
     seed: int | None
-    objective: Objective
+    objective: SweepGoal
     nproc: int = 1
     reclaim_after: float = 60.0
     pruner: dict[str, Any] = field(default_factory=dict)
@@ -256,7 +256,7 @@ def plan_sweep(
         parallel=at_once,
         sampler=chosen,
         seed=seed if seed is not None else section.seed,
-        objective=Objective(section.metric, section.split, section.mode),
+        objective=SweepGoal(section.metric, section.split, section.mode),
         nproc=ranks,
         reclaim_after=float(section.reclaim_after),
         pruner=dict(section.pruner or {}),

@@ -145,7 +145,8 @@ def test_every_trials_directory_is_complete_up_to_where_it_stopped(sweep: Sweep)
         assert sorted(e.data["epoch"] for e in val) == list(range(epochs))
 
 
-def test_runs_compare_names_the_pruner_and_the_rung(sweep: Sweep, capsys) -> None:
+def test_runs_compare_names_the_pruner_and_the_rung(sweep: Sweep, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "250")  # rich's table, wide enough for every column
     status, out, err = run_main(
         capsys, "runs", "compare", "--sweep", SWEEP, "--dir", sweep.cwd / "runs"
     )

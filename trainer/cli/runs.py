@@ -438,7 +438,7 @@ def _compare_trials(root: Path, sweep_id: str) -> int:
     for key in keys:
         table.add_column(key)
     for column in (f"best {objective.key}", "epochs", "status", "pruned by", "at"):
-        table.add_column(column, justify="right" if column != "pruned by" else "left")
+        table.add_column(column, justify="right" if column != "pruned by" else "left", no_wrap=True)
     used = possible = 0
     for trial in trials:
         epochs, total = trial.epochs, max_epochs(trial.record.meta)

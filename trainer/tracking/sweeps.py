@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.sweep_rules import Objective, pruned_at
+from trainer.sweep_rules import SweepGoal, pruned_at
 from trainer.tracking.plot import DPI, PANEL_WIDTH_PX, save_figure
 from trainer.tracking.reader import RunRecord, epochs_completed, read_run, run_dirs
 
@@ -27,7 +27,7 @@ class TrialRecord:
     trial: int
     record: RunRecord
     params: dict[str, Any]
-    objective: Objective
+    objective: SweepGoal
     curve: list[tuple[int, float]]  # (epoch from 1, value), in epoch order
 
     @property
@@ -57,12 +57,12 @@ class TrialRecord:
         return epochs_completed(r.dir, r.meta, r.summary)
 
 
-def _objective(sweep: Mapping[str, Any]) -> Objective:
+def _objective(sweep: Mapping[str, Any]) -> SweepGoal:
     given = sweep.get("objective")
     if not isinstance(given, Mapping):
-        return Objective()
-    default = Objective()
-    return Objective(
+        return SweepGoal()
+    default = SweepGoal()
+    return SweepGoal(
         str(given.get("metric", default.metric)),
         str(given.get("split", default.split)),
         str(given.get("mode", default.mode)),

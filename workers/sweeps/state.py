@@ -25,7 +25,7 @@ from bus.messages import (
     TRIAL_ENDED,
     TRIAL_STARTED,
 )
-from trainer.sweep_rules import Objective, pruned_at
+from trainer.sweep_rules import SweepGoal, pruned_at
 from workers.figures import epoch_figures
 
 # A trial's statuses, in the order of its life; the last four are endings.
@@ -55,7 +55,7 @@ class TrialState:
     rung: tuple[int, int] | None = None  # (rung, epoch) at which a pruner stopped it
     ended: bool = False  # its agent said its run is over (TRIAL_ENDED)
 
-    def best(self, objective: Objective) -> float | None:
+    def best(self, objective: SweepGoal) -> float | None:
         """The trial's best value of the objective so far, None before any."""
         best: float | None = None
         for value in self.curve.values():
@@ -63,7 +63,7 @@ class TrialState:
                 best = value
         return best
 
-    def as_dict(self, objective: Objective) -> dict[str, Any]:
+    def as_dict(self, objective: SweepGoal) -> dict[str, Any]:
         """The trial as JSON (the web page's row)."""
         best = self.best(objective)
         return {
@@ -87,9 +87,9 @@ class TrialState:
 class SweepState:
     """A sweep as its envelopes tell it; `observe` returns whether anything changed."""
 
-    def __init__(self, sweep_id: str, objective: Objective | None = None) -> None:
+    def __init__(self, sweep_id: str, objective: SweepGoal | None = None) -> None:
         self.sweep_id = sweep_id
-        self.objective = objective or Objective()
+        self.objective = objective or SweepGoal()
         self.started: dict[str, Any] | None = None  # SWEEP_STARTED's data
         self.finished: dict[str, Any] | None = None  # SWEEP_FINISHED's data
         self.trials: dict[int, TrialState] = {}
@@ -121,7 +121,7 @@ class SweepState:
             self.started = dict(data)
             objective = data.get("objective")
             if isinstance(objective, Mapping):
-                self.objective = Objective(
+                self.objective = SweepGoal(
                     str(objective.get("metric", self.objective.metric)),
                     str(objective.get("split", self.objective.split)),
                     str(objective.get("mode", self.objective.mode)),
