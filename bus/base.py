@@ -57,6 +57,12 @@ class Bus(Protocol):
         """Move deliveries pending longer than `min_idle` seconds to `consumer` (XAUTOCLAIM)."""
         ...
 
+    async def touch(self, topic: str, group: str, consumer: str, ids: Sequence[str]) -> list[str]:
+        """Reset the idle time of those `ids` still pending for `consumer` (XCLAIM JUSTID with
+        min-idle 0, after XPENDING), so that no claim_stale takes work still in progress;
+        return the ids it still holds. A delivery claimed by another consumer stays theirs."""
+        ...
+
     async def read(self, topic: str, after: str, *, count: int, block: float | None) -> list[Entry]:
         """Read up to `count` entries after id `after` (BEGINNING, NOW or an id) without a group."""
         ...

@@ -279,6 +279,20 @@ class InMemoryBus:
                 out.append(Entry(entry_id, payload, p.deliveries))
             return out
 
+    async def touch(self, topic: str, group: str, consumer: str, ids: Sequence[str]) -> list[str]:
+        """Reset the idle time of those `ids` still pending for `consumer`; return them."""
+        storage = self._live()
+        held = []
+        with storage.lock:
+            _, g = storage.group(topic, group)
+            now = time.monotonic()
+            for entry_id in ids:
+                p = g.pending.get(entry_id) or g.pending.get(format_id(parse_id(entry_id)))
+                if p is not None and p.consumer == consumer:
+                    p.delivered_at = now
+                    held.append(entry_id)
+        return held
+
     async def read(self, topic: str, after: str, *, count: int, block: float | None) -> list[Entry]:
         """Read up to `count` entries after id `after` (BEGINNING, NOW or an id) without a group."""
         check_count(count)

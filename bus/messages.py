@@ -15,8 +15,10 @@ from typing import Any
 from bus.errors import Rejected
 
 # The topics a message travels on (bus.Topics builds their names): a run's events, which the
-# registry repeats for RUN_STARTED and RUN_FINISHED, and a run's control.
+# registry repeats for RUN_STARTED and RUN_FINISHED, and a run's control; the registry of sweeps,
+# a sweep's queue of trials and a sweep's events (what its agents did with them).
 EVENTS, CONTROL, REGISTRY = "events", "control", "registry"
+SWEEPS, TRIALS, SWEEP_EVENTS = "sweeps", "trials", "sweep_events"
 
 # ---- on a run's events topic: the trainer's lifecycle ----------------------------------------
 RUN_STARTED = "RUN_STARTED"
@@ -40,6 +42,15 @@ WORKER_LEFT = "WORKER_LEFT"
 HEARTBEAT = "HEARTBEAT"
 VOTE = "VOTE"
 CHECKPOINT_REQUEST = "CHECKPOINT_REQUEST"
+# ---- on the registry of sweeps, a sweep's queue and a sweep's events ---------------------------
+SWEEP_STARTED = "SWEEP_STARTED"
+SWEEP_FINISHED = "SWEEP_FINISHED"
+TRIAL = "TRIAL"  # one trial to run, on the sweep's queue
+TRIAL_STARTED = "TRIAL_STARTED"  # an agent took a trial (or took one over) and starts its run
+TRIAL_ENDED = "TRIAL_ENDED"  # the trial's run is over, as its agent saw it
+
+# The consumer group through which every agent of every sweep reads a sweep's queue of trials.
+AGENTS_GROUP = "agents"
 
 # The registry carries these envelopes of every run as well as the run's events topic.
 REGISTRY_TYPES = (RUN_STARTED, RUN_FINISHED)
@@ -81,6 +92,22 @@ INT = Kind("int", _int)
 BOOL = Kind("bool", lambda v: isinstance(v, bool))
 MAP = Kind("map", lambda v: isinstance(v, Mapping))
 LIST = Kind("list", lambda v: isinstance(v, (list, tuple)))
+OPTIONAL_MAP = Kind("map or nil", lambda v: v is None or isinstance(v, Mapping))
+
+
+def _trial_of_sweep(value: Any) -> bool:
+    return (
+        isinstance(value, Mapping)
+        and isinstance(value.get("id"), str)
+        and bool(value["id"])
+        and _int(value.get("trial"))
+        and value["trial"] >= 0
+        and isinstance(value.get("params"), Mapping)
+    )
+
+
+# RUN_STARTED `sweep` of a trial: which sweep, which trial, and the values it tries.
+SWEEP_TRIAL = Kind("a map of id (str), trial (int >= 0) and params (map)", _trial_of_sweep)
 
 _CHECKPOINT_FILED = {"path": STR, "sha256": STR, "epoch": INT, "iteration": INT, "aliases": LIST}
 _WORKER = {"kind": STR, "name": NAME}
@@ -124,8 +151,38 @@ REQUIRED: dict[str, dict[str, dict[str, Kind]]] = {
         TERMINATE: {"reason": STR},
         CHECKPOINT_REQUEST: {"reason": STR},
     },
+    SWEEPS: {
+        SWEEP_STARTED: {
+            "params": MAP,
+            "trials": INT,
+            "sampler": STR,
+            "objective": MAP,
+            "config": MAP,
+        },
+        SWEEP_FINISHED: {"status": STR, "reason": STR, "trials": INT, "best": OPTIONAL_MAP},
+    },
+    TRIALS: {
+        TRIAL: {"trial": INT, "run_id": NAME, "params": MAP, "config": MAP, "nproc": INT},
+    },
+    SWEEP_EVENTS: {
+        TRIAL_STARTED: {"trial": INT, "run_id": NAME, "agent": NAME, "resumed_from": OPTIONAL_STR},
+        TRIAL_ENDED: {
+            "trial": INT,
+            "run_id": NAME,
+            "agent": NAME,
+            "status": STR,
+            "reason": STR,
+            "by": OPTIONAL_STR,
+        },
+    },
 }
 REQUIRED[REGISTRY] = {t: REQUIRED[EVENTS][t] for t in REGISTRY_TYPES}
+
+# topic -> type -> optional data key -> what its value must be when it is there.
+OPTIONAL: dict[str, dict[str, dict[str, Kind]]] = {
+    EVENTS: {RUN_STARTED: {"sweep": SWEEP_TRIAL}},
+}
+OPTIONAL[REGISTRY] = {t: OPTIONAL[EVENTS][t] for t in REGISTRY_TYPES if t in OPTIONAL[EVENTS]}
 
 
 def check_data(type_: str, data: Any, *, topic: str) -> None:
@@ -149,4 +206,7 @@ def check_data(type_: str, data: Any, *, topic: str) -> None:
         raise Rejected(f"{type_} data: missing keys {missing}; {type_} needs {needs}")
     for key, kind in required.items():
         if not kind.accepts(data[key]):
+            raise Rejected(f"{type_} data {key!r} must be {kind.name}, got {data[key]!r}")
+    for key, kind in OPTIONAL.get(topic, {}).get(type_, {}).items():
+        if key in data and not kind.accepts(data[key]):
             raise Rejected(f"{type_} data {key!r} must be {kind.name}, got {data[key]!r}")

@@ -427,6 +427,26 @@ class RedisStreamBus:
                 out.append(Entry(e.id, e.payload, int(row[0]["times_delivered"])))
         return out
 
+    async def touch(self, topic: str, group: str, consumer: str, ids: Sequence[str]) -> list[str]:
+        """Reset the idle time of those `ids` still pending for `consumer`; return them.
+
+        XPENDING first, per id and for this consumer only: XCLAIM with min-idle 0 would take a
+        delivery another consumer has claimed since. JUSTID leaves the delivery count alone.
+        """
+        if not ids:
+            return []
+        for entry_id in ids:
+            parse_id(entry_id)
+        async with self._errors("XPENDING+XCLAIM", topic):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for entry_id in ids:
+                    pipe.xpending_range(topic, group, entry_id, entry_id, 1, consumername=consumer)
+                rows = await pipe.execute()
+            held = [entry_id for entry_id, row in zip(ids, rows, strict=True) if row]
+            if held:
+                await self._redis.xclaim(topic, group, consumer, 0, held, justid=True)
+        return held
+
     async def read(self, topic: str, after: str, *, count: int, block: float | None) -> list[Entry]:
         """Read up to `count` entries after id `after` (BEGINNING, NOW or an id) without a group."""
         check_count(count)

@@ -12,7 +12,8 @@ DEFAULT_NAMESPACE = "trainer"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}")
 # Every topic name Topics builds; the group is the namespace.
 _TOPIC = re.compile(
-    rf"({_NAME.pattern}):(?:runs|deadletter|run:{_NAME.pattern}:(?:events|control))"
+    rf"({_NAME.pattern}):(?:runs|deadletter|sweeps"
+    rf"|run:{_NAME.pattern}:(?:events|control)|sweep:{_NAME.pattern}:(?:trials|events))"
 )
 
 
@@ -51,6 +52,18 @@ class Topics:
         """Topic holding entries that could not be decoded or handled, with the reason."""
         return f"{self.namespace}:deadletter"
 
+    def sweeps(self) -> str:
+        """Topic announcing sweeps as they start and end (the registry of sweeps)."""
+        return f"{self.namespace}:sweeps"
+
+    def trials(self, sweep_id: str) -> str:
+        """A sweep's queue of trials, read by its agents through one consumer group."""
+        return f"{self.namespace}:sweep:{check_name('sweep id', sweep_id)}:trials"
+
+    def sweep_events(self, sweep_id: str) -> str:
+        """Topic on which a sweep's agents say which trial they took and how it ended."""
+        return f"{self.namespace}:sweep:{check_name('sweep id', sweep_id)}:events"
+
 
 def topics_of(topic: str) -> Topics:
     """The Topics of the namespace that `topic` (a name Topics builds) belongs to."""
@@ -58,7 +71,8 @@ def topics_of(topic: str) -> Topics:
     if found is None:
         raise InvalidTopic(
             f"topic {topic!r} is not a bus topic name, so its namespace is unknown: expected "
-            "'<ns>:run:<run_id>:events', '<ns>:run:<run_id>:control', '<ns>:runs' or "
-            "'<ns>:deadletter' (build names with bus.Topics)"
+            "'<ns>:run:<run_id>:events', '<ns>:run:<run_id>:control', '<ns>:runs', "
+            "'<ns>:deadletter', '<ns>:sweeps' or '<ns>:sweep:<sweep_id>:trials|events' "
+            "(build names with bus.Topics)"
         )
     return Topics(found.group(1))

@@ -171,6 +171,32 @@ class TrackingSection:
 
 
 @dataclass
+class SweepSection:
+    """A hyperparameter sweep (`trainer sweep`): what varies, how many trials, the goal."""
+
+    # config key -> SPEC: choice(a, b, ...), uniform(lo, hi), loguniform(lo, hi), int(lo, hi);
+    # a list means choice of its items (`trainer.sweep_spec`)
+    params: dict[str, Any] = field(default_factory=dict)
+    # how many trials run in all; null: the grid's size (sampler grid), else required
+    trials: int | None = field(default=None, metadata=limits(ge=1))
+    # trials `trainer sweep` runs at once itself; 0: agents (`trainer agent`) run them all
+    parallel: int = field(default=1, metadata=limits(ge=0))
+    # how trials are chosen: grid (every point), random, tpe (Optuna's, learning from results)
+    sampler: str = field(default="tpe", metadata=limits(choices=("grid", "random", "tpe")))
+    seed: int | None = None  # the sampler's seed; null: a different sweep each time
+    # what a trial is scored by: the best value of this metric of `split` over its epochs
+    metric: str = "accuracy"
+    split: str = "val"
+    mode: str = field(default="max", metadata=limits(choices=("max", "min")))
+    nproc: int = field(default=1, metadata=limits(ge=1))  # ranks per trial (trainer run --nproc)
+    # seconds after which a trial whose agent stopped renewing it is taken over by another agent
+    reclaim_after: float = field(default=60.0, metadata=limits(gt=0.0))
+    # a pruner `trainer sweep` runs itself: its rule and options, as `trainer worker pruner`
+    # takes them (e.g. {rule: asha, min_resource: 1}); empty: none (run one with trainer worker)
+    pruner: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class TrainerConfig:
     """Every key the trainer reads; `extra` holds free-form keys for your own code."""
 
@@ -185,6 +211,7 @@ class TrainerConfig:
     bus: BusSection = field(default_factory=BusSection)
     dist: DistSection = field(default_factory=DistSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
+    sweep: SweepSection = field(default_factory=SweepSection)
     # the workers `trainer run` runs beside the trainer when no --bus is given: kind names
     # (bus.messages.WORKER_KINDS) or "package.module:Class"
     workers: list[str] = field(

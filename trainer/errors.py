@@ -6,6 +6,7 @@ defined next to the code that raises them; this is the whole tree:
 
     TrainerError
     ├── ConfigError (ValueError) ............ trainer.config: a config that cannot be used
+    │   └── SweepSpecError .................. trainer.sweep_spec: a sweep that cannot run
     ├── UsageError (ValueError) ............. trainer.cli.errors: a command line that cannot be used
     ├── ResumeError (ValueError) ............ trainer.run_dir: --resume names nothing usable
     ├── ManifestError (ValueError) .......... trainer.manifest: a missing or unreadable manifest

@@ -10,7 +10,8 @@ code that raises them; this is the whole tree:
     │   └── BusUnreachable .................. the bus cannot be reached or refuses the monitor
     ├── WebError ............................ workers.web.errors: the web view cannot start
     ├── BadReason (ValueError) .............. workers.web.stop: a stop reason that cannot be sent
-    └── VerificationError ................... workers.checkpoint_files: a file unlike its READY
+    ├── VerificationError ................... workers.checkpoint_files: a file unlike its READY
+    └── SamplerUnavailable (ImportError) .... workers.sweeps.sampler: Optuna is not installed
 
 Not errors, so not in the tree: `workers.base.WorkerStopping` tells the runtime that a kind gave
 up waiting because the worker stops (the delivery stays pending), and the monitor's private

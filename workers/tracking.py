@@ -2,14 +2,15 @@
 
 What it writes, through the store's own writer (`trainer.tracking.LocalSink`, the one that
 `tracking.run(...)` uses in offline mode):
-- RUN_STARTED: run.json metadata (project, name, config, host, pid, world size, resumed from);
+- RUN_STARTED: run.json metadata (project, name, config, host, pid, world size, resumed from,
+  and for a sweep's trial its `sweep`: id, trial, params);
 - per epoch and split, one metrics row `{"epoch", "<split>/<metric>": value}` at the trainer's
   iteration, from the epoch's figures (`workers.figures`: the aggregator's METRICS or, in a
   one-rank run, EPOCH_COMPLETED's own metrics, which are the same numbers);
 - CHECKPOINT_SAVED: a version of the artifact `checkpoints` (type model) referring to the file,
   with the aliases the checkpointer gave it (`latest`, `best`); CHECKPOINT_PRUNED marks that
   version removed, so the artifact's live versions are the files the checkpointer keeps;
-- RUN_FINISHED: status, reason, who stopped it, timings;
+- RUN_FINISHED: status, reason, who stopped it (`by`, and `voter` after a vote), timings;
 - TRACK: the records of an online `tracking.run(...)`, applied as they are.
 
 Every write carries a key derived from what it records (the split and epoch of a row, the
@@ -157,6 +158,8 @@ class TrackingWorker(Worker):
             "finished_at": None,
             "duration_s": None,
         }
+        if isinstance(data.get("sweep"), Mapping):
+            fields["sweep"] = dict(data["sweep"])  # a sweep's trial: `runs ls --sweep` finds it
         tags = data.get("tags") or config_value(config, "tracking.tags")
         if tags:
             fields["tags"] = [str(t) for t in tags]
@@ -207,7 +210,11 @@ class TrackingWorker(Worker):
             "by": data.get("by"),
             # The trainer's count of time training, which leaves out the time a run was down.
             "duration_s": data.get("duration_s"),
-            "fields": {"epochs": data.get("epochs"), "iteration": data.get("iteration")},
+            "fields": {
+                "epochs": data.get("epochs"),
+                "iteration": data.get("iteration"),
+                "voter": data.get("voter"),
+            },
             "time": env.ts,
             "key": f"finished:{env.id}",
         }

@@ -243,6 +243,25 @@ async def test_deliveries_of_a_dead_consumer_are_reclaimed_after_min_idle(bus: B
     assert [e.deliveries for e in again] == [3, 3]
 
 
+async def test_touch_keeps_work_in_progress_from_being_reclaimed(bus: Bus) -> None:
+    await put(bus, 0, 1)
+    await bus.ensure_group(TOPIC, "g")
+    got = await bus.read_group(TOPIC, "g", "busy", count=10, block=None)
+    await asyncio.sleep(0.15)
+    # Touched by its holder, a delivery is fresh again; an id it does not hold is not touched.
+    held = await bus.touch(TOPIC, "g", "busy", [got[0].id])
+    assert held == [got[0].id]
+    assert await bus.touch(TOPIC, "g", "stranger", [got[1].id]) == []
+    claimed = await bus.claim_stale(TOPIC, "g", "live", min_idle=0.1, count=10)
+    assert numbers(claimed) == [1]
+    assert claimed[0].deliveries == 2
+    # Once claimed by another, its first holder's touch no longer holds it, nor does an ack.
+    assert await bus.touch(TOPIC, "g", "busy", [got[0].id, got[1].id]) == [got[0].id]
+    await bus.ack(TOPIC, "g", [got[0].id])
+    assert await bus.touch(TOPIC, "g", "busy", [got[0].id]) == []
+    assert await bus.touch(TOPIC, "g", "busy", []) == []
+
+
 # -- trimming and limits ----------------------------------------------------------------------
 
 

@@ -124,6 +124,7 @@ class BusRun:
     fn(engine) -> {name: number}, or their "package.module:function" paths) add their values to
     each published ITERATION_COMPLETED's outputs as "probe/<name>". `run_info` adds keys to
     RUN_STARTED (never replacing the catalogue's): `framework`, `name`, `project`...
+    A trial of a sweep passes `sweep` ({"id", "trial", "params"}), which its RUN_STARTED carries.
 
     With `world_size` > 1 and an initialised torch.distributed process group of that size, the
     ranks agree on stops and checkpoints every `stop_sync_every` iterations and at every
@@ -154,6 +155,7 @@ class BusRun:
         publisher: ThreadedPublisher | None = None,
         probes: Sequence[str | Probe] = (),
         run_info: Mapping[str, Any] | None = None,
+        sweep: Mapping[str, Any] | None = None,
     ) -> None:
         self.rank = _number("rank", rank, minimum=0, integer=True)
         self.world_size = _number("world_size", world_size, minimum=1, integer=True)
@@ -188,6 +190,8 @@ class BusRun:
         self.probes = Probes.load(probes, lambda i: f"BusRun probes[{i}]")
         # More RUN_STARTED keys (a framework adapter's `framework`, a run `name`, `project`).
         self.run_info = _native_config(run_info, "run_info")
+        # A sweep's trial says so in its RUN_STARTED: {"id", "trial", "params"}.
+        self.sweep = None if sweep is None else bus.to_native(dict(sweep))
         verifier = Verifier(self.secret)  # refuses an empty secret before any thread starts
         options = dict(bus_options or {})
         self._owns_publisher = publisher is None
@@ -387,6 +391,8 @@ class BusRun:
         }
         if self.speaks_for_ranks:
             data["reduced_ranks"] = self.world_size
+        if self.sweep is not None:
+            data["sweep"] = self.sweep
         data.update({k: v for k, v in self.run_info.items() if k not in data})
         self._announce(RUN_STARTED, data)
         self._phase = "started"

@@ -12,10 +12,12 @@ import errno
 import sys
 from collections.abc import Sequence
 
+from trainer.cli import agent as agent_command
 from trainer.cli import config as config_command
 from trainer.cli import monitor as monitor_command
 from trainer.cli import run as run_command
 from trainer.cli import runs as runs_command
+from trainer.cli import sweep as sweep_command
 from trainer.cli import web as web_command
 from trainer.cli import worker as worker_command
 from trainer.cli.errors import USAGE_ERROR, UsageError
@@ -32,6 +34,8 @@ COMMANDS = (
     config_command,
     runs_command,
     web_command,
+    sweep_command,
+    agent_command,
 )
 
 

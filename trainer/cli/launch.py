@@ -105,8 +105,10 @@ def torchrun_argv(
     run_id: str,
     run_dir: Path,
     resume: str | Path | None,
+    extra: Sequence[str] = (),
 ) -> list[str]:
-    """The launcher's command line: N ranks of `trainer run` on one run id and directory."""
+    """The launcher's command line: N ranks of `trainer run` on one run id and directory
+    (`extra`: more options of `trainer run` that every rank takes)."""
     argv = [
         sys.executable,
         "-m",
@@ -126,7 +128,7 @@ def torchrun_argv(
     argv += ["--run-id", run_id, "--run-dir", str(run_dir)]
     if resume is not None:
         argv += ["--resume", str(resume)]
-    return argv
+    return [*argv, *extra]
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,7 @@ def launch_ranks(
     run_id: str,
     run_dir: Path,
     resume: str | Path | None,
+    extra: Sequence[str] = (),
 ) -> int:
     """Run `nproc` ranks through torch's launcher; 0 if every rank succeeded, else 1."""
     ranks_dir = run_dir / RANKS_DIR
@@ -237,6 +240,7 @@ def launch_ranks(
         run_id=run_id,
         run_dir=run_dir,
         resume=resume,
+        extra=extra,
     )
     print(f"starting {nproc} ranks of run {run_id} with torch.distributed.run", flush=True)
     launcher = subprocess.Popen(argv, stderr=subprocess.PIPE)

@@ -17,6 +17,9 @@ import argparse
 import os
 import shutil
 import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +52,8 @@ if TYPE_CHECKING:
 
 # Exit status of a run that failed (an exception ended it); stops by vote or TERMINATE are 0.
 FAILED = 1
+# Held while a job is built: building seeds the global RNGs and draws the model's weights.
+BUILD_LOCK = threading.Lock()
 ENDINGS = {"completed": "", "terminated": " (stopped{by}: {reason})", "failed": " (failed)"}
 
 
@@ -97,6 +102,19 @@ def add_parser(commands: Any) -> None:
         "resumed run's directory)",
     )
     run.add_argument(
+        "--with-workers",
+        action="store_true",
+        help="with --bus, run the config's workers in this process too (as without --bus), "
+        "publishing on the bus: a self-contained run that other workers may join (what "
+        "`trainer agent` runs a sweep's trial as)",
+    )
+    run.add_argument(
+        "--sweep-trial",
+        metavar="JSON",
+        help="mark the run as a trial of a sweep: its RUN_STARTED carries this map as `sweep` "
+        '({"id": ..., "trial": N, "params": {...}}); set by `trainer sweep` and `trainer agent`',
+    )
+    run.add_argument(
         "--nproc",
         type=int,
         metavar="N",
@@ -111,6 +129,7 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
     """Build the config, find the run directory and checkpoint, and train (or start ranks)."""
     config_path, overrides = split_config_and_overrides(args.config, args.overrides, extras)
     cfg = config.load(config_path, overrides)
+    sweep = sweep_marker(args.sweep_trial)
     nproc, world = _nproc(args), world_from_env()
     resume: ResumePoint | None = None
     try:
@@ -123,7 +142,7 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
         policy = _vote_policy(cfg)
         from trainer.cli.embedded import check_plugins
 
-        check_plugins(cfg, embedded=args.bus is None)  # a bad import path: before any run dir
+        check_plugins(cfg, embedded=args.bus is None or args.with_workers)  # before any run dir
         run_dir = _chosen_run_dir(args, resume)
     except ResumeError as exc:
         raise UsageError(str(exc)) from None
@@ -135,8 +154,54 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
     if nproc > 1:
         return _start_ranks(args, nproc, config_path, overrides, cfg, resume, run_dir)
     if world > 1:
-        return _as_rank(args, cfg, policy, resume, run_dir)
-    return _train(args, cfg, policy, resume, run_dir, None)
+        return _as_rank(args, cfg, policy, resume, run_dir, sweep)
+    return train(cfg, policy, resume, run_dir, None, _target(args, sweep))
+
+
+def sweep_marker(text: str | None) -> dict[str, Any] | None:
+    """--sweep-trial's map, checked as RUN_STARTED's `sweep` must be."""
+    if text is None:
+        return None
+    import json
+
+    from bus import Rejected
+    from bus.messages import EVENTS, RUN_STARTED, check_data
+
+    try:
+        marker = json.loads(text)
+        check_data(RUN_STARTED, {**_STARTED_KEYS, "sweep": marker}, topic=EVENTS)
+    except (ValueError, Rejected) as exc:
+        raise UsageError(
+            f"--sweep-trial {text!r}: {exc}; give a JSON map "
+            '{"id": "SWEEP", "trial": N, "params": {...}}'
+        ) from None
+    return dict(marker)
+
+
+# Stand-ins for RUN_STARTED's other required keys, to check `sweep` with the one check.
+_STARTED_KEYS = {"config": {}, "rank": 0, "world_size": 1, "host": "", "pid": 0}
+_STARTED_KEYS["resumed_from"] = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a run publishes and who serves it: the bus, whether this process hosts the
+    config's workers, its run id if fixed, whether it is a sweep's trial, and its output."""
+
+    bus_url: str | None  # None: an in-memory bus of its own
+    with_workers: bool
+    run_id: str | None = None
+    sweep: dict[str, Any] | None = None
+    echo: Callable[[str], None] = field(default=lambda line: print(line, flush=True))
+
+
+def _target(args: argparse.Namespace, sweep: dict[str, Any] | None) -> Target:
+    return Target(
+        bus_url=args.bus,
+        with_workers=args.bus is None or args.with_workers,
+        run_id=args.run_id,
+        sweep=sweep,
+    )
 
 
 def _nproc(args: argparse.Namespace) -> int:
@@ -189,10 +254,19 @@ def _start_ranks(
         run_dir=run_dir,
         # The checkpoint found here, so every rank resumes from the same one.
         resume=resume.checkpoint if resume is not None else None,
+        extra=_rank_options(args),
     )
     if status != 0 and fresh and not any(p.name != RANKS_DIR for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)  # the ranks refused the job: nothing to keep
     return status
+
+
+def _rank_options(args: argparse.Namespace) -> list[str]:
+    """The options of this command that each rank takes as they are."""
+    extra = ["--with-workers"] if args.with_workers else []
+    if args.sweep_trial is not None:
+        extra += ["--sweep-trial", args.sweep_trial]
+    return extra
 
 
 def _refuse_other_ranks(resume: ResumePoint, nproc: int) -> dict[str, Any]:
@@ -215,13 +289,14 @@ def _as_rank(
     policy: str | int,
     resume: ResumePoint | None,
     run_dir: Path | None,
+    sweep: dict[str, Any] | None,
 ) -> int:
     """Train as one rank of a torchrun job; the exit status of this rank."""
     status = FAILED
     ranks: RankProcess | None = None
     try:
         ranks = RankProcess.join(cfg.dist.timeout)
-        status = _train(args, cfg, policy, resume, run_dir, ranks)
+        status = train(cfg, policy, resume, run_dir, ranks, _target(args, sweep))
     except (RankLost, RankStopped) as exc:
         rank = ranks.rank if ranks is not None else os.environ.get("RANK", "?")
         print(f"trainer: error: rank {rank}: {exc}", file=sys.stderr, flush=True)
@@ -247,30 +322,36 @@ def _leave_group() -> None:
             print(f"trainer: warning: leaving the process group: {exc}", file=sys.stderr)
 
 
-def _train(
-    args: argparse.Namespace,
+def train(
     cfg: Config,
     policy: str | int,
     resume: ResumePoint | None,
     run_dir: Path | None,
     ranks: RankProcess | None,
+    target: Target,
 ) -> int:
-    """Build the job, then train it on the run (as one rank of several when `ranks` is given)."""
+    """Build the job, then train it on the run (as one rank of several when `ranks` is given).
+
+    Several runs may train at once in one process (the trials of `trainer sweep` without a
+    bus): each is built under BUILD_LOCK, since building seeds and draws from the global RNGs.
+    """
     from trainer.checkpoint_store import CheckpointError  # torch loads only when training
     from trainer.job import Job
     from trainer.reproducibility import prepare_process, seed_rank
 
-    prepare_process(cfg.run.seed, cfg.run.threads)
-    try:
-        job = Job(cfg, resume)  # refuses a bad job before any directory is created
-    except (CheckpointError, FileNotFoundError) as exc:
-        raise UsageError(str(exc)) from None
-    seed_rank(cfg.run.seed, job.rank, job.world_size)
+    echo = target.echo
+    with BUILD_LOCK:
+        prepare_process(cfg.run.seed, cfg.run.threads)
+        try:
+            job = Job(cfg, resume)  # refuses a bad job before any directory is created
+        except (CheckpointError, FileNotFoundError) as exc:
+            raise UsageError(str(exc)) from None
+        seed_rank(cfg.run.seed, job.rank, job.world_size)
     lead = ranks is None or ranks.rank == 0
     if job.nothing_to_do is not None:
         # A finished run resumed as it was: nothing is trained, published or rewritten.
         if lead:
-            print(job.nothing_to_do, flush=True)
+            echo(job.nothing_to_do)
         return 0
 
     def fresh_dir() -> Path:
@@ -283,15 +364,15 @@ def _train(
     run_dir.mkdir(parents=True, exist_ok=True)
     if ranks is not None:
         ranks.record(run_dir)
-    run_id = args.run_id or _continued_id(resume, run_dir, job.resumed_run_id) or run_dir.name
+    run_id = target.run_id or _continued_id(resume, run_dir, job.resumed_run_id) or run_dir.name
     if resume is not None and lead:
-        print(f"resuming from {resume.checkpoint}{_resumed_at(job)}", flush=True)
+        echo(f"resuming from {resume.checkpoint}{_resumed_at(job)}")
 
     from trainer.bridge import BusRun
     from trainer.cli.embedded import EmbeddedWorkers
 
     link = BusRun(
-        args.bus or f"memory://{run_id}",
+        target.bus_url or f"memory://{run_id}",
         run_id,
         namespace=cfg.bus.namespace,
         config=cfg.to_dict(),
@@ -308,17 +389,18 @@ def _train(
         run_dir=run_dir.resolve(),
         stop_sync_every=cfg.dist.stop_sync_every,  # between ranks: how often they agree
         probes=list(cfg.bus.probes),
+        sweep=target.sweep,
     )
     if lead:
-        print(f"run id: {run_id}", flush=True)
+        echo(f"run id: {run_id}")
     workers = None
     try:
-        if args.bus is None and lead:  # without a bus, rank 0 hosts the workers
+        if target.with_workers and lead:  # without a bus, rank 0 hosts the workers
             workers = EmbeddedWorkers.start(link, cfg.workers, namespace=cfg.bus.namespace)
         result = job.run(
             run_dir,
             link,
-            echo=(lambda line: print(line, flush=True)) if lead else (lambda line: None),
+            echo=echo if lead else (lambda line: None),
             explain=ranks.explain if ranks is not None else None,
         )
         if ranks is not None:
@@ -338,11 +420,11 @@ def _train(
     if result.voter and result.voter != result.by:
         by += f", voter {result.voter}"
     ending = ENDINGS[result.status].format(by=by, reason=result.reason)
-    print(
+    echo(
         f"final validation {result.val_summary()} after {result.epochs} epochs, "
         f"{result.iteration} iterations{ending}"
     )
-    print(f"outputs: {run_dir}")
+    echo(f"outputs: {run_dir}")
     return status
 
 

@@ -50,6 +50,9 @@ def add_parser(commands: Any) -> None:
 
     listing = actions.add_parser("ls", aliases=["list"], help="list the runs, newest first")
     listing.add_argument("--project", metavar="P", help="only the runs of project P")
+    listing.add_argument(
+        "--sweep", metavar="ID", help="only the trials of sweep ID, with their values"
+    )
     listing.set_defaults(action_handler=list_command)
 
     show = actions.add_parser("show", help="everything about one run")
@@ -59,11 +62,21 @@ def add_parser(commands: Any) -> None:
     compare = actions.add_parser(
         "compare", help="config differences and final metrics of runs, side by side"
     )
-    compare.add_argument("runs", nargs="+", metavar="RUN", help="two runs or more")
+    compare.add_argument("runs", nargs="*", metavar="RUN", help="two runs or more")
+    compare.add_argument(
+        "--sweep",
+        metavar="ID",
+        help="every trial of sweep ID: values, best value, epochs used, who pruned it and where",
+    )
     compare.set_defaults(action_handler=compare_command)
 
     plot = actions.add_parser("plot", help="plot metrics against step into a PNG")
-    plot.add_argument("runs", nargs="+", metavar="RUN")
+    plot.add_argument("runs", nargs="*", metavar="RUN")
+    plot.add_argument(
+        "--sweep",
+        metavar="ID",
+        help="every trial of sweep ID: its curve of the sweep's metric, pruned ones marked",
+    )
     plot.add_argument(
         "--metric",
         "-m",
@@ -103,6 +116,8 @@ def command(args: argparse.Namespace, extras: list[str]) -> int:
 
 def list_command(args: argparse.Namespace, root: Path) -> int:
     """`runs ls`: a table of the runs under ROOT."""
+    if args.sweep is not None:
+        return _list_trials(root, args.sweep)
     infos = list_runs(root, project=args.project)
     console = _console()
     if not infos:
@@ -275,8 +290,12 @@ def compare_command(args: argparse.Namespace, root: Path) -> int:
     """`runs compare RUN RUN...`: config keys that differ, and final metrics side by side."""
     from rich.table import Table
 
+    if args.sweep is not None:
+        if args.runs:
+            raise UsageError("trainer runs compare: give runs or --sweep ID, not both")
+        return _compare_trials(root, args.sweep)
     if len(args.runs) < 2:
-        raise UsageError("trainer runs compare: give two runs or more")
+        raise UsageError("trainer runs compare: give two runs or more (or --sweep ID)")
     records = [read_run(_find(root, ref)) for ref in args.runs]
     headers = _headers(records)
     console = _console()
@@ -327,6 +346,16 @@ def plot_command(args: argparse.Namespace, root: Path) -> int:
     """`runs plot RUN... -o FILE.png`: metrics against step, a line per run and split."""
     from trainer.tracking.plot import plot_runs
 
+    if args.sweep is not None:
+        if args.runs:
+            raise UsageError("trainer runs plot: give runs or --sweep ID, not both")
+        from trainer.tracking.sweeps import plot_sweep
+
+        path = plot_sweep(_trials(root, args.sweep), args.output)
+        print(f"wrote {path}")
+        return 0
+    if not args.runs:
+        raise UsageError("trainer runs plot: give one run or more (or --sweep ID)")
     records = [read_run(_find(root, ref)) for ref in args.runs]
     try:
         path = plot_runs(records, args.metric, args.output)
@@ -346,6 +375,105 @@ def export_command(args: argparse.Namespace, root: Path) -> int:
     print(f"exported {run_dir.name} to {path}")
     print(f"view it: MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri {store.as_uri()}")
     return 0
+
+
+def _trials(root: Path, sweep_id: str) -> list[Any]:
+    """The trials of `sweep_id` under ROOT; UsageError naming the sweeps there if none."""
+    from trainer.tracking.sweeps import sweep_ids, sweep_records
+
+    trials = sweep_records(root, sweep_id)
+    if not trials:
+        known = sweep_ids(root)
+        there = f"; sweeps there: {', '.join(known[-5:])}" if known else ": it holds no sweep"
+        raise UsageError(f"no trial of sweep {sweep_id!r} in {root}{there}")
+    return trials
+
+
+def _trial_status(trial: Any) -> Any:
+    from rich.text import Text
+
+    status = trial.status
+    return Text(status, style=STATUS_STYLE.get(status, "magenta" if status == "pruned" else ""))
+
+
+def _list_trials(root: Path, sweep_id: str) -> int:
+    """`runs ls --sweep ID`: the sweep's trials with their values and best value."""
+    from rich.table import Table
+
+    trials = _trials(root, sweep_id)
+    objective = trials[0].objective
+    table = Table(box=None, header_style="bold")
+    for column in ("trial", "id", "status", "epochs", f"best {objective.key}", "params"):
+        table.add_column(column, no_wrap=column == "id")
+    for trial in trials:
+        table.add_row(
+            str(trial.trial),
+            trial.record.id,
+            _trial_status(trial),
+            format_epochs(trial.epochs, max_epochs(trial.record.meta)),
+            format_value(trial.best) if trial.best is not None else "",
+            _params_text(trial.params),
+        )
+    _console().print(table)
+    return 0
+
+
+def _compare_trials(root: Path, sweep_id: str) -> int:
+    """`runs compare --sweep ID`: every trial's values, best value, epochs used, pruning."""
+    from rich.table import Table
+
+    from trainer.tracking.sweeps import best_trial
+
+    trials = _trials(root, sweep_id)
+    objective = trials[0].objective
+    keys = list(dict.fromkeys(k for t in trials for k in t.params))
+    best = best_trial(trials)
+    table = Table(
+        title=f"sweep {sweep_id}: {len(trials)} trials, {objective.mode} {objective.key}",
+        box=None,
+        title_justify="left",
+        header_style="bold",
+    )
+    table.add_column("trial", justify="right")
+    for key in keys:
+        table.add_column(key)
+    for column in (f"best {objective.key}", "epochs", "status", "pruned by", "at"):
+        table.add_column(column, justify="right" if column != "pruned by" else "left", no_wrap=True)
+    used = possible = 0
+    for trial in trials:
+        epochs, total = trial.epochs, max_epochs(trial.record.meta)
+        used += epochs or 0
+        possible += total or epochs or 0
+        value = "" if trial.best is None else format_value(trial.best)
+        if trial is best:
+            value = f"[bold]{value}[/]"
+        meta = trial.record.meta
+        pruner = meta.get("voter") or meta.get("by") or "" if trial.rung is not None else ""
+        where = f"rung {trial.rung[0]} (epoch {trial.rung[1]})" if trial.rung else ""
+        table.add_row(
+            str(trial.trial),
+            *(format_value(trial.params[k]) if k in trial.params else "-" for k in keys),
+            value,
+            format_epochs(epochs, total),
+            _trial_status(trial),
+            pruner,
+            where,
+        )
+    console = _console()
+    console.print(table)
+    pruned = sum(1 for t in trials if t.status == "pruned")
+    share = f" ({used / possible:.0%})" if possible else ""
+    console.print(f"epochs used: {used} of {possible}{share}; {pruned} trials pruned")
+    if best is not None:
+        console.print(
+            f"best: trial {best.trial}, {objective.key} {format_value(best.best)}, run "
+            f"{best.record.id} ({_params_text(best.params)})"
+        )
+    return 0
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return " ".join(f"{key}={format_value(value)}" for key, value in params.items())
 
 
 def format_epochs(done: int | None, total: int | None) -> str:

@@ -12,6 +12,10 @@ HTML); the script reads everything from the API:
 | `GET /api/runs/{id}` | one run: from the bus when it knows it, else from the tracking store |
 | `GET /api/runs/{id}/stream` | the run's metric points (SSE id: the entry id) and state |
 | `POST /api/runs/{id}/stop` | TERMINATE with `{"reason": ...}` on the run's control topic |
+| `GET /sweeps/{id}` | one sweep: its trials, their curves, who pruned which |
+| `GET /api/sweeps` | the sweeps the bus has seen, newest first |
+| `GET /api/sweeps/{id}` | one sweep as JSON (`workers.sweeps.state.SweepState.as_dict`) |
+| `GET /api/sweeps/{id}/stream` | the same as SSE (`event: sweep`), sent again whenever it changes |
 
 Every JSON body and event goes through the Scrubber: no response carries the token, the
 signing secret or the bus password.
@@ -43,6 +47,7 @@ from workers.web.live import LiveRuns, RunWatch
 from workers.web.options import WebOptions
 from workers.web.scrub import Scrubber
 from workers.web.stop import BadReason, check_reason, send_terminate, terminate_envelope
+from workers.web.sweeps import Sweeps, sweep_stream
 from workers.web.views import (
     bus_listing_row,
     live_run,
@@ -82,6 +87,7 @@ class WebApp:
         self._bus = bus
         self.bus: Bus | None = None
         self.live: LiveRuns | None = None
+        self.sweeps: Sweeps | None = None
         self.scrub = Scrubber(options.hidden())
         self.drop = asyncio.Event()  # replaced by drop_streams; set ends every open stream
         self.gate = asyncio.Event()  # run streams send nothing while it is clear (tests)
@@ -101,6 +107,7 @@ class WebApp:
         self.bus = self._bus or open_bus(self.options.bus_url)
         self.live = LiveRuns(self.bus, self.options)
         self.live.start()
+        self.sweeps = Sweeps(self.bus, self.topics)
 
     async def shutdown(self) -> None:
         """End the streams, stop reading, close the bus (unless it was handed in)."""
@@ -108,6 +115,8 @@ class WebApp:
         self.gate.set()
         if self.live is not None:
             await self.live.close()
+        if self.sweeps is not None:
+            await self.sweeps.close()
         if self.bus is not None and self._bus is None:
             with contextlib.suppress(BusError, OSError):
                 await self.bus.close()
@@ -352,6 +361,52 @@ class WebApp:
             202,
         )
 
+    # -- sweeps ------------------------------------------------------------------------------
+
+    async def _sweep_watch(self, request: Request) -> Any:
+        """The watch of the sweep in the path, or the error response to send instead."""
+        sweep_id = request.path_params["sweep_id"]
+        try:
+            self.topics.trials(sweep_id)
+        except InvalidTopic as exc:
+            return self.error(400, str(exc))
+        assert self.sweeps is not None, "the app has not started (lifespan)"
+        try:
+            watch = await self.sweeps.watch(sweep_id)
+        except BusError as exc:
+            return self.error(503, f"cannot read the bus at {self.options.shown_url}: {exc}")
+        if watch is None:
+            return self.error(
+                404,
+                f"no sweep {sweep_id!r} on the bus at {self.options.shown_url} (namespace "
+                f"{self.options.namespace!r}): GET /api/sweeps lists the sweeps there are",
+            )
+        return watch
+
+    async def sweep_list(self, request: Request) -> Response:
+        """The sweeps the bus has seen."""
+        assert self.sweeps is not None, "the app has not started (lifespan)"
+        try:
+            ids = await self.sweeps.ids()
+        except BusError as exc:
+            return self.error(503, f"cannot read the bus at {self.options.shown_url}: {exc}")
+        return self.json({"sweeps": ids, "bus": self._bus_state()})
+
+    async def sweep(self, request: Request) -> Response:
+        """One sweep as JSON."""
+        watch = await self._sweep_watch(request)
+        if isinstance(watch, Response):
+            return watch
+        return self.json({**watch.state.as_dict(), "bus": self._bus_state()})
+
+    async def sweep_events(self, request: Request) -> Response:
+        """One sweep as SSE, sent again whenever it changes."""
+        watch = await self._sweep_watch(request)
+        if isinstance(watch, Response):
+            return watch
+        stream = sweep_stream(watch, self.scrub, self.drop, self.options.sse_retry_ms)
+        return _sse_response(stream)
+
 
 def _store_rows(root: Path) -> list[dict[str, Any]]:
     """The runs-list rows of the tracking store under `root` (file reads: run in a thread)."""
@@ -417,6 +472,10 @@ def create_app(options: WebOptions, bus: Bus | None = None) -> Starlette:
         Route("/api/runs/{run_id}", web.run),
         Route("/api/runs/{run_id}/stream", web.run_stream),
         Route("/api/runs/{run_id}/stop", web.stop, methods=["POST"]),
+        Route("/sweeps/{sweep_id}", _page("sweep.html")),
+        Route("/api/sweeps", web.sweep_list),
+        Route("/api/sweeps/{sweep_id}", web.sweep),
+        Route("/api/sweeps/{sweep_id}/stream", web.sweep_events),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(

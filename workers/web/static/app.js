@@ -1,4 +1,4 @@
-// trainer web: the three pages (runs list, one run, compare), drawn from the JSON API and
+// trainer web: the pages (runs list, one run, compare, one sweep), drawn from the JSON API and
 // Server-Sent Events. No build step. Everything a run carries is inserted as text, never HTML.
 // Hooks for tests and the benchmark: window.chartData (what each chart draws),
 // window.receivedPoints (every metric point received, with its stream entry id) and
@@ -278,6 +278,12 @@
       button.disabled = selected.size < 2;
     }
     api("/api/runs").then(render).catch((e) => { $("empty").hidden = false; $("empty").textContent = e.message; });
+    api("/api/sweeps").then((body) => {
+      const ids = body.sweeps || [];
+      $("sweeps-box").hidden = ids.length === 0;
+      $("sweeps").replaceChildren(...ids.map((id) =>
+        el("li", {}, [el("a", { href: "/sweeps/" + encodeURIComponent(id), text: id })])));
+    }).catch(() => {});
     const source = new EventSource("/api/runs/stream");
     source.addEventListener("runs", (message) => render(JSON.parse(message.data)));
   }
@@ -527,8 +533,89 @@
     load();
   }
 
+  // -- one sweep ---------------------------------------------------------------------------
+
+  function sweepPage() {
+    const sweepId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
+    $("sweep-id").textContent = sweepId;
+    document.title = "Sweep " + sweepId + " · trainer web";
+    let plot = null;
+    let drawn = "";
+
+    function params(values) {
+      return Object.entries(values || {}).map(([k, v]) => k + "=" + (typeof v === "number" ? number(v).replace(/\.?0+$/, "") : JSON.stringify(v))).join(" ");
+    }
+
+    function chart(sweep) {
+      const trials = sweep.trials.filter((t) => t.curve.length > 0);
+      const xs = Array.from(new Set([].concat(...trials.map((t) => t.curve.map((p) => p[0]))))).sort((a, b) => a - b);
+      const best = sweep.best ? sweep.best.trial : null;
+      const series = {};
+      for (const t of trials) {
+        const byX = new Map(t.curve.map(([x, v]) => [x, v]));
+        series["trial " + t.trial] = xs.map((x) => (byX.has(x) ? byX.get(x) : null));
+      }
+      window.chartData = { [sweep.objective.key]: { x: xs, series: series } };
+      const shape = trials.map((t) => t.trial + ":" + t.status + ":" + (t.trial === best)).join(",");
+      const data = [xs].concat(Object.values(series));
+      if (plot !== null && shape === drawn) { plot.setData(data); return; }
+      if (plot !== null) plot.destroy();
+      drawn = shape;
+      const box = $("chart");
+      plot = new uPlot({
+        title: sweep.objective.key + " per epoch",
+        width: Math.max(320, box.clientWidth - 8),
+        height: 320,
+        scales: { x: { time: false } },
+        axes: [{ label: "epoch" }, {}],
+        series: [{ label: "epoch" }].concat(trials.map((t, i) => ({
+          label: "trial " + t.trial + (t.status === "pruned" ? " (pruned)" : ""),
+          stroke: t.trial === best ? "#111827" : COLORS[i % COLORS.length],
+          width: t.trial === best ? 3 : 1.5,
+          dash: t.status === "pruned" ? [6, 4] : undefined,
+          spanGaps: true,
+          points: { size: 4 },
+        }))),
+      }, data, box);
+    }
+
+    function render(sweep) {
+      if (sweep.bus) showBus(sweep.bus);
+      const c = sweep.counts;
+      const status = sweep.finished ? sweep.finished.status : (c.running > 0 ? "running" : "waiting");
+      const badgeNode = $("sweep-status");
+      badgeNode.textContent = status;
+      badgeNode.className = "badge s-" + status;
+      const total = sweep.total === null ? "?" : sweep.total;
+      let line = c.running + " running, " + c.done + "/" + total + " done (" + c.pruned + " pruned, " + c.failed + " failed)";
+      const bestTrial = sweep.best ? sweep.trials.find((t) => t.trial === sweep.best.trial) : null;
+      if (bestTrial) line += "; best " + sweep.objective.key + " " + number(bestTrial.best) + " (trial " + bestTrial.trial + ")";
+      $("progress").textContent = line;
+      $("space").textContent = (sweep.sampler ? sweep.sampler + ": " : "") + Object.entries(sweep.params || {}).map(([k, v]) => k + " " + v).join(", ") + " · goal: " + sweep.objective.mode + " " + sweep.objective.key;
+      fill($("trials").querySelector("tbody"), sweep.trials.map((t) => [
+        String(t.trial),
+        t.run_id ? el("a", { href: "/runs/" + encodeURIComponent(t.run_id), text: t.run_id }) : "-",
+        params(t.params),
+        badge(t.status),
+        t.epochs + (t.max_epochs ? "/" + t.max_epochs : ""),
+        t.best === null ? "-" : number(t.best),
+        t.rung ? (t.voter || t.by || "") + " at rung " + t.rung[0] + " (epoch " + t.rung[1] + ")" : "",
+        (t.agent || "") + (t.takeovers ? " (taken over " + t.takeovers + "x)" : ""),
+      ]));
+      chart(sweep);
+    }
+
+    api("/api/sweeps/" + encodeURIComponent(sweepId)).then(render).catch((e) => {
+      $("error").hidden = false;
+      $("error").textContent = e.message;
+    });
+    const source = new EventSource("/api/sweeps/" + encodeURIComponent(sweepId) + "/stream");
+    source.addEventListener("sweep", (message) => render(JSON.parse(message.data)));
+  }
+
   const page = document.body.dataset.page;
   if (page === "runs") runsPage();
   else if (page === "run") runPage();
   else if (page === "compare") comparePage();
+  else if (page === "sweep") sweepPage();
 })();
