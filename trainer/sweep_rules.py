@@ -32,8 +32,11 @@ class SweepGoal:
         return {"metric": self.metric, "split": self.split, "mode": self.mode}
 
 
-# How a pruner words its stop vote (the pruner kind, docs/sweeps.md): "rung 2 (epoch 4): ...".
+# How a pruner words its stop vote (the pruner kind, docs/sweeps.md): "rung 2 (epoch 4): ..."
+# (asha, hyperband); the median rule judges every epoch, so each is its rung: "epoch 4: best
+# loss so far 0.52 above the median ..." or "epoch 4: loss has been NaN at every epoch so far".
 _PRUNED = re.compile(r"rung (\d+) \(epoch (\d+)\)")
+_PRUNED_BY_MEDIAN = re.compile(r"epoch (\d+): (?:best .* the median |\S+ has been NaN at every)")
 
 
 def pruned_at(reason: str | None) -> tuple[int, int] | None:
@@ -41,5 +44,10 @@ def pruned_at(reason: str | None) -> tuple[int, int] | None:
 
     The one rule by which a trial stopped by a vote counts as pruned, on the bus and on disk.
     """
-    found = _PRUNED.match(reason) if isinstance(reason, str) else None
-    return None if found is None else (int(found.group(1)), int(found.group(2)))
+    if not isinstance(reason, str):
+        return None
+    found = _PRUNED.match(reason)
+    if found is not None:
+        return int(found.group(1)), int(found.group(2))
+    found = _PRUNED_BY_MEDIAN.match(reason)
+    return None if found is None else (int(found.group(1)), int(found.group(1)))

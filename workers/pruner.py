@@ -23,7 +23,7 @@ from workers.logs import worker_log
 from workers.pruning import RULE_OPTIONS, RULES, SweepHistory, make_rule
 from workers.pruning.asha import DEFAULT_MIN_RESOURCE, DEFAULT_REDUCTION_FACTOR
 from workers.pruning.median import DEFAULT_MIN_TRIALS
-from workers.sweep_trials import SweepTrials, sweep_of, sweeps_on_registry
+from workers.sweep_trials import SweepTrials, known_sweeps, sweep_of, sweeps_on_registry
 
 if TYPE_CHECKING:
     from bus import Bus, Topics
@@ -158,15 +158,17 @@ class PrunerWorker(Worker):
 
     @classmethod
     async def preflight(cls, bus: Bus, topics: Topics, kind_options: Mapping[str, Any]) -> None:
-        """Refuse a sweep id that no trial on the bus carries."""
+        """Refuse a sweep id that neither the registry of sweeps nor any trial on the bus knows."""
         sweep = kind_options.get("sweep")
+        started = await known_sweeps(bus, topics)  # a pruner may start before the first trial
         sweeps = await sweeps_on_registry(bus, topics)
-        if sweep in sweeps:
+        if sweep in sweeps or sweep in started:
             return
-        known = ", ".join(sorted(sweeps)[:10]) or "none yet"
+        known = ", ".join(sorted({*sweeps, *started})[:10]) or "none yet"
         raise ValueError(
-            f"pruner --sweep {sweep!r}: no trial of that sweep on the registry "
-            f"{topics.registry()!r}; give the id `trainer sweep` printed (sweeps there: {known})"
+            f"pruner --sweep {sweep!r}: no sweep of that id on {topics.sweeps()!r} and no trial "
+            f"of it on the registry {topics.registry()!r}; give the id `trainer sweep` printed "
+            f"(sweeps there: {known})"
         )
 
     def __init__(self, ctx: RunContext, options: Mapping[str, Any]) -> None:

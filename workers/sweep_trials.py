@@ -25,9 +25,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from bus import BEGINNING, Bus, DecodeError, Envelope, Rejected, Topics, decode
+from bus import BEGINNING, Bus, DecodeError, Envelope, Rejected, Topics, decode, tail
 from bus.codec import peek_type
-from bus.messages import EPOCH_COMPLETED, METRICS, RUN_FINISHED, RUN_STARTED
+from bus.messages import EPOCH_COMPLETED, METRICS, RUN_FINISHED, RUN_STARTED, SWEEP_STARTED
 from bus.stream_ids import parse_id
 from workers.figures import epoch_figures
 from workers.pruning import Decision, EpochReport, SweepHistory
@@ -48,6 +48,15 @@ def sweep_of(env: Envelope) -> tuple[str, int | None] | None:
         return None
     number = sweep.get("trial")
     return sweep["id"], number if type(number) is int else None
+
+
+async def known_sweeps(bus: Bus, topics: Topics) -> list[str]:
+    """The ids of every sweep the registry of sweeps has seen start, oldest first."""
+    ids: dict[str, None] = {}
+    async for env in tail(bus, topics.sweeps(), BEGINNING, follow=False):
+        if env.type == SWEEP_STARTED:
+            ids.setdefault(env.run_id, None)
+    return list(ids)
 
 
 async def sweeps_on_registry(bus: Bus, topics: Topics) -> dict[str, int]:

@@ -150,8 +150,9 @@ def test_median_counts_running_trials(redis_url: str, tmp_path: Path) -> None:
         ),
         (
             ["--sweep", "nope"],
-            "pruner --sweep 'nope': no trial of that sweep on the registry 'trainer:runs'; "
-            "give the id `trainer sweep` printed (sweeps there: s3)",
+            "pruner --sweep 'nope': no sweep of that id on 'trainer:sweeps' and no trial of it "
+            "on the registry 'trainer:runs'; give the id `trainer sweep` printed (sweeps there: "
+            "s3)",
         ),
         (
             ["--sweep", "s3", "--rule", "median", "--reduction-factor", "3"],

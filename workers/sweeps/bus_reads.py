@@ -7,6 +7,9 @@ from typing import Any
 
 from bus import BEGINNING, Bus, Envelope, Topics, tail
 from bus.messages import RUN_FINISHED, RUN_STARTED, SWEEP_FINISHED, SWEEP_STARTED
+from workers.sweep_trials import known_sweeps
+
+__all__ = ["SweepRecord", "find_sweep", "known_sweeps", "run_ending"]
 
 # Rank 0 speaks for a run: its RUN_STARTED and RUN_FINISHED begin and end each session.
 LEAD = "trainer:0"
@@ -32,15 +35,6 @@ async def find_sweep(bus: Bus, topics: Topics, sweep_id: str) -> SweepRecord | N
         elif env.type == SWEEP_FINISHED:
             finished = env
     return None if started is None else SweepRecord(sweep_id, started, finished)
-
-
-async def known_sweeps(bus: Bus, topics: Topics) -> list[str]:
-    """The ids of every sweep the registry of sweeps has seen start, oldest first."""
-    ids: dict[str, None] = {}
-    async for env in tail(bus, topics.sweeps(), BEGINNING, follow=False):
-        if env.type == SWEEP_STARTED:
-            ids.setdefault(env.run_id, None)
-    return list(ids)
 
 
 async def run_ending(bus: Bus, topics: Topics, run_id: str) -> dict[str, Any] | None:
