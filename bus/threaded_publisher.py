@@ -107,6 +107,22 @@ class ThreadedPublisher:
         """Queue `env` for `topic`; blocks only while the outbox is full (TimeoutError after)."""
         self.publisher.publish_from_thread(topic, env, timeout)
 
+    def publish_later(
+        self,
+        topic: str,
+        type: str,
+        run_id: str,
+        source: str,
+        data: dict[str, Any],
+        epoch: int = 0,
+        iteration: int = 0,
+    ) -> None:
+        """Queue an envelope that the writer builds and encodes (see
+        `Publisher.publish_later_from_thread`): for per-step envelopes of known-sound data."""
+        self.publisher.publish_later_from_thread(
+            topic, type, run_id, source, data, epoch, iteration
+        )
+
     def flush(self, timeout: float | None = None) -> None:
         """Block until everything published so far is written; TimeoutError after `timeout` s."""
         pub = self.publisher

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 import pytest
@@ -29,6 +30,14 @@ CONTROL = "t:run:r1:control"
 
 # Short backoff so that outages in these tests cost milliseconds.
 FAST = {"backoff_initial": 0.005, "backoff_max": 0.02}
+
+
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def ulid_ms(ulid: str) -> int:
+    """The milliseconds in a ULID: its first 10 characters, base32 (Crockford's alphabet)."""
+    return sum(CROCKFORD.index(c) << (5 * (9 - k)) for k, c in enumerate(ulid[:10]))
 
 
 def env(i: int, kind: str = "ITERATION_COMPLETED") -> Envelope:
@@ -305,6 +314,60 @@ async def test_a_producer_thread_publishes_and_flushes_through_the_public_api(bu
     await pub.flush(30, upto=pub.enqueued)
     assert pub.stats().published == 20
     assert await iterations(bus, EVENTS) == list(range(20))
+    await pub.close()
+
+
+async def test_envelopes_the_writer_builds_keep_their_place_their_time_and_their_data(
+    bus,
+) -> None:
+    # The trainer's per-step envelopes are built by the writer (publish_later_from_thread),
+    # the rest encoded by their producer: on the bus they are one sequence, in publishing order.
+    pub = Publisher(bus, max_batch=8, flush_interval=0.01)
+    pub.start()
+    sent: list[tuple[int, float, float]] = []
+
+    def produce() -> None:
+        for i in range(30):
+            before = time.time()
+            if i % 3:
+                pub.publish_later_from_thread(
+                    EVENTS, "ITERATION_COMPLETED", "r1", "trainer:0", {"i": i}, 0, i
+                )
+            else:
+                pub.publish_from_thread(EVENTS, env(i, "EPOCH_COMPLETED"))
+            sent.append((i, before, time.time()))
+
+    await asyncio.to_thread(produce)
+    await pub.flush(30, upto=pub.enqueued)
+    entries = await bus.read(EVENTS, BEGINNING, count=100, block=None)
+    envs = [decode(e.payload) for e in entries]
+    assert [(e.iteration, e.data) for e in envs] == [(i, {"i": i}) for i in range(30)]
+    assert [e.type for e in envs] == [
+        "EPOCH_COMPLETED" if i % 3 == 0 else "ITERATION_COMPLETED" for i in range(30)
+    ]
+    for e, (_, before, after) in zip(envs, sent, strict=True):
+        assert before <= e.ts <= after  # stamped when published, not when written
+        assert int(e.ts * 1000) == ulid_ms(e.id)  # and its id made of that moment
+    await pub.close()
+
+
+async def test_an_envelope_the_writer_cannot_encode_is_dropped_and_flush_does_not_wait(
+    bus, caplog
+) -> None:
+    pub = Publisher(bus)
+    pub.start()
+
+    def produce() -> None:
+        pub.publish_later_from_thread(
+            EVENTS, "ITERATION_COMPLETED", "r1", "t", {"x": object()}, 0, 1
+        )
+        pub.publish_later_from_thread(EVENTS, "ITERATION_COMPLETED", "r1", "t", {"x": 1.0}, 0, 2)
+
+    with caplog.at_level(logging.ERROR, logger="bus.publisher"):
+        await asyncio.to_thread(produce)
+        await pub.flush(30, upto=pub.enqueued)
+    assert await iterations(bus, EVENTS) == [2]
+    assert "ITERATION_COMPLETED of run r1 for t:run:r1:events dropped" in caplog.text
     await pub.close()
 
 

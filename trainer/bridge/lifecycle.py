@@ -137,7 +137,12 @@ class EngineLink:
 
     def _iteration_handler(self) -> Callable[[Engine], None]:
         """The ITERATION_COMPLETED handler: the hot path, so built for `publish_every`."""
-        send, split, every, probes = self.sender.send, self.split, self.publish_every, self.probes
+        send, split, every, probes = (
+            self.sender.send_later,
+            self.split,
+            self.publish_every,
+            self.probes,
+        )
         if every == 1 and probes is not None:
 
             def publish_each_probed(engine: Engine) -> None:
@@ -173,7 +178,7 @@ class EngineLink:
             outputs, count = self._window.drain()
             if self.probes is not None:
                 outputs.update(self.probes.read(self.engine))
-            self.sender.send(
+            self.sender.send_later(
                 ITERATION_COMPLETED, {"split": self.split, "outputs": outputs, "count": count}
             )
 
