@@ -30,7 +30,9 @@ from trainer.tasks.digits import digits_tensors
 class DigitsMLP(L.LightningModule):
     """64-32-10, Adam; val loss and a torchmetrics micro accuracy logged per epoch."""
 
-    def __init__(self, lr: float = 0.01, hidden: int = 32, step_delay: float = 0.0) -> None:
+    def __init__(
+        self, lr: float = 0.01, hidden: int = 32, step_delay: float = 0.0, fail_step: int = -1
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = torch.nn.Sequential(
@@ -41,6 +43,8 @@ class DigitsMLP(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Any:
         if self.hparams.step_delay:
             time.sleep(self.hparams.step_delay)
+        if self.global_step == self.hparams.fail_step:
+            raise RuntimeError(f"the program failed at step {self.global_step}")
         x, y = batch
         loss = torch.nn.functional.cross_entropy(self.net(x), y)
         self.log("train_loss", loss, on_step=False, on_epoch=True)
@@ -81,6 +85,7 @@ def main() -> None:
     parser.add_argument("--stop-sync-every", type=int, default=10)
     parser.add_argument("--stop-rank", type=int, default=None)
     parser.add_argument("--stop-step", type=int, default=None)
+    parser.add_argument("--fail-step", type=int, default=-1)
     parser.add_argument("--root", default=".")
     parser.add_argument("--checkpoint-dir", default=None)
     args = parser.parse_args()
@@ -114,7 +119,9 @@ def main() -> None:
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    trainer.fit(DigitsMLP(lr=args.lr, step_delay=args.step_delay), train, val)
+    trainer.fit(
+        DigitsMLP(lr=args.lr, step_delay=args.step_delay, fail_step=args.fail_step), train, val
+    )
     end = bus_callback.end
     assert end is not None
     print(

@@ -297,3 +297,20 @@ def test_a_checkpoint_request_is_saved_by_lightning_and_filed_by_the_checkpoint_
     assert filed[ready.iteration]["sha256"] == ready.data["sha256"]
     assert Path(filed[ready.iteration]["path"]).read_bytes() == own.read_bytes()
     assert own.exists()  # Lightning keeps its own file
+
+
+def test_an_exception_in_the_program_is_published_and_fails_the_run(stack: Stack) -> None:
+    run = program(stack, "lt-fail", "--fail-step", "3")
+    assert run.wait(HANG_GUARD) != 0
+    events = check_all(stack, "lt-fail")
+    raised = [e for e in events if e.type == "EXCEPTION_RAISED"]
+    assert [(e.data["error_type"], e.data["message"]) for e in raised] == [
+        ("RuntimeError", "the program failed at step 3")
+    ]
+    assert "training_step" in raised[0].data["traceback"]
+    finished = stack.finished("lt-fail").data
+    assert (finished["status"], finished["reason"]) == (
+        "failed",
+        "RuntimeError: the program failed at step 3",
+    )
+    assert len(steps(events)) == 3
