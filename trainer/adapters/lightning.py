@@ -159,6 +159,7 @@ class BusCallback(Callback):
         if config is not None and not isinstance(config, Mapping):
             raise TypeError(f"BusCallback config must be a mapping, got {type(config).__name__}")
         self.bus = bus
+        self._given_run_id = run_id  # None: each fit is a new run with an id of its own
         self.run_id = run_id
         self.name = name
         self.config = dict(config or {})
@@ -197,7 +198,7 @@ class BusCallback(Callback):
         self._ranks = trainer.world_size
         self.bridge = LoopBridge(
             self.bus,
-            self.run_id,
+            self._given_run_id,
             config=config,
             name=self.name or type(pl_module).__name__.lower(),
             framework=FRAMEWORK,
