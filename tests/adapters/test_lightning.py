@@ -1,6 +1,6 @@
 """The Lightning adapter end to end: real Lightning programs, a private Redis, workers as processes.
 
-Each test runs `lightning_digits.py` (a user's program: a LightningModule and a BusCallback) as a
+Each test runs `_lightning_digits.py` (a user's program: a LightningModule and a BusCallback) as a
 process, the workers as `trainer worker KIND` processes, and reads the run back from Redis with
 redis-py and the envelope codec (tests/stack's harness). Every message of every run is checked
 against the catalogue (`check_all`). Every wait is bounded.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,7 +25,7 @@ from bus.messages import CONTROL, EVENTS, REGISTRY, check_data
 from workers.web import WebOptions
 
 HERE = Path(__file__).resolve().parent
-PROGRAM = HERE / "lightning_digits.py"
+PROGRAM = HERE / "_lightning_digits.py"
 SECRET = "lightning-test-secret"
 EPOCH = 23  # training batches per digits epoch (1437 samples, batches of 64)
 HANG_GUARD = 240.0  # seconds any one process of these tests may take
@@ -42,16 +41,8 @@ def lightning_installed() -> None:
         )
 
 
-@pytest.fixture
-def stack(redis_url: str, tmp_path: Path) -> Iterator[Stack]:
-    """Processes on the session's private Redis (flushed), working in the test's directory."""
-    s = Stack(redis_url, tmp_path)
-    yield s
-    s.close()
-
-
 def program(stack: Stack, run_id: str, *args: str, name: str = "lightning", **env: str):
-    """Start lightning_digits.py on the stack's bus as run `run_id`."""
+    """Start _lightning_digits.py on the stack's bus as run `run_id`."""
     return stack.start_script(
         name,
         PROGRAM,
