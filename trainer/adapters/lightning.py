@@ -192,11 +192,11 @@ class BusCallback(Callback):
         config = {
             "hparams": plain_value(dict(getattr(pl_module, "hparams", {}) or {})),
             "trainer": trainer_settings(trainer),
-            "model": type(pl_module).__name__,
+            "module": type(pl_module).__name__,
             **self.config,
         }
         self._ranks = trainer.world_size
-        self.bridge = LoopBridge(
+        bridge = LoopBridge(
             self.bus,
             self._given_run_id,
             config=config,
@@ -206,14 +206,17 @@ class BusCallback(Callback):
             world_size=trainer.world_size,
             **self.options,
         )
-        self.run_id = self.bridge.run_id
-        self.end = None
+        try:
+            bridge.start()
+        except BaseException:
+            bridge.close()  # nothing of this fit is on the bus: Lightning raises the error on
+            raise
+        self.bridge, self.run_id, self.end = bridge, bridge.run_id, None
         self._stopping = self._cut_short = False
         self._last_after_others(trainer)
         strategy = trainer.strategy
         self._io = _AnnouncingIO(strategy.checkpoint_io, self._written)
         strategy.checkpoint_io = self._io
-        self.bridge.start()
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         """RUN_FINISHED: completed, or terminated (by the bus, or by the program's should_stop)."""
