@@ -16,9 +16,9 @@ the trainer's ITERATION_COMPLETED and at its EPOCH_COMPLETED (after the evaluato
 barrier mode waits for the votes on the epoch): a stop calls `trainer.terminate()`, a
 CHECKPOINT_REQUEST saves through Ignite's `Checkpoint` and the given one's `DiskSaver`.
 
-Our EPOCH_COMPLETED and COMPLETED handlers are moved behind the others at every start, so the
-metrics Ignite computes there, the evaluators run there and the checkpoints saved there come
-before them, whatever the order the user attached things in.
+Our EPOCH_COMPLETED and COMPLETED handlers are moved behind the others when each engine starts,
+so the metrics Ignite computes there, the evaluators run there and the checkpoints saved there
+come before them, whatever the order the user attached things in (before `run()`).
 """
 
 from __future__ import annotations
@@ -212,8 +212,6 @@ class BusHandle:
         )
 
     def _train_epoch_started(self, engine: Any) -> None:
-        # Handlers attached during the run (or since the start) go before ours too.
-        _last(engine, Events.EPOCH_COMPLETED, self._train_epoch_completed)
         s = engine.state
         self.bridge.epoch_started(
             PRIMARY_SPLIT, s.epoch - 1, max_epochs=s.max_epochs, epoch_length=s.epoch_length

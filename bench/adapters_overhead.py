@@ -1,0 +1,353 @@
+"""What the framework adapters cost each framework's own loop, and how fast a vote stops it.
+
+For each framework (Ignite, Lightning, Hugging Face; one not installed is skipped with a line
+saying so) its own loop trains the digits MLP of bench/digits_overhead.py (64-128-10, batch 64,
+Adam, one thread):
+
+1. overhead: without the adapter, with it on the in-memory bus, and with it on a private
+   redis-server (tests/redis_server.py), taking turns so machine noise hits them alike. Prints
+   seconds per epoch (median), then adapter/plain as the median of the ratios of adjacent turns
+   in wall time and in the process's CPU time (every thread: the publisher's too); target
+   <= 1.03.
+2. stop latency: a voter registered before the run appends a stop VOTE at a random moment
+   while the framework trains; latency is from the moment the VOTE has landed on the bus (the
+   append returned) to the end of the framework's last step. p50/p99 over the trials against
+   the target, one step (the median step time) + 50 ms.
+
+    .venv/bin/python bench/adapters_overhead.py [--rounds 20] [--epochs 10] [--trials 40]
+        [--frameworks ignite,lightning,hf]
+
+A framework's part is four functions named `<framework>_plain`, `<framework>_adapted` and
+`<framework>_stop_trial` (see the Ignite ones), listed in FRAMEWORKS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import itertools
+import logging
+import random
+import statistics
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+
+from digits_overhead import Job, digits_loader  # noqa: E402
+from redis_server import RedisServer  # noqa: E402
+
+from bus import Envelope, ThreadedPublisher, Topics, encode, new_id, open_bus  # noqa: E402
+
+TOPICS = Topics()
+VOTER = "bench-voter"
+# A stop trial's run is long enough never to end before the vote stops it.
+TRIAL_EPOCHS = 10_000
+
+
+@dataclass
+class Timing:
+    """One turn: wall seconds and the process's CPU seconds (all threads)."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+
+
+class Window:
+    """The training's own time in a turn: from the first epoch's start to the run's end, as the
+    framework's hooks see them (the adapter's start and finish, with their thread start-ups and
+    final flush, are outside it and measured apart)."""
+
+    def __init__(self) -> None:
+        self.timing = Timing()
+        self._wall = self._cpu = 0.0
+
+    def open(self, *args: Any) -> None:
+        """Call when the first epoch starts."""
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def close(self, *args: Any) -> None:
+        """Call when the run completes (before the adapter's own end of the run)."""
+        self.timing = Timing(time.perf_counter() - self._wall, time.process_time() - self._cpu)
+
+
+def timed(run: Callable[[Window], Any]) -> tuple[Timing, Timing]:
+    """(the training window, the whole turn) of `run(window)` in wall and CPU seconds."""
+    window = Window()
+    wall, cpu = time.perf_counter(), time.process_time()
+    run(window)
+    return window.timing, Timing(time.perf_counter() - wall, time.process_time() - cpu)
+
+
+class StepClock:
+    """The end time of every step of a stop trial, and the trial's stop once it is over."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+        self.running = threading.Event()
+
+    def step(self) -> None:
+        """Call at the end of each of the framework's training steps."""
+        self.ends.append(time.perf_counter())
+        if len(self.ends) == 5:
+            self.running.set()  # warmed up: the voter may vote from now on
+
+
+# ---- Ignite --------------------------------------------------------------------------------
+
+
+def _ignite_engine(job: Job, window: Window | None = None) -> Any:
+    """Ignite's Engine over the job's step, with the epoch's mean loss and accuracy."""
+    from ignite.engine import Engine, Events
+    from ignite.metrics import Accuracy, Average
+
+    engine = Engine(job.step)
+    Average(output_transform=lambda out: out["loss"]).attach(engine, "loss")
+    Accuracy(output_transform=lambda out: (out["y_pred"], out["y"])).attach(engine, "accuracy")
+    if window is not None:
+        engine.add_event_handler(Events.EPOCH_STARTED(once=1), window.open)
+        # attach_bus moves its own COMPLETED handler (the run's end) behind this one.
+        engine.add_event_handler(Events.COMPLETED, window.close)
+    return engine
+
+
+def ignite_plain(loader: DataLoader, epochs: int, window: Window) -> None:
+    """Ignite's own loop, no adapter."""
+    _ignite_engine(Job(seed=0), window).run(loader, max_epochs=epochs)
+
+
+def ignite_adapted(loader: DataLoader, epochs: int, bus_url: str, window: Window) -> None:
+    """Ignite's own loop with attach_bus publishing to `bus_url`."""
+    from trainer.adapters.ignite import attach_bus
+
+    engine = _ignite_engine(Job(seed=0), window)
+    handle = attach_bus(engine, bus_url, run_id=new_id())
+    engine.run(loader, max_epochs=epochs)
+    assert handle.end is not None and handle.end.status == "completed", handle.end
+
+
+def ignite_stop_trial(loader: DataLoader, bus_url: str, run_id: str, clock: StepClock) -> None:
+    """Ignite's loop with attach_bus on run `run_id`, `clock.step()` after every step, until a
+    vote stops it."""
+    from ignite.engine import Events
+
+    from trainer.adapters.ignite import attach_bus
+
+    engine = _ignite_engine(Job(seed=0))
+    handle = attach_bus(engine, bus_url, run_id=run_id)
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda _: clock.step())
+    engine.run(loader, max_epochs=TRIAL_EPOCHS)
+    assert handle.end is not None and handle.end.voter == VOTER, handle.end
+
+
+# ---- Lightning (filled by the lightning adapter's author) ----------------------------------
+
+
+def lightning_plain(loader: DataLoader, epochs: int, window: Window) -> None:
+    """Lightning's own loop (Trainer.fit on the digits MLP), no adapter; `window.open()` at the
+    first epoch's start, `window.close()` at the fit's end (before the adapter's)."""
+    raise NotImplementedError("the Lightning part of this benchmark is not written yet")
+
+
+def lightning_adapted(loader: DataLoader, epochs: int, bus_url: str, window: Window) -> None:
+    """Lightning's own loop with the BusCallback publishing to `bus_url`."""
+    raise NotImplementedError("the Lightning part of this benchmark is not written yet")
+
+
+def lightning_stop_trial(loader: DataLoader, bus_url: str, run_id: str, clock: StepClock) -> None:
+    """Lightning's loop with the BusCallback on run `run_id`, `clock.step()` after every step
+    (on_train_batch_end), until a vote stops it."""
+    raise NotImplementedError("the Lightning part of this benchmark is not written yet")
+
+
+# ---- Hugging Face (filled by the hf adapter's author) --------------------------------------
+
+
+def hf_plain(loader: DataLoader, epochs: int, window: Window) -> None:
+    """The Hugging Face Trainer's own loop on the digits MLP, no adapter; `window` as for
+    Lightning (on_epoch_begin of the first epoch, on_train_end before the adapter's)."""
+    raise NotImplementedError("the Hugging Face part of this benchmark is not written yet")
+
+
+def hf_adapted(loader: DataLoader, epochs: int, bus_url: str, window: Window) -> None:
+    """The Hugging Face Trainer's loop with the bus TrainerCallback publishing to `bus_url`."""
+    raise NotImplementedError("the Hugging Face part of this benchmark is not written yet")
+
+
+def hf_stop_trial(loader: DataLoader, bus_url: str, run_id: str, clock: StepClock) -> None:
+    """The Hugging Face Trainer with the bus callback on run `run_id`, `clock.step()` after
+    every step (on_step_end), until a vote stops it."""
+    raise NotImplementedError("the Hugging Face part of this benchmark is not written yet")
+
+
+@dataclass(frozen=True)
+class Framework:
+    """A framework's part of the benchmark: its package, its extra and its three functions."""
+
+    name: str
+    module: str  # imported to tell whether it is installed
+    extra: str
+    plain: Callable[[DataLoader, int, Window], None]
+    adapted: Callable[[DataLoader, int, str, Window], None]
+    stop_trial: Callable[[DataLoader, str, str, StepClock], None]
+
+
+FRAMEWORKS = [
+    Framework("ignite", "ignite", "ignite", ignite_plain, ignite_adapted, ignite_stop_trial),
+    Framework(
+        "lightning",
+        "lightning",
+        "lightning",
+        lightning_plain,
+        lightning_adapted,
+        lightning_stop_trial,
+    ),
+    Framework("hf", "transformers", "hf", hf_plain, hf_adapted, hf_stop_trial),
+]
+
+
+# ---- the harness -----------------------------------------------------------------------------
+
+
+def overhead(fw: Framework, loader: DataLoader, buses: dict[str, str], args: Any) -> None:
+    """Adapter against plain, per bus: seconds per epoch and median per-turn ratios."""
+    contenders: dict[str, Callable[[Window], None]] = {
+        "plain": lambda window: fw.plain(loader, args.epochs, window),
+        **{
+            f"adapter, {bus}": (
+                lambda window, url=url: fw.adapted(loader, args.epochs, url, window)
+            )
+            for bus, url in buses.items()
+        },
+    }
+    for run in contenders.values():  # warm-up: imports, allocator, autograd caches
+        timed(run)
+    turns: dict[str, list[tuple[Timing, Timing]]] = {name: [] for name in contenders}
+    for _ in range(args.rounds):
+        for name, run in contenders.items():
+            turns[name].append(timed(run))
+    print(f"{fw.name}: {len(loader)} iterations/epoch, {args.rounds} turns of {args.epochs} epochs")
+    for name, t in turns.items():
+        wall = statistics.median(w.wall for w, _ in t) / args.epochs
+        cpu = statistics.median(w.cpu for w, _ in t) / args.epochs
+        outside = statistics.median(whole.wall - w.wall for w, whole in t)
+        outside_cpu = statistics.median(whole.cpu - w.cpu for w, whole in t)
+        print(
+            f"  {name:17s} {wall * 1e3:7.2f} ms/epoch wall {cpu * 1e3:7.2f} ms/epoch CPU; "
+            f"outside the epochs (set-up, start, finish) {outside * 1e3:6.1f} ms wall "
+            f"{outside_cpu * 1e3:6.1f} ms CPU per run"
+        )
+    plain = [w for w, _ in turns["plain"]]
+    for name in contenders:
+        if name == "plain":
+            continue
+        pairs = list(zip([w for w, _ in turns[name]], plain, strict=True))
+        wall = statistics.median(a.wall / b.wall for a, b in pairs)
+        cpu = statistics.median(a.cpu / b.cpu for a, b in pairs)
+        print(f"  {name}/plain = {wall:.3f} wall, {cpu:.3f} CPU  (target <= 1.03)")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _vote(
+    client: ThreadedPublisher, run_id: str, clock: StepClock, delay: float, landed: list[float]
+) -> None:
+    """The voter: once training runs, wait `delay` s, append a stop VOTE, note when it landed."""
+    clock.running.wait(60)
+    time.sleep(delay)  # at any phase of a step
+    data = {"stop": True, "reason": "bench", "voter": VOTER, "epoch": 0}
+    ballot = encode(Envelope("VOTE", run_id, VOTER, data))
+    topic = TOPICS.control(run_id)
+    client.submit(lambda bus: bus.append(topic, [ballot])).result(30)
+    landed.append(time.perf_counter())
+
+
+def stop_latency(fw: Framework, loader: DataLoader, bus: str, url: str, args: Any) -> None:
+    """VOTE landed -> the framework's last step, over `args.trials` trials on one bus."""
+    client = ThreadedPublisher(lambda: open_bus(url))
+    latencies, steps_after, step_times = [], [], []
+    rng = random.Random(0)
+    try:
+        for _ in range(args.trials):
+            run_id = new_id()
+            topic = TOPICS.control(run_id)
+            joined = Envelope(
+                "WORKER_JOINED", run_id, VOTER, {"kind": "bench", "name": VOTER, "votes": True}
+            )
+            client.submit(lambda b, e=joined, t=topic: b.append(t, [encode(e)])).result(30)
+            clock = StepClock()
+            landed: list[float] = []
+            voter = threading.Thread(
+                target=_vote,
+                args=(client, run_id, clock, rng.uniform(0.0, 0.05), landed),
+                daemon=True,
+            )
+            voter.start()
+            fw.stop_trial(loader, url, run_id, clock)
+            voter.join(60)
+            ends = clock.ends
+            latencies.append(ends[-1] - landed[0])
+            steps_after.append(sum(1 for end in ends if end > landed[0]))
+            step_times += [b - a for a, b in itertools.pairwise(ends[5:])]
+    finally:
+        client.close()
+    step = statistics.median(step_times)
+    p50, p99 = _percentile(latencies, 0.5), _percentile(latencies, 0.99)
+    target = step + 0.05
+    print(
+        f"  stop latency, {bus}: p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms over "
+        f"{args.trials} trials (step {step * 1e3:.2f} ms; target p99 <= {target * 1e3:.2f} ms: "
+        f"{'met' if p99 <= target else 'MISSED'}); steps begun after the vote: max "
+        f"{max(steps_after)}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=20, help="turns per contender")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per turn")
+    parser.add_argument("--trials", type=int, default=40, help="stop trials per bus")
+    parser.add_argument(
+        "--frameworks", default=",".join(fw.name for fw in FRAMEWORKS), help="which to measure"
+    )
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)  # the frameworks' and the bridge's info lines
+    torch.set_num_threads(1)
+    chosen = set(args.frameworks.split(","))
+
+    server = RedisServer().start()
+    try:
+        buses = {"memory": f"memory://bench-{new_id()}", "redis": server.url}
+        loader = digits_loader()
+        for fw in FRAMEWORKS:
+            if fw.name not in chosen:
+                continue
+            if importlib.util.find_spec(fw.module) is None:
+                print(f"{fw.name}: skipped, not installed (pip install -e '.[{fw.extra}]')")
+                continue
+            try:
+                overhead(fw, loader, buses, args)
+                for bus, url in buses.items():
+                    stop_latency(fw, loader, bus, url, args)
+            except NotImplementedError as exc:
+                print(f"{fw.name}: skipped, {exc}")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
