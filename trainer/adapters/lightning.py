@@ -281,13 +281,9 @@ class BusCallback(Callback):
             return
         self._hold_program_stop(trainer)
         self._epoch_iteration = batch_idx + 1
-        decision = bridge.step_completed(
-            TRAIN,
-            outputs=outputs,
-            epoch=trainer.current_epoch,
-            iteration=_batches(trainer),
-            epoch_iteration=batch_idx + 1,
-        )
+        # The epoch and the step within it count on from epoch_started; the iteration is
+        # Lightning's own count, which a resumed fit continues.
+        decision = bridge.step_completed(TRAIN, outputs=outputs, iteration=_batches(trainer))
         if decision.stop or decision.checkpoint:
             self._apply(trainer, decision, epoch_end=False)
 
