@@ -185,7 +185,7 @@ def test_a_signed_terminate_stops_within_one_step_and_a_forged_one_is_ignored(
     stack: Stack,
 ) -> None:
     run = program(
-        stack, "lt-stop", "--epochs", "4", "--step-delay", "0.05", TRAINER_BUS_SECRET=SECRET
+        stack, "lt-stop", "--epochs", "4", "--step-delay", "0.1", TRAINER_BUS_SECRET=SECRET
     )
     trained = lambda: steps(stack.events("lt-stop"))  # noqa: E731
     eventually(lambda: len(trained()) >= 3, HANG_GUARD, "the run's first steps")
@@ -212,6 +212,8 @@ def test_a_signed_terminate_stops_within_one_step_and_a_forged_one_is_ignored(
         "enough",
     )
     assert "status terminated by ops:alice" in out
+    assert "from 'mallory' ignored: bad signature" in out  # each ignored one is logged
+    assert "from 'mallory' ignored: unsigned" in out
     # Within one step: the step under way when the TERMINATE landed ends, no other starts.
     # (An envelope's `ts` is the trainer's clock at the step's end, the entry id the server's:
     # one machine's clock.)
@@ -259,7 +261,7 @@ def test_a_checkpoint_request_is_saved_by_lightning_and_filed_by_the_checkpoint_
     directory = stack.cwd / "checkpoints"
     worker = stack.worker("checkpoint", "lt-ckpt", "--n-saved", "all")
     run = program(
-        stack, "lt-ckpt", "--epochs", "2", "--step-delay", "0.03", "--checkpoint-dir", directory
+        stack, "lt-ckpt", "--epochs", "2", "--step-delay", "0.05", "--checkpoint-dir", directory
     )
     eventually(lambda: len(steps(stack.events("lt-ckpt"))) >= 5, HANG_GUARD, "five steps")
     landed_after = steps(stack.events("lt-ckpt"))[-1].iteration
