@@ -307,3 +307,77 @@ def test_an_exception_in_the_program_is_published_and_fails_the_run(stack: Stack
         "RuntimeError: the program failed at step 3",
     )
     assert len(steps(events)) == 3
+
+
+# ---- the metric names and states, in process (torchmetrics is the reference) ------------------
+
+
+def test_each_logged_value_goes_to_the_split_its_prefix_or_its_loop_names() -> None:
+    from trainer.adapters.lightning_metrics import epoch_metrics
+
+    logged = {
+        "train_loss": 2.0,  # the last step's, beside its epoch value below
+        "train_loss_step": 2.0,
+        "train_loss_epoch": 1.5,
+        "training/acc": 0.75,
+        "trainer_steps": 3,  # "trainer" is no prefix: an unprefixed name
+        "val_loss": 0.5,
+        "validation.f1": 0.25,
+        "valid-top5": 0.875,
+        "lr": 0.01,
+        "val_acc_step": 0.5,
+    }
+    assert epoch_metrics(logged, "train") == {
+        "loss": 1.5,
+        "acc": 0.75,
+        "trainer_steps": 3.0,
+        "lr": 0.01,
+    }
+    assert epoch_metrics(logged, "val") == {"loss": 0.5, "f1": 0.25, "top5": 0.875}
+    # An unprefixed value logged by the validation loop is the val split's.
+    assert "lr" in epoch_metrics(logged, "val", logged_by_val={"lr"})
+    assert "lr" not in epoch_metrics(logged, "train", logged_by_val={"lr"})
+
+
+def _torchmetrics_cases() -> list:
+    import torchmetrics
+
+    gen = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(90, 10, generator=gen), torch.randint(0, 10, (90,), generator=gen)
+    probs, bits = torch.rand(90, generator=gen), torch.randint(0, 2, (90,), generator=gen)
+    preds, targets = torch.randn(90, generator=gen), torch.randn(90, generator=gen)
+    c = torchmetrics.classification
+    return [
+        (lambda: c.MulticlassAccuracy(10, average="micro"), (logits, labels)),
+        (lambda: torchmetrics.Accuracy(task="multiclass", num_classes=10), (logits, labels)),
+        (lambda: c.BinaryAccuracy(), (probs, bits)),
+        (lambda: torchmetrics.MeanSquaredError(), (preds, targets)),
+        (lambda: torchmetrics.MeanAbsoluteError(), (preds, targets)),
+        (lambda: torchmetrics.MeanMetric(), (preds.abs(),)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_a_torchmetrics_state_merges_to_torchmetrics_own_value(case: int) -> None:
+    from trainer.adapters.lightning_metrics import torchmetric_state
+    from trainer.metrics.registry import metric_from_message
+
+    make, data = _torchmetrics_cases()[case]
+    whole, first, second = make(), make(), make()
+    whole.update(*data)
+    first.update(*(d[:40] for d in data))  # two ranks' shares of the data
+    second.update(*(d[40:] for d in data))
+    ours = metric_from_message(torchmetric_state(first))
+    ours.merge(metric_from_message(torchmetric_state(second)).state_dict())
+    assert ours.compute() == pytest.approx(float(whole.compute()), rel=1e-6)
+
+
+def test_a_torchmetric_without_a_counterpart_travels_as_a_value_only() -> None:
+    import torchmetrics
+
+    from trainer.adapters.lightning_metrics import torchmetric_state
+
+    macro = torchmetrics.classification.MulticlassAccuracy(10)  # average="macro"
+    rmse = torchmetrics.MeanSquaredError(squared=False)
+    f1 = torchmetrics.classification.MulticlassF1Score(10)
+    assert [torchmetric_state(m) for m in (macro, rmse, f1)] == [None, None, None]
