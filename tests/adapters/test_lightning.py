@@ -175,10 +175,13 @@ def test_the_early_stop_worker_stops_a_lightning_run_at_its_patience_epoch(stack
     # ... and the web view serves the run from it.
     server = WebServer(WebOptions(stack.url, runs_dir=store)).start()
     try:
+        assert httpx.get(f"{server.url}/runs/lt-es", timeout=30).status_code == 200
         page = httpx.get(f"{server.url}/api/runs/lt-es", timeout=30).json()
     finally:
         server.stop()
     assert page["status"] == "terminated", page
+    curve = page["series"]["val"]["accuracy"]  # [epoch from 1, value] per epoch
+    assert curve == [[epoch + 1, pytest.approx(val[epoch]["accuracy"])] for epoch in sorted(val)]
 
 
 def test_a_signed_terminate_stops_within_one_step_and_a_forged_one_is_ignored(
