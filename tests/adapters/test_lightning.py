@@ -232,6 +232,7 @@ def test_a_signed_terminate_stops_within_one_step_and_a_forged_one_is_ignored(
 def test_ddp_a_stop_on_one_rank_stops_both_ranks_at_the_same_step(stack: Stack) -> None:
     # Rank 1's program alone sets should_stop after step 7: without the agreement rank 0 would
     # train on and wait in DDP's all-reduce for a rank that has left. Agreement every 5 steps.
+    metrics = stack.worker("metrics", "lt-ddp")
     out = program(
         stack,
         "lt-ddp",
@@ -256,6 +257,19 @@ def test_ddp_a_stop_on_one_rank_stops_both_ranks_at_the_same_step(stack: Stack) 
         assert end.data["reason"] == "terminated by the program on rank 1"
     started = stack.events("lt-ddp", "RUN_STARTED")
     assert sorted((e.data["rank"], e.data["world_size"]) for e in started) == [(0, 2), (1, 2)]
+
+    # Lightning validates before it stops. Each rank published its own share's accuracy state;
+    # the metrics worker's merge of them is what torchmetrics computed over both shares (its own
+    # sync across the ranks, which each rank published as its value).
+    metrics.succeeded(HANG_GUARD)
+    val = [e for e in stack.events("lt-ddp", "EPOCH_COMPLETED") if e.data["split"] == "val"]
+    assert sorted(e.source for e in val) == ["trainer:0", "trainer:1"]
+    synced = {e.data["metrics"]["accuracy"] for e in val}
+    assert len(synced) == 1
+    merged = [e.data for e in stack.events("lt-ddp", "METRICS") if e.data["split"] == "val"]
+    assert [(m["ranks"], m["values"]["accuracy"]) for m in merged] == [
+        ([0, 1], pytest.approx(synced.pop()))
+    ]
 
 
 def test_a_checkpoint_request_is_saved_by_lightning_and_filed_by_the_checkpoint_worker(
