@@ -195,6 +195,9 @@ class BusCallback(Callback):
             "module": type(pl_module).__name__,
             **self.config,
         }
+        if trainer.max_epochs and trainer.max_epochs > 0 and "train" not in self.config:
+            # Where `trainer monitor` and `trainer web` read the planned epochs (progress, ETA).
+            config["train"] = {"epochs": trainer.max_epochs}
         self._ranks = trainer.world_size
         bridge = LoopBridge(
             self.bus,
