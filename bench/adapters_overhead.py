@@ -1,8 +1,9 @@
 """What the framework adapters cost each framework's own loop, and how fast a vote stops it.
 
 For each framework (Ignite, Lightning, Hugging Face; one not installed is skipped with a line
-saying so) its own loop trains the digits MLP of bench/digits_overhead.py (64-128-10, batch 64,
-Adam, one thread):
+saying so), and first for this project's own Engine with the bridge's BusRun (`engine`: the
+code every adapter reuses, so its cost is the reference), its own loop trains the digits MLP
+of bench/digits_overhead.py (64-128-10, batch 64, Adam, one thread):
 
 1. overhead: without the adapter, with it on the in-memory bus, and with it on a private
    redis-server (tests/redis_server.py), taking turns so machine noise hits them alike. Prints
@@ -150,6 +151,50 @@ def ignite_stop_trial(loader: DataLoader, bus_url: str, run_id: str, clock: Step
     assert handle.end is not None and handle.end.voter == VOTER, handle.end
 
 
+# ---- the reference: this project's own Engine with and without BusRun -----------------------
+
+
+def engine_plain(loader: DataLoader, epochs: int, window: Window) -> None:
+    """This project's Engine over the same step, with Loss and Accuracy, no bus."""
+    _our_engine(window).run(loader, max_epochs=epochs)
+
+
+def engine_adapted(loader: DataLoader, epochs: int, bus_url: str, window: Window) -> None:
+    """The same with the bridge's BusRun publishing to `bus_url`: what the adapters reuse."""
+    from trainer.bridge import BusRun
+
+    engine = _our_engine(window)
+    run = BusRun(bus_url, new_id())
+    run.attach(engine)
+    with run:
+        engine.run(loader, max_epochs=epochs)
+
+
+def _our_engine(window: Window) -> Any:
+    from trainer import Engine, Events
+    from trainer.metrics import Accuracy, Loss
+
+    engine = Engine(Job(seed=0).step)
+    engine.add_metric(Loss(), "loss")
+    engine.add_metric(Accuracy(), "accuracy")
+    engine.add_event_handler(Events.EPOCH_STARTED(once=1), window.open)
+    engine.add_event_handler(Events.COMPLETED, window.close, priority=float("inf"))
+    return engine
+
+
+def engine_stop_trial(loader: DataLoader, bus_url: str, run_id: str, clock: StepClock) -> None:
+    """This Engine with BusRun on run `run_id`, `clock.step()` after every step."""
+    from trainer import Engine, Events
+    from trainer.bridge import BusRun
+
+    engine = Engine(Job(seed=0).step)
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda _: clock.step())
+    run = BusRun(bus_url, run_id)
+    run.attach(engine)
+    with run:
+        engine.run(loader, max_epochs=TRIAL_EPOCHS)
+
+
 # ---- Lightning ------------------------------------------------------------------------------
 
 
@@ -276,6 +321,8 @@ class Framework:
 
 
 FRAMEWORKS = [
+    # Not a framework: the bridge on our own Engine, what each adapter's cost compares with.
+    Framework("engine", "trainer", "test", engine_plain, engine_adapted, engine_stop_trial),
     Framework("ignite", "ignite", "ignite", ignite_plain, ignite_adapted, ignite_stop_trial),
     Framework(
         "lightning",

@@ -6,6 +6,8 @@ One invocation, figures side by side:
    and Accuracy tracked) three ways: a plain PyTorch loop; the Engine attached to a run on the
    in-memory bus with the workers as asyncio tasks (the embedded default); the Engine
    publishing to a private redis-server with every worker a separate `trainer worker` process.
+   Two more turns split the stacks' cost: the Engine alone (no bus), and the Engine on the
+   in-memory bus with no workers (every iteration published, nobody reading).
    Seconds per epoch and each ratio to plain (target <= 1.05 in memory; <= 1.15 on Redis,
    where the four worker processes and the server share the machine's other core), and the
    CPU seconds per epoch of the training thread, the other threads, each worker process and
@@ -98,6 +100,35 @@ def plain(loader: DataLoader, epochs: int) -> Turn:
     cpu = time.thread_time()
     wall = plain_loop(loader, epochs)
     return Turn(wall, {"training thread": time.thread_time() - cpu})
+
+
+def engine_alone(loader: DataLoader, epochs: int) -> Turn:
+    """The Engine with its metrics and no bus: the part of the stack's cost that is the Engine's."""
+    engine = engine_with_metrics(Job(seed=0))
+    thread = time.thread_time()
+    start = time.perf_counter()
+    engine.run(loader, max_epochs=epochs)
+    return Turn(time.perf_counter() - start, {"training thread": time.thread_time() - thread})
+
+
+def bus_alone(loader: DataLoader, epochs: int, publish_every: int = 1) -> Turn:
+    """The Engine on a run of the in-memory bus with no workers: what publishing alone costs."""
+    engine = engine_with_metrics(Job(seed=0))
+    run_id = f"bench-{new_id()}"
+    run = BusRun(f"memory://{run_id}", run_id, config=RUN_CONFIG, publish_every=publish_every)
+    run.attach(engine, "train")
+    try:
+        run.start()
+        cpu, thread = time.process_time(), time.thread_time()
+        start = time.perf_counter()
+        engine.run(loader, max_epochs=epochs)
+        seconds = time.perf_counter() - start
+        thread = time.thread_time() - thread
+        cpu = time.process_time() - cpu
+        run.finish()
+    finally:
+        run.close()
+    return Turn(seconds, {"training thread": thread, "publisher thread": cpu - thread})
 
 
 def embedded(loader: DataLoader, epochs: int, publish_every: int = 1) -> Turn:
@@ -214,10 +245,18 @@ def overhead(
     pid = server.proc.pid
     contenders = {
         "plain loop": plain,
+        "Engine alone": engine_alone,
+        "in-memory bus": lambda data, n: bus_alone(data, n, every),
         "in-memory stack": lambda data, n: embedded(data, n, every),
         "Redis stack": lambda data, n: on_redis(server.url, pid, data, n, every),
     }
-    chosen = {"p": "plain loop", "m": "in-memory stack", "r": "Redis stack"}
+    chosen = {
+        "p": "plain loop",
+        "e": "Engine alone",
+        "b": "in-memory bus",
+        "m": "in-memory stack",
+        "r": "Redis stack",
+    }
     contenders = {n: c for n, c in contenders.items() if any(chosen[w] == n for w in which)}
     for run in contenders.values():  # warm-up: imports, connections, caches
         run(loader, 1)
@@ -233,7 +272,15 @@ def overhead(
     for name, got in turns.items():
         wall = statistics.median(t.wall for t in got) / epochs
         print(f"   {name:16s} {wall * 1e3:8.2f} ms/epoch (median)")
-    for name in ("in-memory stack", "Redis stack"):
+    # The Engine alone and the bus without workers are no targets of their own: they say how
+    # much of the stacks' cost is the Engine's and how much publishing every iteration's.
+    targets = {
+        "Engine alone": None,
+        "in-memory bus": None,
+        "in-memory stack": 1.05,
+        "Redis stack": 1.15,
+    }
+    for name, target in targets.items():
         if name not in turns or "plain loop" not in turns:
             continue
         pairs = list(zip(turns[name], turns["plain loop"], strict=True))
@@ -242,10 +289,9 @@ def overhead(
             a.cpu["training thread"] / b.cpu["training thread"] for a, b in pairs
         )
         spread = sorted(a.wall / b.wall for a, b in pairs)
-        target = {"in-memory stack": 1.05, "Redis stack": 1.15}[name]
         print(
             f"   {name}/plain = {ratio:.3f} (turns {spread[0]:.3f}-{spread[-1]:.3f}; training "
-            f"thread CPU {cpu:.3f} x plain's)  (target <= {target})"
+            f"thread CPU {cpu:.3f} x plain's)" + (f"  (target <= {target})" if target else "")
         )
     print("   CPU seconds per epoch (median over the turns):")
     for name, got in turns.items():
@@ -446,7 +492,10 @@ def main() -> None:
     parser.add_argument("--stops", type=int, default=25, help="runs stopped by a vote (part 2)")
     parser.add_argument("--parts", default="1234", help="which parts to run, e.g. 13")
     parser.add_argument(
-        "--stacks", default="pmr", help="part 1's contenders: p(lain), m(emory), r(edis)"
+        "--stacks",
+        default="pebmr",
+        help="part 1's contenders: p(lain), e(ngine alone), b(us alone, in memory), m(emory "
+        "stack), r(edis stack)",
     )
     parser.add_argument(
         "--publish-every", type=int, default=1, help="bus.publish_every of the stacks (part 1)"

@@ -109,6 +109,8 @@ class Engine:
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.state = State()
         self.should_terminate = False
+        # Why the last terminate() was called, when its caller said (RUN_FINISHED's reason).
+        self.stop_reason: str | None = None
         self.should_terminate_single_epoch = False
         self._stop_requested = False
         self._allowed_events: set[EventEnum] = set(Events)
@@ -367,9 +369,13 @@ class Engine:
 
     # ----------------------------------------------------------------------------- control
 
-    def terminate(self) -> None:
-        """Stop the run at the next event boundary; TERMINATE then COMPLETED fire."""
+    def terminate(self, reason: str | None = None) -> None:
+        """Stop the run at the next event boundary; TERMINATE then COMPLETED fire.
+
+        `reason` says why, for people: a run on the bus reports it in RUN_FINISHED.
+        """
         self.should_terminate = True
+        self.stop_reason = reason
         self._stop_requested = True
 
     def terminate_epoch(self) -> None:
@@ -385,6 +391,7 @@ class Engine:
         """
         pending = self.should_terminate
         self.should_terminate = False
+        self.stop_reason = None
         # The loops break out on this flag, which terminate_epoch() sets too.
         self._stop_requested = self.should_terminate_single_epoch
         return pending
@@ -574,6 +581,7 @@ class Engine:
         s = self.state
         self._running = True
         self.should_terminate = self.should_terminate_single_epoch = False
+        self.stop_reason = None
         self._stop_requested = False
         self._fired.clear()
         started_at = perf_counter()

@@ -20,6 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 import torchmetrics
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--stop-rank", type=int, default=None)
     parser.add_argument("--stop-step", type=int, default=None)
     parser.add_argument("--fail-step", type=int, default=-1)
+    parser.add_argument("--pl-patience", type=int, default=None, help="Lightning's EarlyStopping")
     parser.add_argument("--root", default=".")
     parser.add_argument("--checkpoint-dir", default=None)
     args = parser.parse_args()
@@ -104,6 +106,10 @@ def main() -> None:
         config={"early_stopping": {"metric": "accuracy", "split": "val", "mode": "max"}},
     )
     callbacks: list[Any] = [bus_callback]
+    if args.pl_patience is not None:
+        callbacks.append(
+            EarlyStopping("val_accuracy", min_delta=0.01, patience=args.pl_patience, mode="max")
+        )
     if args.stop_rank is not None:
         callbacks.insert(0, StopOnOneRank(args.stop_rank, args.stop_step))
     trainer = L.Trainer(

@@ -305,3 +305,18 @@ def test_the_embedded_default_runs_the_workers_into_a_run_directory(
     assert run_dir.name.startswith("mlp-") and bridge.run_id == run_dir.name
     rows = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert len([r for r in rows if '"val/accuracy"' in r]) == 2
+
+
+def test_a_stop_the_framework_made_itself_is_the_programs_with_its_reason(
+    bus_url: str, client: BusClient, run_id: str
+) -> None:
+    bridge = LoopBridge(bus_url, run_id)
+    bridge.start()
+    bridge.epoch_started("train", 0, max_epochs=5)
+    bridge.step_completed(outputs=1.0)
+    bridge.split_completed("train", terminated=True, reason="its own early stopping")
+    end = bridge.finish()
+
+    assert (end.status, end.reason, end.by) == ("terminated", "its own early stopping", None)
+    events = check_every_message(client, run_id)
+    assert types(events)[-3:] == ["TERMINATE", "COMPLETED", "RUN_FINISHED"]

@@ -229,6 +229,23 @@ def test_a_signed_terminate_stops_within_one_step_and_a_forged_one_is_ignored(
     assert [e.data["split"] for e in events if e.type == "TERMINATE"] == ["train"]
 
 
+def test_a_stop_by_lightnings_own_early_stopping_is_the_programs_with_its_message(
+    stack: Stack,
+) -> None:
+    program(stack, "lt-pl-es", "--epochs", "12", "--pl-patience", "2").succeeded(HANG_GUARD)
+    events = check_all(stack, "lt-pl-es")
+    finished = stack.finished("lt-pl-es").data
+    assert (finished["status"], finished["by"]) == ("terminated", None), finished
+    assert finished["reason"].startswith(
+        "Lightning's EarlyStopping: Monitored metric val_accuracy did not improve in the last 2"
+    ), finished
+    # Lightning stopped at an epoch's end: that epoch is complete on the bus, for both splits.
+    last = finished["epochs"] - 1
+    assert last < 11
+    assert sorted(split_epochs(events, "train")) == sorted(split_epochs(events, "val"))
+    assert max(split_epochs(events, "train")) == last
+
+
 def test_ddp_a_stop_on_one_rank_stops_both_ranks_at_the_same_step(stack: Stack) -> None:
     # Rank 1's program alone sets should_stop after step 7: without the agreement rank 0 would
     # train on and wait in DDP's all-reduce for a rank that has left. Agreement every 5 steps.

@@ -10,6 +10,7 @@ import torch
 from bus.messages import EVENTS, check_data
 from trainer import Engine, EventEnum, Events
 from trainer.bridge import BusRun
+from trainer.handlers import EarlyStopping, TerminateOnNan
 from trainer.metrics import Average
 
 from ._bus import TOPICS, BusClient, types
@@ -177,6 +178,37 @@ def test_a_stop_by_the_program_publishes_the_open_window_then_terminate(
         0,
         5,
     )
+
+
+def test_the_reason_a_handler_gives_its_terminate_is_run_finished_s_reason(
+    bus_url: str, client: BusClient, run_id: str
+) -> None:
+    def step(engine: Engine, batch: int) -> float:
+        return float("nan") if engine.state.iteration == 4 else 1.0
+
+    trainer = Engine(step)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan())
+    run = BusRun(bus_url, run_id)
+    run.attach(trainer)
+    with run:
+        trainer.run(range(7), max_epochs=3)
+
+    finished = client.read(TOPICS.events(run_id))[-1]
+    assert finished.type == "RUN_FINISHED"
+    assert (finished.data["status"], finished.data["by"]) == ("terminated", None)
+    assert finished.data["reason"] == "the output of iteration 4 is NaN or inf"
+
+
+def test_early_stopping_says_why_it_stopped() -> None:
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.1])
+    trainer = Engine(lambda engine, batch: 0.0)
+    handler = EarlyStopping(2, lambda engine: next(scores), trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, handler)
+    trainer.run([0], max_epochs=10)
+    # Best 0.7 in the second epoch; the third and fourth bring no improvement: patience 2 runs
+    # out in the fourth, whose (0-based) index is 3.
+    assert trainer.state.epoch == 3
+    assert trainer.stop_reason == "EarlyStopping: no improvement in 2 evaluations (best score 0.7)"
 
 
 class Steps(EventEnum):

@@ -367,13 +367,18 @@ class LoopBridge:
             return self._standing
         return self._decide()
 
-    def split_completed(self, split: str = PRIMARY_SPLIT, *, terminated: bool = False) -> None:
+    def split_completed(
+        self, split: str = PRIMARY_SPLIT, *, terminated: bool = False, reason: str | None = None
+    ) -> None:
         """COMPLETED of `split`, after TERMINATE when it stopped early (`terminated`, or a stop
-        from the bus); an epoch left open gets no EPOCH_COMPLETED, as with our Engine."""
+        from the bus); an epoch left open gets no EPOCH_COMPLETED, as with our Engine. `reason`:
+        why the framework stopped on its own (RUN_FINISHED's reason for the primary)."""
         part = self._split(split)
         if not part.started:
             return
         part.started = part.in_epoch = part.in_step = False
+        if terminated and reason and not part.engine.should_terminate:
+            part.engine.stop_reason = reason  # the program's stop, with its reason
         if terminated or part.engine.should_terminate:
             part.engine.fire(Events.TERMINATE)
         part.engine.fire(Events.COMPLETED)

@@ -61,6 +61,7 @@ class DrivenEngine(Engine):
         self._epochs_completed = 0
         self._fired.clear()
         self.should_terminate = self.should_terminate_single_epoch = False
+        self.stop_reason = None
         self._stop_requested = False
         return self.state
 

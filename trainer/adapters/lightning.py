@@ -40,7 +40,7 @@ _pl = require(
 )
 
 from lightning.pytorch import Callback  # noqa: E402
-from lightning.pytorch.callbacks import Checkpoint  # noqa: E402
+from lightning.pytorch.callbacks import Checkpoint, EarlyStopping  # noqa: E402
 from lightning.pytorch.plugins.io import CheckpointIO  # noqa: E402
 
 from trainer.adapters import lightning_metrics as lm  # noqa: E402
@@ -228,7 +228,7 @@ class BusCallback(Callback):
             return
         if trainer.should_stop and not self._stopping:
             # Lightning's own EarlyStopping (or the program) ended it, on every rank alike.
-            bridge.engine(TRAIN).terminate()
+            bridge.engine(TRAIN).terminate(_program_reason(trainer))
         self.end = bridge.finish()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
@@ -364,7 +364,7 @@ class BusCallback(Callback):
         if not trainer.should_stop or self._stopping:
             return
         assert self.bridge is not None
-        self.bridge.engine(TRAIN).terminate()
+        self.bridge.engine(TRAIN).terminate(_program_reason(trainer))
         if self._ranks > 1:
             trainer.should_stop = False
 
@@ -412,6 +412,15 @@ class BusCallback(Callback):
         last = self._epoch_length
         at_epoch_end = last is not None and self._epoch_iteration == last
         bridge.checkpoint_ready(file, reason=self._save_reason, epoch_end=at_epoch_end)
+
+
+def _program_reason(trainer: Any) -> str:
+    """Why the program set should_stop, as far as Lightning says (its EarlyStopping does)."""
+    for callback in trainer.callbacks:
+        message = getattr(callback, "stopping_reason_message", None)
+        if isinstance(callback, EarlyStopping) and message:
+            return f"Lightning's EarlyStopping: {message}"
+    return "trainer.should_stop set by the program"
 
 
 def _batches(trainer: Any) -> int:

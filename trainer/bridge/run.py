@@ -531,7 +531,9 @@ class BusRun:
         if self._boundaries.terminated:
             cause = self._boundaries.stop_cause
             if cause is None:
-                return RunEnd("terminated", "terminated by the program", None, epochs, iteration)
+                said = primary.stop_reason if primary is not None else None
+                reason = said or "terminated by the program"
+                return RunEnd("terminated", reason, None, epochs, iteration)
             return RunEnd("terminated", cause.reason, cause.by, epochs, iteration, cause.voter)
         return RunEnd("completed", "completed", None, epochs, iteration)
 

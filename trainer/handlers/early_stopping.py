@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,6 +39,8 @@ class EarlyStopping:
         self.rule = Patience(patience, min_delta, cumulative_delta, mode)
         self.score_function = score_function
         self.trainer = trainer
+        # Our Engine takes the reason (RUN_FINISHED reports it); another trainer may not.
+        self._says_why = "reason" in inspect.signature(trainer.terminate).parameters
 
     @property
     def counter(self) -> int:
@@ -56,7 +59,14 @@ class EarlyStopping:
             logger.info(
                 "EarlyStopping: no improvement in %d evaluations, stopping", self.rule.counter
             )
-            self.trainer.terminate()
+            best = self.rule.best_score
+            reason = f"EarlyStopping: no improvement in {self.rule.counter} evaluations" + (
+                "" if best is None else f" (best score {best:g})"
+            )
+            if self._says_why:
+                self.trainer.terminate(reason)
+            else:
+                self.trainer.terminate()
 
     def reset(self) -> None:
         """Forget all scores seen so far."""

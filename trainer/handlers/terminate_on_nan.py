@@ -56,4 +56,4 @@ class TerminateOnNan:
                 "TerminateOnNan: output of iteration %d contains NaN or inf; stopping",
                 engine.state.iteration,
             )
-            engine.terminate()
+            engine.terminate(f"the output of iteration {engine.state.iteration} is NaN or inf")
