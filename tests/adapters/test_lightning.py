@@ -232,12 +232,12 @@ def test_a_signed_terminate_stops_within_one_step_and_a_forged_one_is_ignored(
 def test_a_stop_by_lightnings_own_early_stopping_is_the_programs_with_its_message(
     stack: Stack,
 ) -> None:
-    program(stack, "lt-pl-es", "--epochs", "12", "--pl-patience", "2").succeeded(HANG_GUARD)
+    program(stack, "lt-pl-es", "--epochs", "12", "--pl-patience", "1").succeeded(HANG_GUARD)
     events = check_all(stack, "lt-pl-es")
     finished = stack.finished("lt-pl-es").data
     assert (finished["status"], finished["by"]) == ("terminated", None), finished
     assert finished["reason"].startswith(
-        "Lightning's EarlyStopping: Monitored metric val_accuracy did not improve in the last 2"
+        "Lightning's EarlyStopping: Monitored metric val_accuracy did not improve in the last 1"
     ), finished
     # Lightning stopped at an epoch's end: that epoch is complete on the bus, for both splits.
     last = finished["epochs"] - 1
