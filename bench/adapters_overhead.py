@@ -196,24 +196,97 @@ def engine_stop_trial(loader: DataLoader, bus_url: str, run_id: str, clock: Step
         engine.run(loader, max_epochs=TRIAL_EPOCHS)
 
 
-# ---- Lightning (filled by the lightning adapter's author) ----------------------------------
+# ---- Lightning ------------------------------------------------------------------------------
+
+
+def _lightning_fit(
+    loader: DataLoader, epochs: int, callbacks: list[Any], bus_callback: Any = None
+) -> Any:
+    """Trainer.fit of the digits MLP (the Job's model and Adam), the epoch's mean loss and
+    accuracy logged as Lightning users log them (a torchmetrics Accuracy); no validation."""
+    import lightning as L
+    import torchmetrics
+
+    job = Job(seed=0)
+
+    class DigitsMLP(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = job.model
+            self.accuracy = torchmetrics.Accuracy(task="multiclass", num_classes=10)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            x, y = batch
+            y_pred = self.model(x)
+            loss = job.loss_fn(y_pred, y)
+            self.accuracy(y_pred, y)
+            self.log("train_loss", loss, on_step=False, on_epoch=True)
+            self.log("train_accuracy", self.accuracy, on_step=False, on_epoch=True)
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            return job.optimizer
+
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[*callbacks, *([bus_callback] if bus_callback is not None else [])],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(DigitsMLP(), loader)
+    return trainer
+
+
+def _lightning_window(window: Window) -> Any:
+    """A callback opening `window` at the first epoch's start and closing it at the training's
+    end (on_train_end: before the BusCallback's on_fit_end, where the run finishes)."""
+    import lightning as L
+
+    class Timed(L.Callback):
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            if trainer.current_epoch == 0:
+                window.open()
+
+        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+            window.close()
+
+    return Timed()
 
 
 def lightning_plain(loader: DataLoader, epochs: int, window: Window) -> None:
     """Lightning's own loop (Trainer.fit on the digits MLP), no adapter; `window.open()` at the
     first epoch's start, `window.close()` at the fit's end (before the adapter's)."""
-    raise NotImplementedError("the Lightning part of this benchmark is not written yet")
+    _lightning_fit(loader, epochs, [_lightning_window(window)])
 
 
 def lightning_adapted(loader: DataLoader, epochs: int, bus_url: str, window: Window) -> None:
     """Lightning's own loop with the BusCallback publishing to `bus_url`."""
-    raise NotImplementedError("the Lightning part of this benchmark is not written yet")
+    from trainer.adapters.lightning import BusCallback
+
+    bus = BusCallback(bus_url, new_id())
+    _lightning_fit(loader, epochs, [_lightning_window(window)], bus)
+    assert bus.end is not None and bus.end.status == "completed", bus.end
 
 
 def lightning_stop_trial(loader: DataLoader, bus_url: str, run_id: str, clock: StepClock) -> None:
     """Lightning's loop with the BusCallback on run `run_id`, `clock.step()` after every step
     (on_train_batch_end), until a vote stops it."""
-    raise NotImplementedError("the Lightning part of this benchmark is not written yet")
+    import lightning as L
+
+    from trainer.adapters.lightning import BusCallback
+
+    class Steps(L.Callback):
+        def on_train_batch_end(self, *args: Any) -> None:
+            clock.step()
+
+    bus = BusCallback(bus_url, run_id)
+    _lightning_fit(loader, TRIAL_EPOCHS, [Steps()], bus)
+    assert bus.end is not None and bus.end.voter == VOTER, bus.end
 
 
 # ---- Hugging Face --------------------------------------------------------------------------
