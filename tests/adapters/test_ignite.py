@@ -13,9 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("ignite", reason="the Ignite adapter needs pip install -e '.[ignite]'")
-
 import torch
 from bridge._bus import TOPICS, BusClient, control, wait_until
 from ignite.engine import Engine, Events
