@@ -379,9 +379,9 @@ def hf_plain(loader: DataLoader, epochs: int, window: Window) -> None:
 
 def hf_adapted(loader: DataLoader, epochs: int, bus_url: str, window: Window) -> None:
     """The Hugging Face Trainer's loop with the bus TrainerCallback publishing to `bus_url`."""
-    from trainer.adapters.hf import BusCallback
+    from trainer.adapters.hf import BusTrainerCallback
 
-    bus = BusCallback(bus_url, new_id())
+    bus = BusTrainerCallback(bus_url, new_id())
     _hf_trainer(loader, epochs, [_hf_window(window), bus]).train()
     assert bus.end is not None and bus.end.status == "completed", bus.end
 
@@ -389,10 +389,10 @@ def hf_adapted(loader: DataLoader, epochs: int, bus_url: str, window: Window) ->
 def hf_stop_trial(loader: DataLoader, bus_url: str, run_id: str, clock: StepClock) -> None:
     """The Hugging Face Trainer with the bus callback on run `run_id`, `clock.step()` after
     every step (on_step_end), until a vote stops it."""
-    from trainer.adapters.hf import BusCallback
+    from trainer.adapters.hf import BusTrainerCallback
 
     # No checkpoint at the stop: the latency is to the last step's end, the save comes after.
-    bus = BusCallback(bus_url, run_id, save_on_stop=False)
+    bus = BusTrainerCallback(bus_url, run_id, save_on_stop=False)
     clock_cb = _hf_callback(on_step_end=lambda state: clock.step())
     _hf_trainer(loader, TRIAL_EPOCHS, [bus, clock_cb]).train()
     assert bus.end is not None and bus.end.voter == VOTER, bus.end

@@ -1,4 +1,4 @@
-"""A Hugging Face Trainer run with BusCallback, as a user's script: `python hf_program.py JSON`.
+"""A user's script training with HF's Trainer and BusTrainerCallback: `python hf_program.py JSON`.
 
 The model is built from a config object (nothing is downloaded): a small MLP as a
 `PreTrainedModel` with its own `PretrainedConfig`, on scikit-learn's digits. Run alone or under
@@ -31,7 +31,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from trainer.adapters.hf import BusCallback
+from trainer.adapters.hf import BusTrainerCallback
 
 GATE_TIMEOUT = 60.0  # a hang guard: the test sends the stop long before
 
@@ -85,7 +85,7 @@ def accuracy(prediction: Any) -> dict[str, float]:
 class Pace(TrainerCallback):
     """Slow each step down (a test steering the run must see it under way), and the gate."""
 
-    def __init__(self, spec: dict[str, Any], bus: BusCallback, rank: int) -> None:
+    def __init__(self, spec: dict[str, Any], bus: BusTrainerCallback, rank: int) -> None:
         self.delay = float(spec.get("step_delay", 0.0))
         gate = spec.get("gate") or {}
         self.gate_step = gate.get("step") if gate.get("rank", 0) == rank else None
@@ -126,7 +126,7 @@ def main(spec: dict[str, Any]) -> None:
         ddp_timeout=60,  # a rank left behind fails the collective in a minute, not in 30
         dataloader_num_workers=0,
     )
-    bus = BusCallback(
+    bus = BusTrainerCallback(
         spec.get("bus"),
         spec.get("run_id"),
         config=spec.get("config"),

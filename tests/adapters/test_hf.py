@@ -351,7 +351,7 @@ def test_an_exception_in_training_is_published_and_fails_the_run(tmp_path: Path)
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from adapters.hf_program import DigitsConfig, DigitsMLP, digits
-    from trainer.adapters.hf import BusCallback
+    from trainer.adapters.hf import BusTrainerCallback
 
     class Boom(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -365,7 +365,7 @@ def test_an_exception_in_training_is_published_and_fails_the_run(tmp_path: Path)
         args = TrainingArguments(
             str(tmp_path), use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no"
         )
-        bus = BusCallback(url, run)
+        bus = BusTrainerCallback(url, run)
         model = DigitsMLP(DigitsConfig())
         with pytest.raises(ValueError, match="boom"), bus:
             Trainer(model=model, args=args, train_dataset=train, callbacks=[bus, Boom()]).train()

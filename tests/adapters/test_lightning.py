@@ -271,7 +271,7 @@ def test_ddp_a_stop_on_one_rank_stops_both_ranks_at_the_same_step(stack: Stack) 
     assert sorted(e.source for e in ends) == ["trainer:0", "trainer:1"]
     for end in ends:
         assert (end.data["status"], end.data["iteration"]) == ("terminated", 10), end.data
-        assert end.data["reason"] == "terminated by the program on rank 1"
+        assert end.data["reason"] == "trainer.should_stop set by the program on rank 1"
     started = stack.events("lt-ddp", "RUN_STARTED")
     assert sorted((e.data["rank"], e.data["world_size"]) for e in started) == [(0, 2), (1, 2)]
 

@@ -1,10 +1,10 @@
-"""A Hugging Face `Trainer`'s run on the bus: `BusCallback`, a `transformers.TrainerCallback`.
+"""A Hugging Face `Trainer`'s run on the bus: `BusTrainerCallback`, a `TrainerCallback`.
 
 ```python
-from trainer.adapters.hf import BusCallback
+from trainer.adapters.hf import BusTrainerCallback
 
 trainer = Trainer(model=model, args=args, train_dataset=..., eval_dataset=...,
-                  callbacks=[BusCallback("redis://localhost:6379/0")])
+                  callbacks=[BusTrainerCallback("redis://localhost:6379/0")])
 trainer.train()
 ```
 
@@ -126,7 +126,7 @@ def _model_config(model: Any) -> dict[str, Any]:
     return {"class": type(model).__qualname__} if model is not None else {}
 
 
-class BusCallback(TrainerCallback):
+class BusTrainerCallback(TrainerCallback):
     """Publish a Hugging Face Trainer's runs on a bus and obey the bus's control (see module).
 
     `bus`: a URL (`redis://...`, `memory://NAME`) or None for the embedded default (in-memory bus,
@@ -161,7 +161,9 @@ class BusCallback(TrainerCallback):
         save_on_stop: bool = True,
     ) -> None:
         if config is not None and not isinstance(config, Mapping):
-            raise TypeError(f"BusCallback config must be a mapping, got {type(config).__name__}")
+            raise TypeError(
+                f"BusTrainerCallback config must be a mapping, got {type(config).__name__}"
+            )
         self.bus = bus
         self._run_id = run_id
         self._config = dict(config or {})
@@ -381,7 +383,7 @@ class BusCallback(TrainerCallback):
 
     # ---- a run that HF's hooks do not end --------------------------------------------------------
 
-    def __enter__(self) -> BusCallback:
+    def __enter__(self) -> BusTrainerCallback:
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
