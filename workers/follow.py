@@ -38,8 +38,11 @@ STOP_GRACE = 1.0
 # Seconds the consumer of a kind that sets no `read_linger` lets a run's events gather after
 # a read that found fewer than a batch: it wakes a few times a second, not at every event the
 # trainer publishes, for at most this much delay. A kind a barrier waits for reads without
-# lingering when that matters (`Worker.serves_barrier`).
-READ_LINGER = 0.05
+# lingering when that matters (`Worker.serves_barrier`), so the delay only ever postpones
+# what no one waits for (a vote outside barrier mode lands up to this much later). Each wake
+# of a worker process costs about 0.1-0.5 ms of CPU here whatever it reads: 0.05 s cost a
+# voter on Redis about twice the CPU per epoch of 0.2 s (bench/stack_overhead.py part 1).
+READ_LINGER = 0.2
 
 
 @dataclass(frozen=True)

@@ -57,5 +57,7 @@ async def test_the_tracker_lingers_longer_whatever_the_bus(worker_ctx: RunContex
     for bus in (REDIS, ctx.bus):
         assert read_linger_for(tracker, bus, ctx.config) == TrackingWorker.read_linger
     assert TrackingWorker.read_linger > READ_LINGER
-    # Checkpoint replicas share READYs batch by batch: they keep the default.
-    assert read_linger_for(CheckpointWorker(ctx, {}), REDIS, ctx.config) == READ_LINGER
+    # Checkpoint replicas share READYs read by read: a short linger keeps those reads small.
+    checkpoints = CheckpointWorker(ctx, {})
+    assert read_linger_for(checkpoints, REDIS, ctx.config) == CheckpointWorker.read_linger
+    assert CheckpointWorker.read_linger < READ_LINGER
