@@ -74,20 +74,28 @@ def _consumed_types(worker: Worker) -> frozenset[str] | None:
     return None if handled is None else handled | {RUN_STARTED}
 
 
-def read_linger_for(worker: Worker, bus: Bus, config: Mapping[str, Any]) -> float:
-    """The seconds `worker` lets a run's events gather between reads (see READ_LINGER).
+def read_linger_for(worker: Worker, bus: Bus) -> float:
+    """The seconds `worker` lets its run's events gather between reads (see READ_LINGER).
 
     None of them when a barrier would wait on it (`Worker.serves_barrier`): on a bus that
-    filters types for the reader (only the types it handles wake it), and in a run whose config
-    sets `bus.barrier` (the trainer waits for its report at every epoch's end). Else the kind's
-    `read_linger`, else READ_LINGER.
+    filters types for the reader (only the types it handles wake it), and in a run in barrier
+    mode (RUN_STARTED `barrier`, else the config's `bus.barrier`), where the trainer waits for
+    its report at every epoch's end. Else the kind's `read_linger`, else READ_LINGER.
     """
     if worker.serves_barrier():
         filtered = getattr(bus, "filters_types", False) and worker.handled_types() is not None
-        if filtered or config_value(config, "bus.barrier") is True:
+        if filtered or in_barrier_mode(worker.ctx):
             return 0.0
     linger = type(worker).read_linger
     return READ_LINGER if linger is None else linger
+
+
+def in_barrier_mode(ctx: RunContext) -> bool:
+    """Whether the run's trainer waits for the voters at each epoch's end, as far as known."""
+    said = ctx.started.data.get("barrier") if ctx.started is not None else None
+    if isinstance(said, bool):
+        return said
+    return config_value(ctx.config, "bus.barrier") is True
 
 
 async def first_of(*aws: Awaitable[Any], timeout: float | None = None) -> None:
@@ -175,7 +183,7 @@ class RunFollower:
         elif self.setup.read_linger is not None:
             consumer.linger = self.setup.read_linger
         else:
-            consumer.linger = read_linger_for(self.worker, self.setup.bus, self.ctx.config)
+            consumer.linger = read_linger_for(self.worker, self.setup.bus)
 
     async def _flush(self) -> None:
         self._busy = True
@@ -237,6 +245,7 @@ class RunFollower:
         self.info.observe(env)
         if env.type == RUN_STARTED and self.ctx.started is None:
             self.ctx.learn_started(env)  # spares a replica the registry look-up
+            self._tune_linger()
         self._note_finish()
 
     def _note_finish(self) -> None:
