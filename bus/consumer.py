@@ -10,7 +10,7 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from inspect import isawaitable
 from typing import Any
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # A handler takes the decoded envelope; it may be a plain function or an async one.
 Handler = Callable[[Envelope], Any]
+# Awaited after the handler took a batch, before the batch is acked (see Consumer).
+BatchHook = Callable[[], Awaitable[None]]
 
 
 def default_consumer_name() -> str:
@@ -85,6 +87,12 @@ class RecentIds:
         while len(order) > self.size:
             ids.discard(order.popleft())
 
+    def forget(self, keys: Collection[str]) -> None:
+        """Forget `keys` (O(size): for the rare batch whose handling is undone)."""
+        gone = set(keys)
+        self.ids -= gone
+        self.order = deque(key for key in self.order if key not in gone)
+
 
 @dataclass
 class ConsumerStats:
@@ -123,6 +131,15 @@ class Consumer:
     stopping), so that entries arriving one by one are taken a batch at a time: the consumer
     wakes at most about 1/linger times a second however fast they come, for up to `linger`
     seconds of delay. A read that finds nothing still blocks until the first entry comes.
+    `wake()` ends a linger early. On a bus that filters group reads by type itself (its
+    `filters_types`, as InMemoryBus), `types` go with every read: entries of other types are
+    passed over there, unread and acked, and only an entry of `types` ends a blocking read.
+
+    `after_batch`, if given, is awaited once the handler has taken a batch's entries and
+    before they are acked, so that a handler may keep back what it makes of each entry (rows to
+    write, say) and finish them all at once, before anything is acked. If it raises, the
+    entries the handler took in that batch are not acked (and not deduplicated): they are
+    delivered again after `claim_idle`, up to `max_deliveries` times, as after a handler failure.
     """
 
     def __init__(
@@ -145,6 +162,7 @@ class Consumer:
         retry_delay: float = 0.5,
         types: Collection[str] | None = None,
         linger: float = 0.0,
+        after_batch: BatchHook | None = None,
     ) -> None:
         if max_deliveries < 1:
             raise ValueError(f"max_deliveries must be >= 1, got {max_deliveries}")
@@ -176,6 +194,13 @@ class Consumer:
         self.retry_delay = retry_delay
         self.types = None if types is None else frozenset(types)
         self.linger = linger
+        self.after_batch = after_batch
+        # The types go with each read where the bus passes the others over itself.
+        self._read_types = (
+            {"types": self.types}
+            if self.types is not None and getattr(bus, "filters_types", False)
+            else {}
+        )
         self.stats = ConsumerStats()
         self._seen = RecentIds(dedup_size)
         # Buses that can ack a batch and read the next one in one round trip (both built-in
@@ -188,6 +213,7 @@ class Consumer:
         self._stop = asyncio.Event()
         # Futures stop() completes: of `_sleep`s and blocking reads it cuts short.
         self._sleepers: set[asyncio.Future[None]] = set()
+        self._lingering: asyncio.Future[None] | None = None  # a linger's, for wake()
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -213,24 +239,38 @@ class Consumer:
         if not entries:
             if self._short and self.linger and self._ack_and_read is None:
                 self._short = False
-                await self._sleep(self.linger)  # let entries gather (no combined read did)
+                await self._linger()  # let entries gather (no combined read did)
             entries = await self._read_unless_stopped(block)
             self._short = len(entries) < self.batch
         return handled + await self._handle_batch(entries, read_next=True)
+
+    def _passed_over(self, entries: list[Entry]) -> list[Entry]:
+        # Entries a type-filtering bus passed over for this consumer: skipped all the same.
+        self.stats.skipped += getattr(entries, "passed_over", 0)
+        return entries
 
     async def _read_unless_stopped(self, block: float | None) -> list[Entry]:
         drained, self._drained = self._drained, False
         if not (drained and block):
             # A busy topic is read without blocking, which spares the race with stop() below;
             # unless a read just now (after the last batch) found nothing.
-            entries = await self.bus.read_group(
-                self.topic, self.group, self.name, count=self.batch, block=None
+            entries = self._passed_over(
+                await self.bus.read_group(
+                    self.topic,
+                    self.group,
+                    self.name,
+                    count=self.batch,
+                    block=None,
+                    **self._read_types,
+                )
             )
             if entries or not block or self._stop.is_set():
                 return entries
         if self._stop.is_set():
             return []
-        read = self.bus.read_group(self.topic, self.group, self.name, count=self.batch, block=block)
+        read = self.bus.read_group(
+            self.topic, self.group, self.name, count=self.batch, block=block, **self._read_types
+        )
         # Race the blocking read against stop() so that stopping never waits a whole block.
         reader = asyncio.ensure_future(read)
         # A bare future stop() completes, not a task on the Event: cheaper, at every idle read.
@@ -246,7 +286,7 @@ class Consumer:
                 # Entries a server delivered before the cancel stay pending and get reclaimed.
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
-        return [] if reader.cancelled() else reader.result()
+        return [] if reader.cancelled() else self._passed_over(reader.result())
 
     async def _handle_batch(self, entries: list[Entry], read_next: bool = False) -> int:
         """Handle deliveries in stream order, then ack the settled ones; return how many the
@@ -257,6 +297,9 @@ class Consumer:
         done: list[str] = []
         settled = done.append
         handled = 0
+        hook = self.after_batch
+        # With a hook, what the handler took is acked only once the hook succeeded.
+        taken: list[tuple[str, str]] | None = [] if hook is not None else None
         # The common case (a new, valid envelope whose handler succeeds) is handled inline:
         # a coroutine per entry, or method calls per id, would cost as much as decoding it.
         seen = self._seen
@@ -305,26 +348,59 @@ class Consumer:
                 remember(env_id)
                 remember_order(env_id)
                 handled += 1
-                settled(entry.id)
+                if taken is not None:
+                    taken.append((entry.id, env_id))
+                else:
+                    settled(entry.id)
             completed = True
         finally:
             seen.trim()
             self.stats.handled += handled
             self.stats.skipped += skipped
+            if taken and completed and hook is not None and await self._finish_batch(hook, taken):
+                done.extend(entry_id for entry_id, _ in taken)
             combined = self._ack_and_read
             short = len(entries) < self.batch
             if completed and read_next and combined is not None and self.linger and short:
                 # Everything there was has been read: let the next entries gather.
-                await self._sleep(self.linger)
+                await self._linger()
             if completed and read_next and combined is not None and not self._stop.is_set():
                 # Acked first, then read: the same order as an ack and the next poll's read.
-                self._prefetched = await combined(
-                    self.topic, self.group, self.name, done, count=self.batch
+                self._prefetched = self._passed_over(
+                    await combined(
+                        self.topic,
+                        self.group,
+                        self.name,
+                        done,
+                        count=self.batch,
+                        **self._read_types,
+                    )
                 )
                 self._drained = not self._prefetched
             elif done:
                 await self.bus.ack(self.topic, self.group, done)
         return handled
+
+    async def _finish_batch(self, hook: BatchHook, taken: list[tuple[str, str]]) -> bool:
+        """Await `hook` for the entries the handler took; False (logged) if it failed: they
+        are then left pending and forgotten by dedup, to be handled again when reclaimed."""
+        try:
+            await hook()
+        except Exception as exc:
+            self.stats.failures += 1
+            self._seen.forget([env_id for _, env_id in taken])
+            log.warning(
+                "group %r: finishing a batch of %d entries failed (%s: %s); they will be "
+                "delivered again after %.3g s",
+                self.group,
+                len(taken),
+                type(exc).__name__,
+                exc,
+                self.claim_idle,
+                exc_info=exc,
+            )
+            return False
+        return True
 
     async def _overdelivered(self, entry: Entry, env: Envelope) -> bool:
         """Dead-letter an entry delivered too often to be handled; return whether it is."""
@@ -432,7 +508,21 @@ class Consumer:
         if entries:
             await self._handle_batch(entries)
 
-    async def _sleep(self, seconds: float) -> None:
+    async def _linger(self) -> None:
+        """Let entries gather for `linger` seconds, unless stop() or wake() ends it sooner."""
+        loop = asyncio.get_running_loop()
+        self._lingering = loop.create_future()
+        try:
+            await self._sleep(self.linger, self._lingering)
+        finally:
+            self._lingering = None
+
+    def wake(self) -> None:
+        """End a linger in progress: the next read happens now (e.g. the run just ended)."""
+        if self._lingering is not None:
+            _wake(self._lingering)
+
+    async def _sleep(self, seconds: float, woken: asyncio.Future[None] | None = None) -> None:
         """Wait `seconds`, or until stop()."""
         # A bare future and a timer: asyncio.wait_for(stop.wait()) would make a task, a timeout
         # and a cancellation at each linger, several times the cost, on the loop the embedded
@@ -440,7 +530,8 @@ class Consumer:
         if self._stop.is_set():
             return
         loop = asyncio.get_running_loop()
-        woken: asyncio.Future[None] = loop.create_future()
+        if woken is None:
+            woken = loop.create_future()
         timer = loop.call_later(seconds, _wake, woken)
         self._sleepers.add(woken)
         try:

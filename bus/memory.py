@@ -1,4 +1,12 @@
-"""InMemoryBus: the Redis Streams semantics of bus.base.Bus inside one process."""
+"""InMemoryBus: the Redis Streams semantics of bus.base.Bus inside one process.
+
+Beyond Redis, a group read may name the envelope types its consumer handles (`types`): the
+bus then passes the others over (delivered and acked at once, never pending) without handing
+them out, and a reader blocked for such types is woken only by an entry of one of them. Each
+entry's type is read once (`peek_type`) and kept, however many groups read the topic: the
+workers of the embedded default, all on one event loop, share that work instead of each
+peeking (and waking for) every iteration of the run.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +17,25 @@ import itertools
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from bus.base import BEGINNING, NOW, Entry
-from bus.codec import MAX_ENVELOPE_BYTES
+from bus.codec import MAX_ENVELOPE_BYTES, peek_type
 from bus.errors import BusError, InvalidURL, UnknownGroup
 from bus.stream_ids import ZERO_ID, Key, format_id, parse_id
 from bus.validate import check_count, check_maxlen, check_payloads
+
+# An entry whose type has not been peeked yet (peek_type's None means "not peekable").
+_UNREAD: object = object()
+
+
+class Delivered(list):  # type: ignore[type-arg]
+    """Entries a typed group read delivered, and how many of other types it passed over on
+    the way (delivered and acked at once, unread): a consumer counts those as skipped."""
+
+    passed_over: int = 0
 
 
 @dataclass(slots=True)
@@ -40,15 +58,36 @@ class _Topic:
     # Each entry's id as a string, formatted once at append rather than at every read.
     ids: list[str] = field(default_factory=list)
     payloads: list[bytes] = field(default_factory=list)
+    # Each entry's envelope type once peeked (_UNREAD until a typed read or waiter needs it).
+    types: list[object] = field(default_factory=list)
     last: Key = (0, 0)
     groups: dict[str, _Group] = field(default_factory=dict)
-    # Futures of readers blocked on this topic, each completed on its own loop when entries arrive.
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    # Readers blocked on this topic, each a future completed on its own loop when entries
+    # arrive, with the types it waits for (None: any entry wakes it).
+    waiters: list[tuple[asyncio.Future[None], frozenset[str] | None]] = field(default_factory=list)
 
     def after(self, key: Key, count: int) -> tuple[int, int]:
         """The index range of the (at most `count`) entries after `key`."""
         start = bisect.bisect_right(self.keys, key)
         return start, min(start + count, len(self.keys))
+
+    def type_at(self, i: int) -> str | None:
+        """The envelope type of entry `i` (None if not peekable), peeked once and kept."""
+        kind = self.types[i]
+        if kind is _UNREAD:
+            kind = self.types[i] = peek_type(self.payloads[i])
+        return kind  # type: ignore[return-value]
+
+    def wanted_among(self, first: int, types: frozenset[str]) -> bool:
+        """Whether an entry from index `first` on is of one of `types` (or not peekable)."""
+        kinds, payloads = self.types, self.payloads
+        for i in range(first, len(kinds)):
+            kind = kinds[i]
+            if kind is _UNREAD:  # type_at inlined: this runs per new entry and typed reader
+                kind = kinds[i] = peek_type(payloads[i])
+            if kind is None or kind in types:
+                return True
+        return False
 
     def find(self, key: Key) -> bytes | None:
         i = bisect.bisect_left(self.keys, key)
@@ -92,6 +131,30 @@ def _storage_named(name: str) -> _Storage:
         return storage
 
 
+def _woken(t: _Topic, first: int) -> list[asyncio.Future[None]]:
+    """Take off `t`'s waiters those that entries from index `first` on wake (lock held)."""
+    if not t.waiters:
+        return []
+    woken, kept = [], []
+    for waiter in t.waiters:
+        fut, types = waiter
+        if types is None or t.wanted_among(first, types):
+            woken.append(fut)
+        else:
+            kept.append(waiter)
+    t.waiters = kept
+    return woken
+
+
+# The result of a waiter's future completed by its timer rather than by an append.
+_EXPIRED: object = object()
+
+
+def _expire(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(_EXPIRED)  # type: ignore[arg-type]
+
+
 def _wake(fut: asyncio.Future[None]) -> None:
     if fut.done():
         return
@@ -115,6 +178,9 @@ class InMemoryBus:
     thread or event loop, for as long as some handle on that name is alive. `InMemoryBus()`
     gets a fresh anonymous name (its `url` reopens it).
     """
+
+    # Group reads take `types` (see the module's docstring): bus.Consumer passes its own.
+    filters_types = True
 
     def __init__(self, name: str | None = None, *, max_payload: int = MAX_ENVELOPE_BYTES) -> None:
         if name is None:
@@ -142,9 +208,14 @@ class InMemoryBus:
         return self._storage
 
     async def _wait_for(
-        self, topic: str, attempt: Callable[[_Topic], list[Entry]], block: float | None
+        self,
+        topic: str,
+        attempt: Callable[[_Topic], list[Entry]],
+        block: float | None,
+        types: frozenset[str] | None = None,
     ) -> list[Entry]:
-        """Run `attempt` under the lock until it finds entries or `block` seconds pass."""
+        """Run `attempt` under the lock until it finds entries or `block` seconds pass; while
+        blocked, only an entry of `types` (any entry if None) wakes it to try again."""
         storage = self._live()
         deadline = None if not block or block <= 0 else time.monotonic() + block
         loop = asyncio.get_running_loop()
@@ -157,15 +228,20 @@ class InMemoryBus:
                     return found
                 # Registered under the same lock as the attempt, so no append can slip between.
                 fut: asyncio.Future[None] = loop.create_future()
-                t.waiters.append(fut)
+                waiter = (fut, types)
+                t.waiters.append(waiter)
+            # A bare timer, not asyncio.wait(timeout=): this runs at every idle read of every
+            # consumer, on the loop the embedded stack shares with the trainer's publisher.
+            timer = loop.call_later(remaining, _expire, fut)
             try:
-                await asyncio.wait([fut], timeout=remaining)
+                await fut
             finally:
-                if not fut.done():
+                timer.cancel()
+                if not fut.done() or fut.cancelled() or fut.result() is _EXPIRED:
                     fut.cancel()
-                    with storage.lock:
-                        if fut in t.waiters:
-                            t.waiters.remove(fut)
+                    with storage.lock:  # not woken by an append: still registered
+                        if waiter in t.waiters:
+                            t.waiters.remove(waiter)
 
     async def append(
         self, topic: str, payloads: Sequence[bytes], *, maxlen: int | None = None
@@ -178,6 +254,8 @@ class InMemoryBus:
         ids = []
         with storage.lock:
             t = storage.topic(topic)
+            first = len(t.keys)
+            t.types.extend([_UNREAD] * len(data))
             for payload in data:
                 ms, seq = t.last
                 key = (now_ms, 0) if now_ms > ms else (ms, seq + 1)
@@ -195,7 +273,9 @@ class InMemoryBus:
                     del t.keys[:drop]
                     del t.ids[:drop]
                     del t.payloads[:drop]
-            waiters, t.waiters = t.waiters, []
+                    del t.types[:drop]
+                    first = max(0, first - drop)
+            waiters = _woken(t, first)
         for fut in waiters:
             _wake(fut)
         return ids
@@ -210,11 +290,35 @@ class InMemoryBus:
                 t.groups[group] = _Group(last_delivered=first)
 
     async def read_group(
-        self, topic: str, group: str, consumer: str, *, count: int, block: float | None
+        self,
+        topic: str,
+        group: str,
+        consumer: str,
+        *,
+        count: int,
+        block: float | None,
+        types: Collection[str] | None = None,
     ) -> list[Entry]:
-        """Deliver up to `count` new entries to `consumer`, waiting up to `block` seconds."""
+        """Deliver up to `count` new entries to `consumer`, waiting up to `block` seconds.
+
+        With `types`, only entries of those types (and entries whose type cannot be peeked)
+        are delivered, and only they end a wait; the others are passed over, acked unread, and
+        counted in the returned `Delivered.passed_over`.
+        """
         check_count(count)
         storage = self._live()
+        if types is not None:
+            wanted = frozenset(types)
+            passed = 0
+
+            def typed(t: _Topic) -> list[Entry]:
+                nonlocal passed
+                got = self._typed_attempt(t, topic, group, consumer, count, wanted)
+                passed += got.passed_over
+                got.passed_over = passed  # of every attempt: the one returned tells them all
+                return got
+
+            return await self._wait_for(topic, typed, block, wanted)
 
         def attempt(t: _Topic) -> list[Entry]:
             _, g = storage.group(topic, group)
@@ -230,6 +334,39 @@ class InMemoryBus:
             return list(map(Entry, ids, t.payloads[start:stop]))
 
         return await self._wait_for(topic, attempt, block)
+
+    def _typed_attempt(
+        self, t: _Topic, topic: str, group: str, consumer: str, count: int, wanted: frozenset[str]
+    ) -> Delivered:
+        """A group read of up to `count` entries of `wanted` types (the caller holds the lock).
+
+        Returns an empty Delivered when it found none, even if it passed some over (a blocking
+        read then waits on).
+        """
+        _, g = self._storage.group(topic, group)
+        start = bisect.bisect_right(t.keys, g.last_delivered)
+        end = len(t.keys)
+        out = Delivered()
+        if start >= end:
+            return out
+        kinds, ids, payloads = t.types, t.ids, t.payloads
+        pending = g.pending
+        now = time.monotonic()
+        i = start
+        while i < end:
+            kind = kinds[i]
+            if kind is _UNREAD:  # type_at inlined: this runs per entry and typed reader
+                kind = kinds[i] = peek_type(payloads[i])
+            if kind is None or kind in wanted:
+                if len(out) == count:
+                    break
+                entry_id = ids[i]
+                pending[entry_id] = _Pending(consumer, 1, now)
+                out.append(Entry(entry_id, payloads[i]))
+            i += 1
+        out.passed_over = (i - start) - len(out)
+        g.last_delivered = t.keys[i - 1]
+        return out
 
     async def ack(self, topic: str, group: str, ids: Sequence[str]) -> None:
         """Mark deliveries as handled, removing them from the group's pending list."""
@@ -249,11 +386,18 @@ class InMemoryBus:
                     pop(format_id(parse_id(entry_id)), None)
 
     async def ack_and_read_group(
-        self, topic: str, group: str, consumer: str, ids: Sequence[str], *, count: int
+        self,
+        topic: str,
+        group: str,
+        consumer: str,
+        ids: Sequence[str],
+        *,
+        count: int,
+        types: Collection[str] | None = None,
     ) -> list[Entry]:
-        """Ack `ids`, then deliver up to `count` new entries without waiting."""
+        """Ack `ids`, then deliver up to `count` new entries (of `types`) without waiting."""
         await self.ack(topic, group, ids)
-        return await self.read_group(topic, group, consumer, count=count, block=None)
+        return await self.read_group(topic, group, consumer, count=count, block=None, types=types)
 
     async def claim_stale(
         self, topic: str, group: str, consumer: str, *, min_idle: float, count: int

@@ -31,19 +31,24 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike[str], mode: str = "wb", **options: Any) -> Iterator[IO]:
+def atomic_file(
+    path: str | os.PathLike[str], mode: str = "wb", *, durable: bool = True, **options: Any
+) -> Iterator[IO]:
     """Open a temporary file that replaces `path` when the block ends without an exception.
 
     On any exception the temporary file is removed and an existing `path` is left untouched.
-    `options` go to `open` (e.g. `encoding="utf-8"` for a text mode).
+    `options` go to `open` (e.g. `encoding="utf-8"` for a text mode). `durable=False` skips
+    the fsyncs: readers still see the old file or the new one, never a torn one, but a power
+    loss may leave either (or an empty file): for files rebuilt from others when unreadable.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **options) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         # mkstemp creates 0600; processes in other containers sharing the directory read it.
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
@@ -55,7 +60,8 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb", **options: Any) 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def copy_file(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:

@@ -105,6 +105,10 @@ class Worker(abc.ABC):
     # The envelope types `handle` acts on (None: every type). The runtime acks the others
     # without decoding them or waking the kind; RUN_STARTED reaches every kind regardless.
     handles: ClassVar[frozenset[str] | None] = None
+    # Seconds the runtime lets a run's events gather after a read that found fewer than a
+    # batch, before it reads again (None: workers.follow.READ_LINGER): how often the kind wakes
+    # while a run streams events, and so how late it may see one (see `serves_barrier`).
+    read_linger: ClassVar[float | None] = None
 
     @classmethod
     def runtime_options(
@@ -214,6 +218,24 @@ class Worker(abc.ABC):
     def handled_types(self) -> frozenset[str] | None:
         """The envelope types this instance acts on (`handles`, unless its options say more)."""
         return self.handles
+
+    def serves_barrier(self) -> bool:
+        """Whether a trainer in barrier mode waits for what this kind sends (a voter's votes).
+
+        Such a kind reads without lingering where the wait would hold every epoch's barrier:
+        in a run whose config sets `bus.barrier`, and on a bus that passes over the types it
+        ignores itself (the in-memory bus), where reading at once costs nothing extra.
+        """
+        return type(self).votes
+
+    async def flush(self) -> None:
+        """Finish what `handle` kept back, e.g. rows to write in one go (default: nothing).
+
+        The runtime awaits it after each batch of deliveries and before acking them, so what
+        a kind keeps back is never acked unwritten: if it raises, the batch's deliveries stay
+        pending and are delivered again (see `bus.Consumer`, `after_batch`).
+        """
+        return None
 
     @abc.abstractmethod
     async def handle(self, env: Envelope) -> None:

@@ -56,6 +56,10 @@ DEFAULTS: dict[str, Any] = {
 }
 SCORE_SPLIT = "val"
 SCORE_TIMEOUT = 60.0
+# Seconds the worker lets a run's events gather between reads: replicas share the READYs read
+# by read, so a short linger keeps what one replica holds at a time (and what a replica that
+# dies leaves to be reclaimed) small.
+READ_LINGER = 0.05
 ALL = "all"  # --n-saved all / --n-best all: keep every checkpoint by that rule
 
 
@@ -91,6 +95,7 @@ class CheckpointWorker(Worker):
 
     kind: ClassVar[str] = "checkpoint"
     handles: ClassVar[frozenset[str] | None] = frozenset({CHECKPOINT_READY})
+    read_linger: ClassVar[float | None] = READ_LINGER
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

@@ -41,23 +41,35 @@ class DrainWatch:
         return entries
 
     async def read_group(
-        self, topic: str, group: str, consumer: str, *, count: int, block: float | None
+        self,
+        topic: str,
+        group: str,
+        consumer: str,
+        *,
+        count: int,
+        block: float | None,
+        **types: Any,
     ) -> list[Entry]:
-        """Bus.read_group, noting whether entries came back."""
-        entries = await self._bus.read_group(topic, group, consumer, count=count, block=block)
+        """Bus.read_group (with `types=` where the bus filters them), noting whether entries
+        came back."""
+        entries = await self._bus.read_group(
+            topic, group, consumer, count=count, block=block, **types
+        )
         return self._note(entries)
 
     async def ack_and_read_group(
-        self, topic: str, group: str, consumer: str, ids: Sequence[str], *, count: int
+        self, topic: str, group: str, consumer: str, ids: Sequence[str], *, count: int, **types: Any
     ) -> list[Entry]:
         """The wrapped bus's ack_and_read_group (or an ack, then a read), noting whether
         entries came back."""
         combined = getattr(self._bus, "ack_and_read_group", None)
         if combined is not None:
-            entries = await combined(topic, group, consumer, ids, count=count)
+            entries = await combined(topic, group, consumer, ids, count=count, **types)
         else:
             await self._bus.ack(topic, group, ids)
-            entries = await self._bus.read_group(topic, group, consumer, count=count, block=None)
+            entries = await self._bus.read_group(
+                topic, group, consumer, count=count, block=None, **types
+            )
         return self._note(entries)
 
     async def claim_stale(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import sys
 import time
 from collections.abc import Mapping, MutableMapping
@@ -12,6 +13,9 @@ from typing import Any
 # Context keys come first, in this order, so that lines of one worker and run line up.
 _CONTEXT = ("worker", "kind", "run")
 _HANDLER_NAME = "workers.logfmt"
+# What makes a value need quotes: it would not read back as one `key=value` pair. One regex
+# search, not a test per character: a voter logs a line with a long reason at every epoch.
+_NEEDS_QUOTES = re.compile(r'[\s"=\\]')
 
 
 class WorkerLog(logging.LoggerAdapter):
@@ -42,7 +46,7 @@ def _value(value: Any) -> str:
     if isinstance(value, float) and math.isfinite(value):
         return repr(value)
     text = str(value)
-    if text and not any(c.isspace() or c in '"=\\' for c in text):
+    if text and not _NEEDS_QUOTES.search(text):
         return text
     # Quoted with escapes so that one record stays one line, whatever the message holds.
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -36,6 +36,7 @@ from trainer.metrics.registry import (
 )
 from workers.base import Worker
 from workers.context import RunContext
+from workers.figures import own_figures
 
 Key = tuple[str, int]  # (split, trainer epoch)
 # Seconds to wait for every rank's states of an epoch when neither --rank-timeout nor the run's
@@ -161,6 +162,11 @@ class MetricsWorker(Worker):
         if self.running_every is None:
             return self.handles
         return frozenset({EPOCH_COMPLETED, ITERATION_COMPLETED})
+
+    def serves_barrier(self) -> bool:
+        """With several ranks, voters score METRICS, so a barrier waits for them too (with
+        one rank they score the trainer's own EPOCH_COMPLETED metrics, `workers.figures`)."""
+        return not own_figures(self.ctx.world_size)
 
     async def handle(self, env: Envelope) -> None:
         """Collect EPOCH_COMPLETED states (and ITERATION_COMPLETED outputs when running)."""

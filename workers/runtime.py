@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -23,7 +24,6 @@ from workers.registry import RegisteredRun, RegistryHook, read_registry, watch_r
 # Seconds the publisher may take, on the way out, to write what is left (WORKER_LEFT...).
 CLOSE_TIMEOUT = 5.0
 _STARTS = {"start": BEGINNING, "now": NOW}
-READ_LINGER = 0.05
 
 
 @dataclass
@@ -44,8 +44,8 @@ class RuntimeOptions:
     max_deliveries: int = 5
     # Seconds the consumer lets a run's events gather after a read that found fewer than a
     # batch: a worker wakes a few times a second, not at every event the trainer publishes,
-    # for at most this much delay (a barrier's wait for the votes grows by up to as much).
-    read_linger: float = READ_LINGER
+    # for at most this much delay. None: the kind's choice (workers.follow.read_linger_for).
+    read_linger: float | None = None
     # The consumer group; None: the kind's, shared by replicas (a voter's own). Another group
     # makes an independent copy of the kind, e.g. a second tracker writing elsewhere.
     group: str | None = None
@@ -71,7 +71,7 @@ class RuntimeOptions:
         for field, value in (
             ("linger", self.linger),
             ("claim_idle", self.claim_idle),
-            ("read_linger", self.read_linger),
+            ("read_linger", 0.0 if self.read_linger is None else self.read_linger),
         ):
             if not value >= 0:
                 raise ValueError(f"RuntimeOptions {field}={value!r}: use a number of seconds >= 0")
@@ -374,6 +374,11 @@ def main(kind: str, options: RuntimeOptions, kind_options: Mapping[str, Any]) ->
     except ValueError as exc:
         log.error("invalid options", extra={"error": str(exc)})
         return 2
+    # What start-up made (modules, torch's for the kinds that load it) lives as long as the
+    # process: out of the collector's way, so that collections while following a run only
+    # scan what the run makes, not hundreds of thousands of objects each time.
+    gc.collect()
+    gc.freeze()
     try:
         return asyncio.run(_serve(kind_class, options, kind_options, signals))
     finally:

@@ -18,6 +18,11 @@ sha256 of a checkpoint), so redelivery, a restarted worker and a worker back-fil
 (`--from start`) never duplicate a row. Times come from the envelopes (the trainer's clock), so
 two workers that saw the same events write the same directory.
 
+When: the worker reads a run's events every READ_LINGER seconds (sooner once the run ends), and
+writes the metrics rows of what it read in one go (`LocalSink.apply_logs`) before acking it,
+so the run directory follows a live run within about half a second (summary.json within
+`trainer.tracking.local.SUMMARY_EVERY` seconds: readers fold the newer rows themselves).
+
 Where: `--dir ROOT` writes `ROOT/<run id>`. Without it, the trainer's own run directory (from
 RUN_STARTED) when this machine sees it, as in the embedded default and a compose stack sharing
 a volume; else `$TRAINER_RUNS_DIR/<run id>`, else the run config's `run.dir`, else `runs`.
@@ -44,6 +49,7 @@ from bus.messages import (
 )
 from trainer.config_schema import RunSection
 from trainer.tracking import LocalSink
+from trainer.tracking.local import check_log
 from workers.base import Worker
 from workers.context import RunContext, config_value
 from workers.figures import EpochFigures, epoch_figures
@@ -55,6 +61,9 @@ CHECKPOINTS_ARTIFACT = "checkpoints"
 # What a TRACK envelope may carry: every record kind of the store but "removed", which only the
 # tracking worker itself makes (from CHECKPOINT_PRUNED).
 TRACK_RECORD_KINDS = ("meta", "log", "histogram", "image", "artifact", "finish")
+# Seconds the worker lets a run's events gather between reads: it wakes about twice a second
+# while the run streams events, not at every epoch, and the run directory lags by that much.
+READ_LINGER = 0.5
 
 
 class TrackingWorker(Worker):
@@ -72,6 +81,10 @@ class TrackingWorker(Worker):
             TRACK,
         }
     )
+    read_linger: ClassVar[float | None] = READ_LINGER
+    # Entries per read: a run streams hundreds between two reads, and passing over the ones
+    # the worker does not handle, or keeping back a row, takes microseconds.
+    consumer_batch: ClassVar[int] = 1000
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -99,6 +112,12 @@ class TrackingWorker(Worker):
         super().__init__(ctx, options)
         self.sink: LocalSink | None = None
         self.run_dir: Path | None = None
+        # Log records kept back until `flush` (the end of the batch of deliveries), their keys,
+        # and the keys of the rows written: a METRICS after its one-rank EPOCH_COMPLETED (the
+        # same row) is passed over here, without a trip to the files.
+        self._rows: list[dict[str, Any]] = []
+        self._kept: set[str] = set()
+        self._written: set[str] = set()
 
     async def handle(self, env: Envelope) -> None:
         """Turn one event of the run into the tracking records it means."""
@@ -106,12 +125,48 @@ class TrackingWorker(Worker):
         if record is None:
             return
         sink = self._sink(env)
+        if record["kind"] == "log":
+            key = record.get("key")
+            if key in self._written or key in self._kept:
+                return  # that row is written, or will be with this batch
+            try:
+                check_log(record)
+            except ValueError as exc:  # refused now, not when the batch is written
+                raise Rejected(f"tracking record refused: {exc}") from exc
+            self._rows.append(record)
+            if key is not None:
+                self._kept.add(key)
+            return
+        await self.flush()  # the rows before this record are written before it
         try:
             # File writes (with fsync) off the event loop: in the embedded default it is the
             # loop that carries the trainer's publishing and control.
             await asyncio.to_thread(sink.apply, record)
         except ValueError as exc:  # a record the store refuses will never be written
             raise Rejected(f"tracking record refused: {exc}") from exc
+
+    async def flush(self) -> None:
+        """Write the rows kept back, in one go (before the batch that brought them is acked)."""
+        rows, count = self._rows, len(self._rows)
+        if not count or self.sink is None:
+            return
+        try:
+            await asyncio.to_thread(self.sink.apply_logs, rows[:count])
+        except ValueError:
+            # Checked when kept, so never expected; dropped rather than retried for ever: the
+            # batch is delivered again (and its rows checked again) or dead-lettered.
+            self._rows, self._kept = [], set()
+            raise
+        # On a TrackingError (full disk...) they stay kept back: written with the next batch,
+        # or when this one comes again (the files skip the rows they have, by key).
+        del rows[:count]
+        self._written |= self._kept
+        self._kept = set()
+
+    async def close(self) -> None:
+        """Bring the run's summary.json up to date with the rows written."""
+        if self.sink is not None:
+            await asyncio.to_thread(self.sink.close)
 
     # -- events to records ----------------------------------------------------------------
 

@@ -8,15 +8,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fake_trainer import FakeTrainer, eventually, read_all
 
 from bus import Envelope, Topics
+from trainer.tracking import LocalSink, TrackingError
 from trainer.tracking.reader import read_run
 from workers.tracking import TrackingWorker
 
 # Validation accuracies and losses of a four-epoch run (made up; the worker only copies them).
 VAL = [(0.81, 1.34), (0.90, 0.59), (0.92, 0.37), (0.91, 0.30)]
 TRAIN_LOSS = [1.90, 0.88, 0.42, 0.28]
+TRAIN = {"loss": 0.5, "accuracy": 0.75}
 ITERATIONS_PER_EPOCH = 23
 CONFIG = {"run": {"name": "digits", "dir": "unused"}, "tracking": {"project": "mnist-ish"}}
 
@@ -183,3 +186,65 @@ async def _dead_ids(bus, wanted: set[str]) -> set[str] | None:
     letters = await read_all(bus, Topics().dead_letter())
     found = {i for i in wanted for d in letters if i in d.data["reason"]}
     return found if found == wanted else None
+
+
+def count_row_writes(monkeypatch: pytest.MonkeyPatch, fail_first: bool = False) -> list[int]:
+    """Count LocalSink.apply_logs calls (rows each); with `fail_first`, the first one fails as
+    a full disk would, writing nothing."""
+    calls: list[int] = []
+    apply_logs = LocalSink.apply_logs
+
+    def counted(self: LocalSink, records: list[dict[str, Any]]) -> list[int | None]:
+        calls.append(len(records))
+        if fail_first and len(calls) == 1:
+            raise TrackingError("tracking: cannot write (test): No space left on device")
+        return apply_logs(self, records)
+
+    monkeypatch.setattr(LocalSink, "apply_logs", counted)
+    return calls
+
+
+async def test_the_rows_of_what_one_read_brings_are_written_in_one_go(
+    bus, start_worker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = count_row_writes(monkeypatch)
+    run = run_id()
+    trainer = FakeTrainer(bus, run, config=CONFIG)
+    await trainer.start()
+    for epoch in range(10):
+        for i in range(ITERATIONS_PER_EPOCH):
+            await trainer.iteration(epoch, epoch * ITERATIONS_PER_EPOCH + i + 1, {"loss": 1.0})
+        # The aggregator's METRICS after a one-rank EPOCH_COMPLETED: the same row, kept once.
+        await trainer.epoch_completed(epoch, (epoch + 1) * ITERATIONS_PER_EPOCH, metrics=TRAIN)
+        await trainer.metrics(epoch, "train", TRAIN)
+    # Everything is on the topic before the worker starts: its first read takes it all.
+    worker = await start_worker(TrackingWorker, {"dir": str(tmp_path / "store")}, run_id=run)
+    await trainer.finish(epochs=10)
+    assert await worker.ended() == 0
+    assert calls == [10]
+    assert len(read_run(tmp_path / "store" / run).rows) == 10
+
+
+async def test_rows_that_could_not_be_written_are_acked_only_once_written(
+    bus, start_worker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = count_row_writes(monkeypatch, fail_first=True)
+    run = run_id()
+    trainer = FakeTrainer(bus, run, config=CONFIG)
+    await trainer.start()
+    for epoch in range(3):
+        await trainer.epoch_completed(epoch, (epoch + 1) * ITERATIONS_PER_EPOCH, metrics=TRAIN)
+    # The failed batch stays pending and is delivered again (claim_idle): no row is lost or
+    # written twice.
+    worker = await start_worker(
+        TrackingWorker, {"dir": str(tmp_path / "store")}, run_id=run, claim_idle=0.2
+    )
+    await eventually(lambda: len(calls) >= 2, "the rows written after the failure")
+    await trainer.finish(epochs=3)
+    assert await worker.ended() == 0
+    assert calls[:2] == [3, 3]
+    rows = read_run(tmp_path / "store" / run).rows
+    assert sorted(r["epoch"] for r in rows) == [1, 2, 3]
+    group = "tracking"
+    topic = Topics().events(run)
+    assert await bus.claim_stale(topic, group, "inspector", min_idle=0, count=100) == []

@@ -388,6 +388,8 @@ class BusRun:
             "checkpoint_dir": None if self.checkpoint_dir is None else str(self.checkpoint_dir),
             "run_dir": None if self.run_dir is None else str(self.run_dir),
             "namespace": self.namespace,
+            # Voters (and what they score) read at once when the trainer waits for them.
+            "barrier": self.barrier,
         }
         if self.speaks_for_ranks:
             data["reduced_ranks"] = self.world_size

@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 
 
-def append_bytes(path: Path, data: bytes, *, whole_lines: bool = False) -> None:
-    """Append `data` to `path` (created if missing); on failure, cut the file back and raise.
+def append_bytes(path: Path, data: bytes, *, whole_lines: bool = False) -> int:
+    """Append `data` to `path` (created if missing); the file's size after it. On failure, cut
+    the file back and raise.
 
     With `whole_lines`, a last line left without its newline (by a writer that died) is ended
     first, so that `data` starts a line of its own. The caller keeps other appenders out.
@@ -25,6 +26,7 @@ def append_bytes(path: Path, data: bytes, *, whole_lines: bool = False) -> None:
             if exc.filename is None:
                 exc.filename = str(path)
             raise
+        return size + len(data)
     finally:
         os.close(fd)
 

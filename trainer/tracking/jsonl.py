@@ -9,7 +9,7 @@ readers), so later lines stay readable.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,20 @@ def encode_line(row: Mapping[str, Any]) -> bytes:
     return (json.dumps(row, separators=(",", ":"), allow_nan=True) + "\n").encode()
 
 
-def append_line(path: Path, row: Mapping[str, Any]) -> None:
+def append_line(path: Path, row: Mapping[str, Any]) -> int:
     """Append `row` as one line with one write(); the file is left as it was if that fails.
 
-    The caller holds the run's lock: nothing else appends meanwhile.
+    The caller holds the run's lock: nothing else appends meanwhile. Returns the file's size.
     """
-    append_bytes(path, encode_line(row), whole_lines=True)
+    return append_bytes(path, encode_line(row), whole_lines=True)
+
+
+def append_lines(path: Path, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Append `rows`, one line each, with one write(): all of them or, if it fails, none.
+
+    The caller holds the run's lock. Returns the file's size.
+    """
+    return append_bytes(path, b"".join(map(encode_line, rows)), whole_lines=True)
 
 
 def parse_lines(data: bytes) -> list[dict[str, Any]]:
@@ -87,3 +95,8 @@ class JsonlFollower:
             return [], restarted
         rows, self.offset = read_from(self.path, self.offset)
         return rows, restarted
+
+    def appended(self, size: int) -> None:
+        """This reader's own writer appended, up to `size` bytes, right after a `read()`
+        that was up to date (under the run's lock): nothing in between is left to read."""
+        self.offset = size

@@ -68,8 +68,11 @@ def read_json(path: Path, default: Any = None) -> Any:
     return json.loads(text)
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Replace `path` atomically with `data` as JSON (key order kept: first logged first)."""
-    with atomic_file(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, allow_nan=True)
-        f.write("\n")
+def write_json(path: Path, data: Any, *, durable: bool = True) -> None:
+    """Replace `path` atomically with `data` as JSON (key order kept: first logged first).
+
+    `durable=False`: without the fsyncs (`atomic_file`), for a file rebuilt when unreadable.
+    """
+    text = json.dumps(data, indent=1, allow_nan=True) + "\n"  # one write, not one per token
+    with atomic_file(path, "w", durable=durable, encoding="utf-8") as f:
+        f.write(text)

@@ -9,7 +9,12 @@ Several processes may apply records to one run directory at once (tracking-worke
   under that lock, so a record redelivered to another process (or after a restart) is skipped;
 - what a process learnt from the files (keys, last step, bytes read) is kept per process and
   per directory and brought up to date from the bytes appended since, so a fresh
-  `LocalSink(run_dir)` per record costs no re-reading.
+  `LocalSink(run_dir)` per record costs no re-reading;
+- `apply_logs` writes many log rows with one lock, one append and one TensorBoard write;
+- summary.json is rewritten at most every SUMMARY_EVERY seconds while rows come (readers fold
+  the rows after the offset it covers themselves, `trainer.tracking.reader`), without fsync:
+  it is rebuilt from metrics.jsonl if ever unreadable. Goals and a finished run's summary are
+  written at once, durably.
 
 Any OSError (full disk, read-only directory) surfaces as one TrackingError naming the path and
 the reason; files are replaced atomically or appended one whole line at a time, never torn.
@@ -24,7 +29,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +37,7 @@ from trainer.atomic_file import atomic_file, copy_file
 from trainer.manifest import file_sha256
 from trainer.tracking.artifact import check_file_name
 from trainer.tracking.errors import TrackingError, tracking_error
-from trainer.tracking.jsonl import JsonlFollower, append_line, read_from
+from trainer.tracking.jsonl import JsonlFollower, append_line, append_lines, read_from
 from trainer.tracking.layout import (
     ARTIFACT_INDEX,
     ARTIFACTS_DIR,
@@ -59,6 +64,8 @@ from trainer.tracking.summary import (
 from trainer.tracking.tensorboard import EventFileWriter
 
 RECORD_KINDS = ("meta", "log", "histogram", "image", "artifact", "removed", "finish")
+# Seconds between rewrites of summary.json while log rows keep coming (see the module's doc).
+SUMMARY_EVERY = 5.0
 STATUSES = ("running", "completed", "terminated", "failed")
 FINAL_STATUSES = ("completed", "terminated", "failed")
 
@@ -73,12 +80,22 @@ class LocalSink:
         """Apply one record; returns the step of a log, the version of an artifact, else None."""
         return _state_for(self.dir).apply(record)
 
+    def apply_logs(self, records: Sequence[Mapping[str, Any]]) -> list[int | None]:
+        """Apply several log records at once (one lock, one append); the step of each (None
+        for one whose key was written before). ValueError, before anything is written, if
+        one of them is not a valid log record."""
+        return _state_for(self.dir).apply_logs(records)
+
     def write(self, record: Mapping[str, Any]) -> Any:
         """The Sink interface: the same as `apply`."""
         return self.apply(record)
 
     def close(self) -> None:
-        """Nothing is buffered: every record is on disk when `apply` returns."""
+        """Bring a summary.json left behind by rows logged since up to date (every record is
+        on disk when `apply` returns; only the summary is rewritten lazily)."""
+        state = _existing_state(self.dir)
+        if state is not None:
+            state.settle()
 
 
 @contextlib.contextmanager
@@ -107,6 +124,8 @@ class _RunDirState:
         self.last_step: int | None = None
         self.tensorboard: EventFileWriter | None = None
         self.has_run_file = False
+        self._summary_due = 0.0  # time.monotonic() from which summary.json may be rewritten
+        self._summary_behind = False  # rows were appended that summary.json does not cover
         self._digests: dict[Path, str] = {}  # staged copy -> its sha256 (see _stage_artifact)
         self.handlers: dict[str, Callable[[Mapping[str, Any]], Any]] = {
             "meta": self._meta,
@@ -139,6 +158,19 @@ class _RunDirState:
                         self._digests.clear()
                         if staged.exists():
                             shutil.rmtree(staged, ignore_errors=True)
+            except OSError as exc:
+                raise tracking_error(exc, "write", self.dir) from exc
+
+    def apply_logs(self, records: Sequence[Mapping[str, Any]]) -> list[int | None]:
+        for record in records:
+            if not isinstance(record, Mapping) or record.get("kind") != "log":
+                kind = record.get("kind") if isinstance(record, Mapping) else record
+                raise ValueError(f"apply_logs takes log records only, got kind {kind!r}")
+        with self.mutex:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                with run_lock(self.dir):
+                    return self._log_rows(records)
             except OSError as exc:
                 raise tracking_error(exc, "write", self.dir) from exc
 
@@ -190,35 +222,67 @@ class _RunDirState:
     # -- metrics ------------------------------------------------------------------------------
 
     def _log(self, record: Mapping[str, Any]) -> int | None:
-        values = _checked_values(record.get("values"))
+        return self._log_rows([record])[0]
+
+    def _log_rows(self, records: Sequence[Mapping[str, Any]]) -> list[int | None]:
+        """Append the rows of log `records` in one write, but those whose key is in already."""
+        checked = [_checked_values(record.get("values")) for record in records]  # all, first
         self._ensure_run_file()
         self._catch_up_metrics()
-        key = record.get("key")
-        if key is not None and key in self.keys["log"]:
-            return None  # already written, by this process or another one
-        step = record.get("step")
-        if step is None:
-            step = 0 if self.last_step is None else self.last_step + 1
-        step = int(step)
-        now = _time(record)
-        row: dict[str, Any] = {"step": step, "time": now}
-        if key is not None:
-            row["key"] = str(key)
-        row.update(values)
-        append_line(self.metrics.path, row)
-        self._catch_up_metrics()
-        scalars = {k: float(v) for k, v in values.items()}
+        written = self.keys["log"]
+        new_keys: set[str] = set()
+        last = self.last_step
+        rows: list[dict[str, Any]] = []
+        scalars: list[tuple[dict[str, float], int, float]] = []
+        steps: list[int | None] = []
+        for record, values in zip(records, checked, strict=True):
+            key = record.get("key")
+            if key is not None and (key in written or key in new_keys):
+                steps.append(None)  # already written, by this process or another one
+                continue
+            step = record.get("step")
+            step = (0 if last is None else last + 1) if step is None else int(step)
+            now = _time(record)
+            row: dict[str, Any] = {"step": step, "time": now}
+            if key is not None:
+                row["key"] = str(key)
+                new_keys.add(row["key"])
+            row.update(values)
+            rows.append(row)
+            steps.append(step)
+            if last is None or step > last:
+                last = step
+            if values:
+                scalars.append(({k: float(v) for k, v in values.items()}, step, now))
+        if not rows:
+            return steps
+        # Under the lock and just caught up: the file holds nothing this process has not read.
+        self.metrics.appended(append_lines(self.metrics.path, rows))
+        written |= new_keys
+        self.last_step = last
         if scalars:
             if self.tensorboard is None:
                 self.tensorboard = EventFileWriter(self.dir)
-            self.tensorboard.add_scalars(scalars, step, now)
+            self.tensorboard.add_many(scalars)
         self._update_summary()
-        return step
+        return steps
 
     def _update_summary(
-        self, goals: Mapping[str, str] | None = None, last: Mapping[str, Any] | None = None
+        self,
+        goals: Mapping[str, str] | None = None,
+        last: Mapping[str, Any] | None = None,
+        *,
+        now: bool = False,
     ) -> None:
-        """Bring summary.json up to date with metrics.jsonl (and new goals, final values)."""
+        """Bring summary.json up to date with metrics.jsonl (and new goals, final values).
+
+        For new rows only: at most every SUMMARY_EVERY seconds, and without fsync. With goals,
+        final values or `now`, at once and durably.
+        """
+        durable = now or bool(goals) or bool(last)
+        if not durable and time.monotonic() < self._summary_due:
+            self._summary_behind = True
+            return  # readers fold the rows it does not cover yet themselves
         path = self.dir / SUMMARY_FILE
         try:
             summary = normalized(read_json(path))
@@ -238,7 +302,20 @@ class _RunDirState:
         summary["offset"] = offset
         if last:
             summary["last"].update(last)
-        write_json(path, summary)
+        write_json(path, summary, durable=durable)
+        self._summary_due = time.monotonic() + SUMMARY_EVERY
+        self._summary_behind = False
+
+    def settle(self) -> None:
+        """Write summary.json now if rows were logged that it does not cover yet."""
+        with self.mutex:
+            if not self._summary_behind:
+                return
+            try:
+                with run_lock(self.dir):
+                    self._update_summary(now=True)
+            except OSError as exc:
+                raise tracking_error(exc, "write", self.dir) from exc
 
     def _rebuilt_summary(self, old: Mapping[str, Any]) -> dict[str, Any]:
         rows, offset = read_from(self.metrics.path, 0)
@@ -490,7 +567,7 @@ class _RunDirState:
                 meta["duration_s"] = max(0.0, finished_at - started)
 
         if self._update_run_file(record, change):
-            self._update_summary(last=record.get("summary") or None)
+            self._update_summary(last=record.get("summary") or None, now=True)
         _forget(self.dir)
 
 
@@ -521,6 +598,11 @@ def _required_str(record: Mapping[str, Any], field: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{record.get('kind')} record needs a non-empty string {field!r}")
     return value
+
+
+def check_log(record: Mapping[str, Any]) -> None:
+    """ValueError naming what makes `record` an invalid log record (its values), else None."""
+    _checked_values(record.get("values"))
 
 
 def _checked_values(values: Any) -> dict[str, Any]:
@@ -558,10 +640,23 @@ def _state_for(run_dir: Path) -> _RunDirState:
         return state
 
 
+def _existing_state(run_dir: Path) -> _RunDirState | None:
+    with _states_lock:
+        return _states.get((os.getpid(), os.path.abspath(run_dir)))
+
+
 def _forget(run_dir: Path) -> None:
     """Drop what this process keeps about a finished run (rebuilt from the files if needed)."""
     with _states_lock:
         _states.pop((os.getpid(), os.path.abspath(run_dir)), None)
 
 
-__all__ = ["FINAL_STATUSES", "RECORD_KINDS", "STATUSES", "LocalSink", "TrackingError", "run_lock"]
+__all__ = [
+    "FINAL_STATUSES",
+    "RECORD_KINDS",
+    "STATUSES",
+    "LocalSink",
+    "TrackingError",
+    "check_log",
+    "run_lock",
+]

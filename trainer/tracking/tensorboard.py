@@ -20,7 +20,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from trainer.tracking.appending import append_bytes
@@ -133,11 +133,18 @@ class EventFileWriter:
 
     def add_scalars(self, values: Mapping[str, float], step: int, wall_time: float) -> None:
         """Write one scalar event per value, all at `step` and `wall_time`."""
+        self.add_many([(values, step, wall_time)])
+
+    def add_many(self, rows: Sequence[tuple[Mapping[str, float], int, float]]) -> None:
+        """Write the scalar events of several (values, step, wall_time) rows in one write()."""
         data = b"".join(
             tfrecord(scalar_event(tag, float(value), step, wall_time))
+            for values, step, wall_time in rows
             for tag, value in values.items()
         )
+        if not data:
+            return
         if not self._started:
-            data = tfrecord(file_version_event(wall_time)) + data
+            data = tfrecord(file_version_event(rows[0][2])) + data
         append_bytes(self.path, data)
         self._started = True
