@@ -84,6 +84,7 @@ def test_the_events_and_their_data_follow_the_catalogue(
         "checkpoint_dir": None,
         "run_dir": None,
         "namespace": "trainer",
+        "barrier": False,
     }
     assert isinstance(started["host"], str) and started["host"]
     iteration = events[3].data
