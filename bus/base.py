@@ -57,6 +57,11 @@ class Bus(Protocol):
         """Move deliveries pending longer than `min_idle` seconds to `consumer` (XAUTOCLAIM)."""
         ...
 
+    async def pending(self, topic: str, group: str) -> int:
+        """Number of deliveries made through `group` and not acked yet, by any consumer
+        (XPENDING): work in hand, or left by a consumer that died, until claimed and acked."""
+        ...
+
     async def touch(self, topic: str, group: str, consumer: str, ids: Sequence[str]) -> list[str]:
         """Reset the idle time of those `ids` still pending for `consumer` (XCLAIM JUSTID with
         min-idle 0, after XPENDING), so that no claim_stale takes work still in progress;

@@ -423,6 +423,12 @@ class InMemoryBus:
                 out.append(Entry(entry_id, payload, p.deliveries))
             return out
 
+    async def pending(self, topic: str, group: str) -> int:
+        """Number of deliveries made through `group` and not acked yet, by any consumer."""
+        storage = self._live()
+        with storage.lock:
+            return len(storage.group(topic, group)[1].pending)
+
     async def touch(self, topic: str, group: str, consumer: str, ids: Sequence[str]) -> list[str]:
         """Reset the idle time of those `ids` still pending for `consumer`; return them."""
         storage = self._live()

@@ -427,6 +427,12 @@ class RedisStreamBus:
                 out.append(Entry(e.id, e.payload, int(row[0]["times_delivered"])))
         return out
 
+    async def pending(self, topic: str, group: str) -> int:
+        """Number of deliveries made through `group` and not acked yet, by any consumer."""
+        async with self._errors("XPENDING", topic):
+            summary = await self._redis.xpending(topic, group)
+        return int(summary["pending"])
+
     async def touch(self, topic: str, group: str, consumer: str, ids: Sequence[str]) -> list[str]:
         """Reset the idle time of those `ids` still pending for `consumer`; return them.
 

@@ -8,7 +8,9 @@ ranks the metrics worker's METRICS, awaited up to --score-timeout, saying so in 
 it into the run's checkpoint directory under the name the in-process Checkpoint handler would
 give it, keep the last `n_saved` and the best `n_best` (trainer.retention), delete the rest,
 write the manifest naming latest and best, and publish CHECKPOINT_SAVED (one per READY) and
-CHECKPOINT_PRUNED (one per deleted file).
+CHECKPOINT_PRUNED (one per deleted file). A READY is acked once its reports are written; one
+delivered again after its filer died sends the reports the manifest recorded of it, unless its
+CHECKPOINT_SAVED is on the bus already.
 
 Replicas share a run's READYs through the consumer group. The figures, though, may be delivered
 to another replica, so each replica reads them from a tail of the run's events topic of its
@@ -24,7 +26,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bus import BEGINNING, Envelope, Rejected, tail
+from bus import BEGINNING, DecodeError, Envelope, Rejected, decode, tail
+from bus.codec import peek_type
 from bus.messages import (
     CHECKPOINT_PRUNED,
     CHECKPOINT_READY,
@@ -41,6 +44,7 @@ from workers.checkpoint_files import (
     Ready,
     VerificationError,
     file_checkpoint,
+    filed_before,
     is_handled,
     verify,
 )
@@ -60,6 +64,7 @@ SCORE_TIMEOUT = 60.0
 # by read, so a short linger keeps what one replica holds at a time (and what a replica that
 # dies leaves to be reclaimed) small.
 READ_LINGER = 0.05
+SCAN_BATCH = 1000  # entries per read when looking for a SAVED on the run's events
 ALL = "all"  # --n-saved all / --n-best all: keep every checkpoint by that rule
 
 
@@ -211,10 +216,10 @@ class CheckpointWorker(Worker):
             return
         policy, score_name, mode = self.retention()
         ready, directory, epoch_end = self._parse(env)
-        # Filed before (by this worker or a replica, then redelivered): nothing left to do,
-        # and the incoming file is gone, so it must not be verified.
+        # Filed before (by this worker or a replica, then redelivered): only its reports may
+        # be left to send, and the incoming file is gone, so it must not be verified.
         if await asyncio.to_thread(is_handled, directory, ready.id):
-            self.ctx.log.info("already filed", extra={"ready": ready.id})
+            await self._report_again(directory, ready)
             return
         try:
             await asyncio.to_thread(verify, ready)
@@ -222,6 +227,7 @@ class CheckpointWorker(Worker):
             # A replica may be filing it right now (the file moved, the manifest not yet
             # written): ask again once it holds the lock no more.
             if await asyncio.to_thread(is_handled, directory, ready.id, locked=True):
+                await self._report_again(directory, ready)
                 return
             raise Rejected(str(exc)) from None
         score = None
@@ -231,9 +237,14 @@ class CheckpointWorker(Worker):
             file_checkpoint, directory, ready, score, policy, score_name
         )
         if filed is None:
-            self.ctx.log.info("already filed", extra={"ready": ready.id})
+            await self._report_again(directory, ready)
             return
         await self._report(directory, ready, filed)
+
+    async def flush(self) -> None:
+        """Wait until the batch's reports are written: its READYs are acked only then, so a
+        replica that dies before leaves them pending for another to report (`_report_again`)."""
+        await self.ctx.written()
 
     def _parse(self, env: Envelope) -> tuple[Ready, Path, bool]:
         """The READY's file, the directory to file it in and whether it ends an epoch."""
@@ -392,6 +403,55 @@ class CheckpointWorker(Worker):
         self._tail_read.set()
 
     # --- reports -----------------------------------------------------------------------------
+
+    async def _report_again(self, directory: Path, ready: Ready) -> None:
+        """Send the reports of a READY filed before unless its CHECKPOINT_SAVED is on the bus.
+
+        A READY is delivered again when whoever filed it did not ack it: a replica that died
+        after filing may have died before its reports were written. The manifest recorded
+        what they said.
+        """
+        if await self._saved_on_bus(ready.id):
+            self.ctx.log.info("already filed", extra={"ready": ready.id})
+            return
+        filed = await asyncio.to_thread(filed_before, directory, ready)
+        if filed is None:
+            self.ctx.log.warning(
+                "already filed, reports unknown",
+                extra={
+                    "ready": ready.id,
+                    "detail": "no CHECKPOINT_SAVED of it on the bus and no report of it in the "
+                    "manifest (filed too long ago)",
+                },
+            )
+            return
+        self.ctx.log.warning(
+            "reports sent again",
+            extra={
+                "ready": ready.id,
+                "detail": "filed by a worker that stopped before its CHECKPOINT_SAVED was written",
+            },
+        )
+        await self._report(directory, ready, filed)
+
+    async def _saved_on_bus(self, ready_id: str) -> bool:
+        """Whether the run's events hold a CHECKPOINT_SAVED of READY `ready_id`."""
+        topic = self.ctx.topics.events(self.ctx.run_id)
+        after = BEGINNING
+        while True:
+            entries = await self.ctx.bus.read(topic, after, count=SCAN_BATCH, block=None)
+            for entry in entries:
+                if peek_type(entry.payload) != CHECKPOINT_SAVED:
+                    continue  # most of a run's events: passed over undecoded
+                try:
+                    env = decode(entry.payload)
+                except DecodeError:
+                    continue
+                if env.data.get("ready_id") == ready_id:
+                    return True
+            if len(entries) < SCAN_BATCH:
+                return False
+            after = entries[-1].id
 
     async def _report(self, directory: Path, ready: Ready, filed: Filed) -> None:
         saved = filed.saved

@@ -33,6 +33,9 @@ from workers.errors import WorkerError
 # How many CHECKPOINT_READY ids the manifest remembers; a redelivery comes long before
 # thousands of newer checkpoints, and the manifest is rewritten on every filing.
 HANDLED_KEPT = 1000
+# How many filings' reports (what the SAVED and PRUNED said) the manifest keeps, so that a
+# replica reclaiming a READY whose filer died before its reports were written can send them.
+REPORTS_KEPT = 100
 
 
 class VerificationError(WorkerError):
@@ -180,22 +183,51 @@ def file_checkpoint(
                 remove_checkpoint(directory / entry["file"])
         kept = decision.keep
         newest, top = latest(kept), best(kept)
+        aliases = []
+        if decision.new_kept:
+            aliases += ["latest"] if newest is not None and newest.name == filename else []
+            aliases += ["best"] if top is not None and top.name == filename else []
         handled = [*handled, ready.id][-HANDLED_KEPT:]
+        report = {"ready_id": ready.id, "file": filename, "score": score, "aliases": aliases}
+        reports = [*manifest.get("reports", []), {**report, "pruned": pruned}][-REPORTS_KEPT:]
         extra = {k: v for k, v in manifest.items() if k not in ("latest", "best", "checkpoints")}
         write_manifest_entries(
             directory,
             [entries[rec.name] for rec in kept],
             best=top.name if top is not None else None,
-            extra={**extra, "handled": handled},
+            extra={**extra, "handled": handled, "reports": reports},
         )
-    aliases = []
-    if decision.new_kept:
-        aliases += ["latest"] if newest is not None and newest.name == filename else []
-        aliases += ["best"] if top is not None and top.name == filename else []
     return Filed(
         saved=saved,
         saved_aliases=aliases,
         pruned=pruned,
         latest=newest.name if newest is not None else None,
         best=top.name if top is not None else None,
+    )
+
+
+def filed_before(directory: Path, ready: Ready) -> Filed | None:
+    """What filing `ready` did, as the manifest of `directory` recorded it; None if it has no
+    record of it (filed too long ago, or by a version that kept no reports)."""
+    manifest = read_manifest(directory, missing_ok=True)
+    for report in reversed(manifest.get("reports", [])):
+        if report.get("ready_id") == ready.id:
+            break
+    else:
+        return None
+    saved = {
+        "file": report["file"],
+        "step": ready.iteration,
+        "score": report["score"],
+        "sha256": ready.sha256.lower(),
+        "epoch": ready.epoch,
+        "iteration": ready.iteration,
+        "ready_id": ready.id,
+    }
+    return Filed(
+        saved=saved,
+        saved_aliases=list(report["aliases"]),
+        pruned=list(report["pruned"]),
+        latest=manifest.get("latest"),
+        best=manifest.get("best"),
     )

@@ -116,6 +116,10 @@ class RunContext:
         env = self._envelope(type, data, epoch, iteration)
         await self._publisher.publish(self.topics.events(self.run_id), env)
 
+    async def written(self) -> None:
+        """Wait until everything published or sent so far is on the bus."""
+        await self._publisher.flush()
+
     async def control(
         self, type: str, data: dict[str, Any], *, epoch: int = 0, iteration: int = 0
     ) -> None:

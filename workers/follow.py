@@ -116,8 +116,9 @@ class RunFollower:
 
     The run's RUN_STARTED (from the registry, or the first one on the events topic) fills the
     context's config before anything else is handed to the kind. The run is over for this
-    follower once every rank's RUN_FINISHED is on the registry and the consumer has then been
-    idle for `linger` seconds (so the reports other workers publish after it are handled too).
+    follower once every rank's RUN_FINISHED is on the registry, the consumer has then been
+    idle for `linger` seconds (so the reports other workers publish after it are handled too)
+    and its group holds no unacked delivery (one a replica died with is reclaimed first).
     """
 
     def __init__(self, setup: FollowerSetup, info: RegisteredRun, start: str) -> None:
@@ -168,6 +169,7 @@ class RunFollower:
         self._last_activity = time.monotonic()
         self._finished_at: float | None = None
         self._looked_up = False
+        self._pending_since: float | None = None  # when the finished run still had some
         self._tune_linger()
 
     @property
@@ -323,11 +325,50 @@ class RunFollower:
                 # back empty) and nothing came for `linger` seconds.
                 if self._reads.drained_since(since):
                     idle = time.monotonic() - max(since, self._reads.last_entries)
-                    if idle >= linger:
+                    if idle < linger:
+                        timeout = linger - idle
+                    elif await self._nothing_left_pending():
                         return "finished"
-                    timeout = linger - idle
+                    else:
+                        timeout = self.consumer.claim_every  # its next reclaim may take them
             self._changed.clear()
             await first_of(stop.wait(), self._changed.wait(), self._consuming, timeout=timeout)
+
+    async def _nothing_left_pending(self) -> bool:
+        """Whether the group holds no delivery unacked (a replica that died mid-delivery left
+        it for this consumer to reclaim after claim_idle), or has held some too long to wait
+        for (a dead letter the bus refused stays pending)."""
+        consumer = self.consumer
+        try:
+            left = await self.setup.bus.pending(consumer.topic, consumer.group)
+        except BusUnavailable as exc:
+            self.log.warning("bus unavailable", extra={"error": str(exc), "retry": True})
+            return False
+        if not left:
+            return True
+        now = time.monotonic()
+        if self._pending_since is None:
+            self._pending_since = now
+            self.log.info(
+                "waiting for pending deliveries",
+                extra={
+                    "pending": left,
+                    "detail": f"reclaimed once idle for claim_idle ({consumer.claim_idle:g} s)",
+                },
+            )
+        # Each reclaim is a delivery: by then the last one was dead-lettered or acked.
+        patience = consumer.claim_idle * (consumer.max_deliveries + 1) + consumer.claim_every
+        if now - self._pending_since < patience:
+            return False
+        self.log.warning(
+            "left pending",
+            extra={
+                "pending": left,
+                "detail": f"still unacked after {patience:g} s; a replica or the next start "
+                "may reclaim them",
+            },
+        )
+        return True
 
     async def close(self) -> None:
         """Finish the deliveries in hand and ack them, close the kind, announce WORKER_LEFT.

@@ -274,6 +274,60 @@ async def test_two_replicas_file_every_checkpoint_once(bus, start_worker, tmp_pa
     assert await dead_letters(bus) == []
 
 
+async def test_a_ready_whose_filer_died_before_reporting_is_reported_once(
+    bus, start_worker, tmp_path: Path
+) -> None:
+    # A replica filed three READYs (the manifest says so) and died: its SAVED of the first
+    # was written, those of the other two were not. Their READYs come again, as reclaimed.
+    run = run_id()
+    trainer = FakeTrainer(bus, run, config={"checkpoint": {"n_saved": 1, "score": None}})
+    await trainer.start()
+    policy = RetentionPolicy(keep_last=1, keep_best=0)
+    readies, filings = [], []
+    for step in (10, 20, 30):
+        data = incoming(tmp_path, step, 0, f"weights {step}".encode(), epoch_end=False)
+        env = trainer.envelope("CHECKPOINT_READY", data, iteration=step)
+        ready = Ready(
+            env.id, Path(data["path"]), data["size"], data["sha256"], 0, step, "checkpoint"
+        )
+        filings.append(file_checkpoint(tmp_path, ready, None, policy, None))
+        readies.append(env)
+    first = filings[0].saved
+    sent_before = {
+        "path": str(tmp_path / first["file"]),
+        "sha256": first["sha256"],
+        "size": readies[0].data["size"],
+        "epoch": 0,
+        "iteration": 10,
+        "aliases": ["latest"],
+        "score": None,
+        "ready_id": readies[0].id,
+    }
+    await trainer.send(trainer.envelope("CHECKPOINT_SAVED", sent_before, iteration=10))
+    worker = await start_worker(CheckpointWorker, run_id=run)
+    for env in readies:
+        await trainer.send(env)
+    await trainer.finish()
+    assert await worker.ended() == 0
+
+    saved = await events(bus, run, "CHECKPOINT_SAVED")
+    assert [e.data["ready_id"] for e in saved] == [e.id for e in readies]
+    assert [e.data["path"] for e in saved] == [
+        str(tmp_path / f"checkpoint_{step}.pt") for step in (10, 20, 30)
+    ]
+    assert [e.data["aliases"] for e in saved[1:]] == [["latest"], ["latest"]]
+    assert {e.source for e in saved[1:]} == {worker.name}
+    for e in saved:
+        check_data("CHECKPOINT_SAVED", e.data, topic=EVENTS)
+    pruned = await events(bus, run, "CHECKPOINT_PRUNED")
+    assert [(e.data["path"], e.data["pruned_by"]) for e in pruned] == [
+        (str(tmp_path / "checkpoint_10.pt"), readies[1].id),
+        (str(tmp_path / "checkpoint_20.pt"), readies[2].id),
+    ]
+    assert checkpoint_files(tmp_path) == ["checkpoint_30.pt"]
+    assert await dead_letters(bus) == []
+
+
 async def test_a_bad_file_is_dead_lettered_and_the_worker_goes_on(
     bus, start_worker, tmp_path: Path
 ) -> None:
