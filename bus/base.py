@@ -57,9 +57,9 @@ class Bus(Protocol):
         """Move deliveries pending longer than `min_idle` seconds to `consumer` (XAUTOCLAIM)."""
         ...
 
-    async def pending(self, topic: str, group: str) -> int:
-        """Number of deliveries made through `group` and not acked yet, by any consumer
-        (XPENDING): work in hand, or left by a consumer that died, until claimed and acked."""
+    async def pending(self, topic: str, group: str) -> dict[str, int]:
+        """How many deliveries made through `group` each consumer holds unacked (XPENDING):
+        work in hand, or left by a consumer that died until another claims it."""
         ...
 
     async def touch(self, topic: str, group: str, consumer: str, ids: Sequence[str]) -> list[str]:

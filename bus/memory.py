@@ -17,6 +17,7 @@ import itertools
 import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -423,11 +424,13 @@ class InMemoryBus:
                 out.append(Entry(entry_id, payload, p.deliveries))
             return out
 
-    async def pending(self, topic: str, group: str) -> int:
-        """Number of deliveries made through `group` and not acked yet, by any consumer."""
+    async def pending(self, topic: str, group: str) -> dict[str, int]:
+        """How many deliveries made through `group` each consumer holds unacked."""
         storage = self._live()
         with storage.lock:
-            return len(storage.group(topic, group)[1].pending)
+            return dict(
+                Counter(p.consumer for p in storage.group(topic, group)[1].pending.values())
+            )
 
     async def touch(self, topic: str, group: str, consumer: str, ids: Sequence[str]) -> list[str]:
         """Reset the idle time of those `ids` still pending for `consumer`; return them."""

@@ -427,11 +427,15 @@ class RedisStreamBus:
                 out.append(Entry(e.id, e.payload, int(row[0]["times_delivered"])))
         return out
 
-    async def pending(self, topic: str, group: str) -> int:
-        """Number of deliveries made through `group` and not acked yet, by any consumer."""
+    async def pending(self, topic: str, group: str) -> dict[str, int]:
+        """How many deliveries made through `group` each consumer holds unacked."""
         async with self._errors("XPENDING", topic):
             summary = await self._redis.xpending(topic, group)
-        return int(summary["pending"])
+        held = {}
+        for row in summary["consumers"] or ():
+            name = row["name"]
+            held[name.decode() if isinstance(name, bytes) else name] = int(row["pending"])
+        return held
 
     async def touch(self, topic: str, group: str, consumer: str, ids: Sequence[str]) -> list[str]:
         """Reset the idle time of those `ids` still pending for `consumer`; return them.

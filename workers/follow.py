@@ -335,38 +335,35 @@ class RunFollower:
             await first_of(stop.wait(), self._changed.wait(), self._consuming, timeout=timeout)
 
     async def _nothing_left_pending(self) -> bool:
-        """Whether the group holds no delivery unacked (a replica that died mid-delivery left
-        it for this consumer to reclaim after claim_idle), or has held some too long to wait
-        for (a dead letter the bus refused stays pending)."""
+        """Whether no other consumer of the group holds a delivery unacked, as far as worth
+        waiting: one that a replica died with is this consumer's to reclaim once idle for
+        claim_idle. Its own failed deliveries stay pending for a retry by a later start."""
         consumer = self.consumer
         try:
-            left = await self.setup.bus.pending(consumer.topic, consumer.group)
+            held = await self.setup.bus.pending(consumer.topic, consumer.group)
         except BusUnavailable as exc:
             self.log.warning("bus unavailable", extra={"error": str(exc), "retry": True})
             return False
+        left = sum(n for name, n in held.items() if name != consumer.name)
         if not left:
             return True
         now = time.monotonic()
         if self._pending_since is None:
             self._pending_since = now
             self.log.info(
-                "waiting for pending deliveries",
+                "waiting for deliveries others left",
                 extra={
                     "pending": left,
                     "detail": f"reclaimed once idle for claim_idle ({consumer.claim_idle:g} s)",
                 },
             )
-        # Each reclaim is a delivery: by then the last one was dead-lettered or acked.
-        patience = consumer.claim_idle * (consumer.max_deliveries + 1) + consumer.claim_every
-        if now - self._pending_since < patience:
+        # By then a reclaim has taken whatever was idle for claim_idle: what others still hold
+        # is work in hand (a live replica's), theirs to ack.
+        if now - self._pending_since < consumer.claim_idle + 2 * consumer.claim_every:
             return False
         self.log.warning(
-            "left pending",
-            extra={
-                "pending": left,
-                "detail": f"still unacked after {patience:g} s; a replica or the next start "
-                "may reclaim them",
-            },
+            "others hold deliveries",
+            extra={"pending": left, "detail": "left to the replicas that hold them"},
         )
         return True
 

@@ -243,20 +243,20 @@ async def test_deliveries_of_a_dead_consumer_are_reclaimed_after_min_idle(bus: B
     assert [e.deliveries for e in again] == [3, 3]
 
 
-async def test_pending_counts_deliveries_not_acked_by_any_consumer(bus: Bus) -> None:
+async def test_pending_says_what_each_consumer_holds_unacked(bus: Bus) -> None:
     await put(bus, 0, 1, 2)
     await bus.ensure_group(TOPIC, "g")
-    assert await bus.pending(TOPIC, "g") == 0
+    assert await bus.pending(TOPIC, "g") == {}
     first = await bus.read_group(TOPIC, "g", "c1", count=2, block=None)
     second = await bus.read_group(TOPIC, "g", "c2", count=2, block=None)
-    assert await bus.pending(TOPIC, "g") == 3
+    assert await bus.pending(TOPIC, "g") == {"c1": 2, "c2": 1}
     await bus.ack(TOPIC, "g", [first[0].id, second[0].id])
-    assert await bus.pending(TOPIC, "g") == 1
-    # Claiming moves a delivery to another consumer; it stays pending until acked.
+    assert await bus.pending(TOPIC, "g") == {"c1": 1}
+    # Claimed, a delivery is held by its new consumer until acked.
     [claimed] = await bus.claim_stale(TOPIC, "g", "c3", min_idle=0, count=10)
-    assert await bus.pending(TOPIC, "g") == 1
+    assert await bus.pending(TOPIC, "g") == {"c3": 1}
     await bus.ack(TOPIC, "g", [claimed.id])
-    assert await bus.pending(TOPIC, "g") == 0
+    assert await bus.pending(TOPIC, "g") == {}
     with pytest.raises(UnknownGroup, match="nope"):
         await bus.pending(TOPIC, "nope")
 

@@ -99,8 +99,10 @@ def test_in_barrier_mode_the_voter_stops_at_the_epoch_in_process_early_stopping_
     assert max(trained) == last
 
 
-def test_without_barrier_a_stop_vote_lands_within_two_iterations(stack: Stack) -> None:
-    # Slow batches (20 ms) so that "within two iterations" means something on a busy machine.
+def test_without_barrier_a_stop_vote_lands_mid_epoch(stack: Stack) -> None:
+    # Slow batches (20 ms): the vote comes early in an epoch (the voter votes on the previous
+    # epoch's end) and the stop must land a few iterations later, not at the epoch's end. The
+    # bench measures how few (stack_overhead.py part 2); a loaded machine delays it some.
     config = stack.config(
         data={"name": "slow_digits:build"},
         train={"epochs": 5},
@@ -126,7 +128,7 @@ def test_without_barrier_a_stop_vote_lands_within_two_iterations(stack: Stack) -
         for env in (decode(f[b"env"]) for _, f in raw.xrange(stack.topics.events("nb")))
         if env.type == "ITERATION_COMPLETED" and env.ts * 1000 <= landed_ms
     ]
-    assert finished.data["iteration"] - max(before) <= 2
+    assert finished.data["iteration"] - max(before) <= EPOCH // 2
 
 
 def test_a_voter_made_of_redis_py_and_msgpack_stops_the_run_and_is_named(stack: Stack) -> None:
