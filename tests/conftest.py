@@ -19,6 +19,24 @@ if TYPE_CHECKING:
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Hand modules to xdist's workers in collection order (see the next hook)."""
+    # xdist's --dist loadscope otherwise starts the modules with the most tests first, which
+    # leaves the few-test process-heavy ones (a whole sweep, two ranks) to run alone at the end.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put the modules marked heavy first, the longest first, so that they start early."""
+
+    def cost(item: pytest.Item) -> float:
+        mark = item.get_closest_marker("heavy")
+        return -mark.args[0] if mark is not None else 0.0
+
+    items.sort(key=cost)  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A redis-server started by the tests on a free port (never the machine's own)."""

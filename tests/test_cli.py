@@ -20,6 +20,8 @@ from trainer.tasks.digits import digits_tensors
 from trainer.tasks.mlp import mlp
 from trainer.tracking.reader import read_run
 
+pytestmark = pytest.mark.heavy(150)  # seconds in the suite: scheduled first
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "digits.yaml"
 # Checkpoints every 10 iterations (23 per epoch), so some fall in the middle of an epoch.

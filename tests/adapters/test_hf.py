@@ -27,6 +27,8 @@ import pytest
 # The test extra brings the framework: without it these tests fail rather than skip.
 import transformers  # noqa: F401
 
+pytestmark = pytest.mark.heavy(60)  # seconds in the suite: scheduled first
+
 TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS / "stack") not in sys.path:
     sys.path.insert(0, str(TESTS / "stack"))

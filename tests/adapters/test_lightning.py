@@ -24,6 +24,8 @@ from bus import Envelope, encode
 from bus.messages import CONTROL, EVENTS, REGISTRY, check_data
 from workers.web import WebOptions
 
+pytestmark = pytest.mark.heavy(130)  # seconds in the suite: scheduled first
+
 HERE = Path(__file__).resolve().parent
 PROGRAM = HERE / "_lightning_digits.py"
 SECRET = "lightning-test-secret"

@@ -27,6 +27,8 @@ from trainer.tasks.mlp import mlp
 from .conftest import HERE, kill_ranks
 from .paced_digits import write_digits
 
+pytestmark = pytest.mark.heavy(70)  # seconds in the suite: scheduled first
+
 EPOCHS, EPOCH_LENGTH = 3, 6  # iterations per epoch, per rank
 LAST = EPOCHS * EPOCH_LENGTH
 # The resumed job: up to 6 epochs, stopped by early stopping at the end of its second (epoch 5).

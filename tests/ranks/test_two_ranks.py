@@ -29,6 +29,8 @@ from trainer.tasks.mlp import mlp
 from .conftest import RankStack, rank_record
 from .paced_digits import write_digits
 
+pytestmark = pytest.mark.heavy(160)  # seconds in the suite: scheduled first
+
 EPOCHS, EPOCH_LENGTH, EVERY = 3, 8, 4  # iterations per epoch, per rank; checkpoint every 4
 LAST = EPOCHS * EPOCH_LENGTH
 # Hang guards, far above what the runs take: a job that needs them is broken.

@@ -7,6 +7,7 @@ import re
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from stack_harness import Stack, eventually, manifest
 
@@ -16,6 +17,8 @@ from trainer.handlers import Checkpoint, DiskSaver
 from trainer.job import Job
 from trainer.reproducibility import prepare_process
 from trainer.retention import RetentionPolicy, best
+
+pytestmark = pytest.mark.heavy(120)  # seconds in the suite: scheduled first
 
 EPOCH = 23  # iterations per digits epoch
 

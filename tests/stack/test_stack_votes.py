@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from stack_harness import HERE, Stack, eventually
 
 from bus import Envelope, decode, encode, sign
 from trainer.engine import Engine
 from trainer.handlers import EarlyStopping
+
+pytestmark = pytest.mark.heavy(130)  # seconds in the suite: scheduled first
 
 EPOCH = 23  # iterations per digits epoch (1437 training samples, batches of 64)
 

@@ -32,6 +32,8 @@ from bus.messages import (
     TRIAL_STARTED,
 )
 
+pytestmark = pytest.mark.heavy(140)  # seconds in the suite: scheduled first
+
 SWEEP = "agents-sweep"
 TRIALS = 4
 EPOCHS = 3

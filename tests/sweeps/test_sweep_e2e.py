@@ -31,6 +31,8 @@ from bus.messages import (
     VOTE,
 )
 
+pytestmark = pytest.mark.heavy(165)  # seconds in the suite: scheduled first
+
 SWEEP = "e2e-sweep"
 EPOCHS = 3
 PRUNER = "pruner-e2e"
