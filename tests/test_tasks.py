@@ -11,6 +11,7 @@ from trainer import config
 from trainer.config import ConfigError
 from trainer.tasks import EpochShuffleSampler, build_data, build_model, build_optimizer
 from trainer.tasks.digits import digits_tensors
+from trainer.tasks.split_cache import CACHE_DIR_ENV
 
 
 def test_digits_split_is_stratified_seeded_and_scaled():
@@ -24,6 +25,45 @@ def test_digits_split_is_stratified_seeded_and_scaled():
     assert np.allclose(shares, np.bincount(y, minlength=10) / len(y), atol=0.01)
     again = digits_tensors(0.2, seed=3)
     assert torch.equal(again[2], x_val) and not torch.equal(digits_tensors(0.2, seed=4)[2], x_val)
+
+
+@pytest.mark.parametrize("name", ["digits", "diabetes"])
+def test_a_cached_split_is_scikit_learns_and_a_torn_cache_is_rebuilt(name, tmp_path, monkeypatch):
+    from sklearn.datasets import load_diabetes
+    from sklearn.model_selection import train_test_split
+
+    from trainer.tasks.diabetes import diabetes_tensors
+
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
+    tensors = {"digits": digits_tensors, "diabetes": diabetes_tensors}[name]
+    if name == "digits":
+        x, y = load_digits(return_X_y=True)
+        reference = train_test_split(x, y, test_size=0.25, random_state=7, stratify=y)[1]
+        scaled = reference / 16.0
+    else:
+        x, y = load_diabetes(return_X_y=True)
+        x_train, x_val = train_test_split(x, y, test_size=0.25, random_state=7)[:2]
+        scaled = (x_val - x_train.mean(axis=0)) / x_train.std(axis=0)
+    first = tensors(0.25, seed=7)  # built by scikit-learn, then stored
+    (stored,) = (tmp_path / "cache").glob(f"{name}-split-*.npz")
+    cached = tensors(0.25, seed=7)  # read back
+    for got in (first, cached):
+        assert np.allclose(got[2].numpy(), scaled, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(first, cached, strict=True))
+    # Another seed is another split; a torn file is built again, and replaced whole.
+    assert not torch.equal(tensors(0.25, seed=8)[2], first[2])
+    stored.write_bytes(stored.read_bytes()[:100])
+    assert all(torch.equal(a, b) for a, b in zip(tensors(0.25, seed=7), first, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(tensors(0.25, seed=7), first, strict=True))
+    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".npz", ".npz"]
+
+
+def test_an_unwritable_cache_only_costs_the_time(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv(CACHE_DIR_ENV, str(blocker / "cache"))
+    x_train, _, x_val, _ = digits_tensors(0.2, seed=3)
+    assert len(x_train) + len(x_val) == len(load_digits().target)
 
 
 def test_sampler_order_depends_only_on_seed_and_epoch():

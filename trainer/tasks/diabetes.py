@@ -11,6 +11,7 @@ import torch
 from trainer.tasks.objectives import REGRESSION
 from trainer.tasks.registry import DataBundle
 from trainer.tasks.sampling import tensor_loaders
+from trainer.tasks.split_cache import cached_split
 
 
 def diabetes_tensors(
@@ -21,6 +22,25 @@ def diabetes_tensors(
     Features and the target are centred and scaled by the training split's mean and standard
     deviation (the validation split takes no part in them); targets have shape (N, 1).
     """
+    split = cached_split("diabetes", val_fraction, seed, lambda: _split(val_fraction, seed))
+    x_train, y_train = split["x_train"], split["y_train"]
+    x_val, y_val = split["x_val"], split["y_val"]
+    x_mean, x_std = x_train.mean(axis=0), x_train.std(axis=0)
+    y_mean, y_std = y_train.mean(axis=0), y_train.std(axis=0)
+
+    def scaled(a: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor((a - mean) / std, dtype=torch.float32)
+
+    return (
+        scaled(x_train, x_mean, x_std),
+        scaled(y_train, y_mean, y_std),
+        scaled(x_val, x_mean, x_std),
+        scaled(y_val, y_mean, y_std),
+    )
+
+
+def _split(val_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """scikit-learn's diabetes data, split as `diabetes_tensors` says (unscaled)."""
     try:
         from sklearn.datasets import load_diabetes
         from sklearn.model_selection import train_test_split
@@ -34,18 +54,7 @@ def diabetes_tensors(
     x_train, x_val, y_train, y_val = train_test_split(
         x, y.reshape(-1, 1), test_size=val_fraction, random_state=seed
     )
-    x_mean, x_std = x_train.mean(axis=0), x_train.std(axis=0)
-    y_mean, y_std = y_train.mean(axis=0), y_train.std(axis=0)
-
-    def scaled(a: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor((a - mean) / std, dtype=torch.float32)
-
-    return (
-        scaled(x_train, x_mean, x_std),
-        scaled(y_train, y_mean, y_std),
-        scaled(x_val, x_mean, x_std),
-        scaled(y_val, y_mean, y_std),
-    )
+    return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
 
 
 def build(cfg: Any, epoch_fn: Callable[[], int]) -> DataBundle:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from trainer.tasks.objectives import CLASSIFICATION
 from trainer.tasks.registry import DataBundle
 from trainer.tasks.sampling import tensor_loaders
+from trainer.tasks.split_cache import cached_split
 
 PIXEL_MAX = 16.0  # digits pixels are integers 0..16
 
@@ -18,6 +20,24 @@ def digits_tensors(
     val_fraction: float, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_train, y_train, x_val, y_val): pixels scaled to [0, 1], a stratified seeded split."""
+    split = cached_split("digits", val_fraction, seed, lambda: _split(val_fraction, seed))
+
+    def features(a: Any) -> torch.Tensor:
+        return torch.as_tensor(a / PIXEL_MAX, dtype=torch.float32)
+
+    def labels(a: Any) -> torch.Tensor:
+        return torch.as_tensor(a, dtype=torch.long)
+
+    return (
+        features(split["x_train"]),
+        labels(split["y_train"]),
+        features(split["x_val"]),
+        labels(split["y_val"]),
+    )
+
+
+def _split(val_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """scikit-learn's digits, split as `digits_tensors` says (unscaled)."""
     try:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
@@ -31,14 +51,7 @@ def digits_tensors(
     x_train, x_val, y_train, y_val = train_test_split(
         x, y, test_size=val_fraction, random_state=seed, stratify=y
     )
-
-    def features(a: Any) -> torch.Tensor:
-        return torch.as_tensor(a / PIXEL_MAX, dtype=torch.float32)
-
-    def labels(a: Any) -> torch.Tensor:
-        return torch.as_tensor(a, dtype=torch.long)
-
-    return features(x_train), labels(y_train), features(x_val), labels(y_val)
+    return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val}
 
 
 def build(cfg: Any, epoch_fn: Callable[[], int]) -> DataBundle:
