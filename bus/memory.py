@@ -428,9 +428,8 @@ class InMemoryBus:
         """How many deliveries made through `group` each consumer holds unacked."""
         storage = self._live()
         with storage.lock:
-            return dict(
-                Counter(p.consumer for p in storage.group(topic, group)[1].pending.values())
-            )
+            _, g = storage.group(topic, group)
+            return dict(Counter(p.consumer for p in g.pending.values()))
 
     async def touch(self, topic: str, group: str, consumer: str, ids: Sequence[str]) -> list[str]:
         """Reset the idle time of those `ids` still pending for `consumer`; return them."""

@@ -46,6 +46,7 @@ from workers.checkpoint_files import (
     file_checkpoint,
     filed_before,
     is_handled,
+    moved_before,
     verify,
 )
 from workers.context import RunContext
@@ -229,10 +230,20 @@ class CheckpointWorker(Worker):
             if await asyncio.to_thread(is_handled, directory, ready.id, locked=True):
                 await self._report_again(directory, ready)
                 return
-            raise Rejected(str(exc)) from None
-        score = None
-        if score_name is not None and epoch_end:
-            score = await self._score(score_name, mode, ready)
+            # Or one died between the two: the file is in place, only unlisted.
+            score = await self._score_of(ready, score_name, mode, epoch_end)
+            moved = None
+            if not ready.path.exists():
+                moved = await asyncio.to_thread(moved_before, directory, ready, score, score_name)
+            if moved is None:
+                raise Rejected(str(exc)) from None
+            self.ctx.log.warning(
+                "filing finished",
+                extra={"ready": ready.id, "detail": f"found moved to {moved.path} but unlisted"},
+            )
+            ready = moved
+        else:
+            score = await self._score_of(ready, score_name, mode, epoch_end)
         filed = await asyncio.to_thread(
             file_checkpoint, directory, ready, score, policy, score_name
         )
@@ -298,6 +309,14 @@ class CheckpointWorker(Worker):
         return Path(chosen)
 
     # --- scores ------------------------------------------------------------------------------
+
+    async def _score_of(
+        self, ready: Ready, score_name: str | None, mode: str, epoch_end: bool
+    ) -> float | None:
+        """The checkpoint's score: only one taken at an epoch's end has one, when scored."""
+        if score_name is None or not epoch_end:
+            return None
+        return await self._score(score_name, mode, ready)
 
     async def _score(self, score_name: str, mode: str, ready: Ready) -> float | None:
         """The checkpoint's higher-is-better score from the figures of its epoch, or None."""

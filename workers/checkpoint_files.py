@@ -14,7 +14,7 @@ import errno
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,8 @@ def is_handled(directory: Path, ready_id: str, *, locked: bool = False) -> bool:
 
 def _move(source: Path, target: Path) -> None:
     """Move file or directory `source` to `target` atomically, also across file systems."""
+    if source == target:
+        return  # moved before, by a filer that died before writing the manifest
     if source.is_dir() and target.is_dir():
         remove_checkpoint(target)  # the same step filed again: a rename cannot replace a folder
     try:
@@ -136,6 +138,19 @@ def _move(source: Path, target: Path) -> None:
 def _finite(score: float | None) -> float | None:
     # NaN means "no score" to the retention rule; the manifest (JSON) says null instead.
     return None if score is None or math.isnan(score) else score
+
+
+def _entry(ready: Ready, filename: str, score: float | None) -> dict[str, Any]:
+    """The manifest's entry of checkpoint `ready` filed as `filename`."""
+    return {
+        "file": filename,
+        "step": ready.iteration,
+        "score": score,
+        "sha256": ready.sha256.lower(),
+        "epoch": ready.epoch,
+        "iteration": ready.iteration,
+        "ready_id": ready.id,
+    }
 
 
 def file_checkpoint(
@@ -168,15 +183,7 @@ def file_checkpoint(
         decision = policy.admit(manifest_records(manifest), new)
         _move(ready.path, directory / filename)
         entries = {e["file"]: e for e in manifest["checkpoints"]}
-        entries[filename] = saved = {
-            "file": filename,
-            "step": ready.iteration,
-            "score": score,
-            "sha256": ready.sha256.lower(),
-            "epoch": ready.epoch,
-            "iteration": ready.iteration,
-            "ready_id": ready.id,
-        }
+        entries[filename] = saved = _entry(ready, filename, score)
         pruned = [entries[rec.name] for rec in decision.prune]
         for entry in pruned:
             with contextlib.suppress(FileNotFoundError):  # already gone is what we want
@@ -206,6 +213,25 @@ def file_checkpoint(
     )
 
 
+def moved_before(
+    directory: Path, ready: Ready, score: float | None, score_name: str | None
+) -> Ready | None:
+    """`ready` at its final name in `directory`, if a filer that died between moving it there
+    and writing the manifest left it so and it matches the READY; else None."""
+    for ext in ("pt", ""):  # a file, or a framework's checkpoint folder
+        name = checkpoint_filename(
+            ready.name, ready.iteration, _finite(score), score_name=score_name, ext=ext
+        )
+        candidate = replace(ready, path=directory / name)
+        if candidate.path.exists():
+            try:
+                verify(candidate)
+            except VerificationError:
+                return None
+            return candidate
+    return None
+
+
 def filed_before(directory: Path, ready: Ready) -> Filed | None:
     """What filing `ready` did, as the manifest of `directory` recorded it; None if it has no
     record of it (filed too long ago, or by a version that kept no reports)."""
@@ -215,17 +241,8 @@ def filed_before(directory: Path, ready: Ready) -> Filed | None:
             break
     else:
         return None
-    saved = {
-        "file": report["file"],
-        "step": ready.iteration,
-        "score": report["score"],
-        "sha256": ready.sha256.lower(),
-        "epoch": ready.epoch,
-        "iteration": ready.iteration,
-        "ready_id": ready.id,
-    }
     return Filed(
-        saved=saved,
+        saved=_entry(ready, report["file"], report["score"]),
         saved_aliases=list(report["aliases"]),
         pruned=list(report["pruned"]),
         latest=manifest.get("latest"),

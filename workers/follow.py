@@ -118,7 +118,8 @@ class RunFollower:
     context's config before anything else is handed to the kind. The run is over for this
     follower once every rank's RUN_FINISHED is on the registry, the consumer has then been
     idle for `linger` seconds (so the reports other workers publish after it are handled too)
-    and its group holds no unacked delivery (one a replica died with is reclaimed first).
+    and no other consumer of its group holds a delivery (a replica that died with one leaves
+    it to be reclaimed first; waited for one reclaim at most).
     """
 
     def __init__(self, setup: FollowerSetup, info: RegisteredRun, start: str) -> None:

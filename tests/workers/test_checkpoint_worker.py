@@ -328,6 +328,32 @@ async def test_a_ready_whose_filer_died_before_reporting_is_reported_once(
     assert await dead_letters(bus) == []
 
 
+async def test_a_ready_whose_filer_died_after_moving_the_file_is_filed_in_place(
+    bus, start_worker, tmp_path: Path
+) -> None:
+    # A replica moved the file to its final name and died before listing it in the manifest.
+    run = run_id()
+    trainer = FakeTrainer(bus, run, config={"checkpoint": {"n_saved": 2, "score": None}})
+    await trainer.start()
+    data = incoming(tmp_path, 10, 0, b"weights 10", epoch_end=False)
+    os.replace(data["path"], tmp_path / "checkpoint_10.pt")
+    worker = await start_worker(CheckpointWorker, run_id=run)
+    await announce(trainer, data)
+    await announce(trainer, incoming(tmp_path, 20, 0, b"weights 20", epoch_end=False))
+    await trainer.finish()
+    assert await worker.ended() == 0
+
+    saved = await events(bus, run, "CHECKPOINT_SAVED")
+    assert [e.data["path"] for e in saved] == [
+        str(tmp_path / "checkpoint_10.pt"),
+        str(tmp_path / "checkpoint_20.pt"),
+    ]
+    assert checkpoint_files(tmp_path) == ["checkpoint_10.pt", "checkpoint_20.pt"]
+    assert [e["file"] for e in manifest(tmp_path)["checkpoints"]] == checkpoint_files(tmp_path)
+    assert (tmp_path / "checkpoint_10.pt").read_bytes() == b"weights 10"
+    assert await dead_letters(bus) == []
+
+
 async def test_a_bad_file_is_dead_lettered_and_the_worker_goes_on(
     bus, start_worker, tmp_path: Path
 ) -> None:
