@@ -23,6 +23,7 @@ one in a thread of its own, for synchronous callers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -143,6 +144,8 @@ class Publisher:
         self._can_reconcile = callable(getattr(bus, "last_id", None))
         self._recovered = 0
         self._enqueued = 0
+        self._taken = 0  # envelopes the writer has taken off the outbox so far
+        self._hurried = 0  # hurry(): the envelopes up to this count are written without linger
         self._published = 0
         self._retried = 0
         self._batches = 0
@@ -230,6 +233,19 @@ class Publisher:
         that a producer in another thread waits for what it published, not for what came after.
         """
         await self._written(self._enqueued if upto is None else upto, timeout)
+
+    def hurry_from_thread(self) -> None:
+        """Cut the linger short for what was published so far, from any thread, without waiting.
+
+        For an envelope someone waits to act on (an epoch's figures a voter judges): it is
+        written in the next round, which starts now, rather than up to `flush_interval` later.
+        """
+        self._hurried = self._enqueued
+        if self._loop is not None:
+            # The writer may be lingering, not idle: only `_wake` ends a linger early.
+            # RuntimeError: the loop is closed, and nothing is left to hurry.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._wake.set)
 
     def publish_from_thread(self, topic: str, env: Envelope, timeout: float | None = None) -> None:
         """Queue `env` for `topic` from a thread other than the loop's, never waiting for the bus.
@@ -402,6 +418,7 @@ class Publisher:
         batch = [payload]
         while len(batch) < self.max_batch and outbox and outbox[0][0] == topic:
             batch.append(outbox.popleft()[1])
+        self._taken += len(batch)
         if any(type(p) is tuple for p in batch):
             batch = self._encoded(topic, batch)
         self._inflight_topic = topic
@@ -431,6 +448,7 @@ class Publisher:
             and len(self._outbox) < self.max_batch
             and not self._flush_waiters
             and not self._closing
+            and self._taken >= self._hurried
         )
 
     async def _linger(self, seconds: float) -> None:
@@ -438,8 +456,8 @@ class Publisher:
         wake = self._wake
         wake.clear()
         # Producers set `_wake` only while the writer is idle, which it is not here: what can
-        # set it now is a flush or close(), each registered before it sets it.
-        if self._flush_waiters or self._closing:
+        # set it now is a flush, close() or hurry, each registered before it sets it.
+        if not self._lingering():
             return
         timer = asyncio.get_running_loop().call_later(seconds, wake.set)
         try:
@@ -450,11 +468,14 @@ class Publisher:
     async def _run(self) -> None:
         backoff = self.backoff_initial
         outage_start = 0.0
-        # Writes start at least `flush_interval` apart (unless flushed, closing or a batch is
-        # full): a writer that wrote whatever was there as soon as the last write returned
+        # Write rounds start at least `flush_interval` apart (unless flushed, closing or a batch
+        # is full): a writer that wrote whatever was there as soon as the last write returned
         # would chase the producer, one append per envelope, which costs both ends far more
-        # than the linger saves.
+        # than the linger saves. A round writes what the outbox held when it began, batch after
+        # batch without lingering between them: its envelopes for several topics (a run's
+        # events, the registry) must not each wait a linger more than the one before.
         next_write = 0.0
+        round_end = 0  # the round ends once the writer has taken this many envelopes
         while not self._abort:
             if not self._inflight:
                 if not self._outbox:
@@ -468,12 +489,14 @@ class Publisher:
                     # Let what is published together (an epoch's end) gather into one write.
                     next_write = max(next_write, time.monotonic() + self.flush_interval)
                     continue
-                if self._lingering():
-                    wait = next_write - time.monotonic()
-                    if wait > 0:
-                        await self._linger(wait)
-                        continue
-                next_write = time.monotonic() + self.flush_interval
+                if self._taken >= round_end:
+                    if self._lingering():
+                        wait = next_write - time.monotonic()
+                        if wait > 0:
+                            await self._linger(wait)
+                            continue
+                    next_write = time.monotonic() + self.flush_interval
+                    round_end = self._taken + len(self._outbox)
                 self._take_batch()
                 if not self._inflight:  # all of it dropped (see _encoded)
                     self._progress()

@@ -123,6 +123,11 @@ class ThreadedPublisher:
             topic, type, run_id, source, data, epoch, iteration
         )
 
+    def hurry(self) -> None:
+        """Write what was published so far without waiting out the linger; returns at once."""
+        if not self._closed:
+            self.publisher.hurry_from_thread()
+
     def flush(self, timeout: float | None = None) -> None:
         """Block until everything published so far is written; TimeoutError after `timeout` s."""
         pub = self.publisher

@@ -53,6 +53,10 @@ class PrunerWorker(Worker):
     kind: ClassVar[str] = "pruner"
     votes: ClassVar[bool] = True
     handles: ClassVar[frozenset[str] | None] = frozenset({RUN_STARTED, METRICS, EPOCH_COMPLETED})
+    # Reads at once, in or out of barrier mode: a pruned trial trains on until the vote lands,
+    # and what that costs is the whole point of pruning (the READ_LINGER default put 0.2 s,
+    # two or three digits epochs, between a trial's figures and its stop).
+    read_linger: ClassVar[float | None] = 0.0
     SETTINGS: ClassVar[tuple[Setting, ...]] = (
         Setting("sweep", str, help="the sweep to prune: the id `trainer sweep` printed; required"),
         Setting(

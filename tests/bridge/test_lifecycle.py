@@ -7,13 +7,14 @@ import os
 import pytest
 import torch
 
+from bus import ThreadedPublisher, open_bus
 from bus.messages import EVENTS, check_data
 from trainer import Engine, EventEnum, Events
 from trainer.bridge import BusRun
 from trainer.handlers import EarlyStopping, TerminateOnNan
 from trainer.metrics import Average
 
-from ._bus import TOPICS, BusClient, types
+from ._bus import TOPICS, BusClient, joined, types, wait_until
 
 
 def train_and_validate(run: BusRun) -> tuple[Engine, Engine]:
@@ -404,3 +405,40 @@ def test_the_secret_comes_from_the_environment_by_default(
     finally:
         run.close()
         other.close()
+
+
+@pytest.mark.parametrize("voter", [True, False], ids=["a voter waits", "no voter"])
+def test_the_start_and_for_a_voter_each_epochs_figures_are_written_without_the_linger(
+    bus_url: str, client: BusClient, run_id: str, voter: bool
+) -> None:
+    # Outside barrier mode a voter judges each epoch as soon as its figures are on the bus; a
+    # linger (here an hour, so that nothing else writes) must not hold them, nor RUN_STARTED,
+    # which workers wait for to join. Without a voter the figures wait for the next round.
+    if voter:
+        client.append(TOPICS.control(run_id), joined(run_id, "voter"))
+    publisher = ThreadedPublisher(lambda: open_bus(bus_url), flush_interval=3600)
+    run = BusRun(bus_url, run_id, publisher=publisher, heartbeat_timeout=3600)
+    trainer, _ = train_and_validate(run)
+    events = TOPICS.events(run_id)
+
+    def written(epoch: int, split: str) -> bool:
+        return any(
+            env.type == "EPOCH_COMPLETED" and env.epoch == epoch and env.data["split"] == split
+            for env in client.read(events)
+        )
+
+    def previous_epoch_written(engine: Engine) -> None:
+        previous = engine.state.epoch - 1  # the epoch about to start, less one
+        wait_until(lambda: written(previous, "train") and written(previous, "val"), "figures")
+
+    if voter:
+        trainer.add_event_handler(Events.EPOCH_STARTED(lambda _, n: n > 1), previous_epoch_written)
+    try:
+        with run:
+            wait_until(lambda: "RUN_STARTED" in types(client.read(events)), "RUN_STARTED")
+            trainer.run([1, 2, 3], max_epochs=3)
+            assert written(1, "val") is voter
+        run.finish()
+    finally:
+        publisher.close()
+    assert types(client.read(events)).count("EPOCH_COMPLETED") == 6  # finish() wrote the rest

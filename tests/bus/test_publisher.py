@@ -116,6 +116,42 @@ async def test_envelopes_published_together_share_pipelined_batches(bus) -> None
     await pub.close()
 
 
+async def test_a_write_round_writes_every_topic_it_found_without_lingering_between(bus) -> None:
+    # A run's events and the registry entry published together must land together: the
+    # second topic's batch may not wait out another linger after the first topic's write.
+    spy = Spy(bus)
+    pub = Publisher(spy, max_batch=3, flush_interval=3600)  # only a full outbox starts a round
+    for i, topic in enumerate([EVENTS, EVENTS, CONTROL]):  # the third fills it: a round begins
+        pub.publish_nowait(topic, env(i))
+    deadline = time.monotonic() + 10  # a bound, not an expectation: written at once
+    while len(spy.appends) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+    assert [(topic, batch) for topic, batch, _ in spy.appends] == [(EVENTS, [0, 1]), (CONTROL, [2])]
+    pub.publish_nowait(EVENTS, env(3))  # after the round: it waits for the next one
+    await asyncio.sleep(0.2)
+    assert pub.stats().outbox == 1
+    await pub.close()
+
+
+def test_hurry_writes_what_was_published_without_waiting_out_the_linger(bus_url) -> None:
+    # An epoch's figures a voter waits for: written now, with what came before them.
+    pub = ThreadedPublisher(lambda: open_bus(bus_url), flush_interval=3600)
+    try:
+        for i in range(3):
+            pub.publish(EVENTS, env(i))
+        pub.hurry()
+        deadline = time.monotonic() + 10  # a bound, not an expectation: written at once
+        while pub.stats().published < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pub.stats().published == 3
+        pub.publish(EVENTS, env(3))  # not hurried: it waits for the next round
+        time.sleep(0.2)
+        assert pub.stats().outbox == 1
+    finally:
+        pub.close()
+
+
 async def test_maxlen_is_passed_to_every_append(bus) -> None:
     spy = Spy(bus)
     async with Publisher(spy, maxlen=500, flush_interval=0) as pub:

@@ -207,6 +207,7 @@ class EngineLink:
             self.sender.send(
                 EPOCH_COMPLETED, {**data, "metric_states": {}, "metric_states_dropped": dropped}
             )
+        self.sender.epoch_ended()
 
     def _completed(self, engine: Engine) -> None:
         self._flush()

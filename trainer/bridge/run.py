@@ -212,6 +212,8 @@ class BusRun:
             verifier=verifier,
             can_checkpoint=lambda: self._checkpointer is not None,
         )
+        book = self.control.book
+        self.sender.voters_waiting = lambda: not self.barrier and bool(book.registered)
         self._reader = ControlReader(
             self.control,
             topic=self.topics.control(self.run_id),
@@ -400,6 +402,10 @@ class BusRun:
             data["sweep"] = self.sweep
         data.update({k: v for k, v in self.run_info.items() if k not in data})
         self._announce(RUN_STARTED, data)
+        # Written now, not a linger later: workers join a run (and voters count) only once
+        # they have seen its RUN_STARTED, and a short epoch may end within one linger.
+        if not self.sender.muted:
+            self.publisher.hurry()
         self._phase = "started"
         # Voters that registered before this start must count from the first boundary on.
         deadline = time.monotonic() + CATCH_UP_TIMEOUT

@@ -9,6 +9,7 @@ log (once) and counts it in `dropped`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bus import Envelope, PublisherClosed, PublisherFailed, ThreadedPublisher, Topics
@@ -36,6 +37,9 @@ class Sender:
         # Nothing reads this process's bus (a rank other than 0 without a shared bus): send
         # nothing rather than pile up envelopes in memory.
         self.muted = False
+        # Whether a voter waits to judge each epoch's figures as soon as they exist (the run
+        # has voters and no barrier, which would flush them anyway): BusRun says.
+        self.voters_waiting: Callable[[], bool] = lambda: False
 
     def progress(self) -> tuple[int, int]:
         """The primary engine's (epoch, iteration) now; (0, 0) before one is attached."""
@@ -84,6 +88,11 @@ class Sender:
             )
         except (PublisherClosed, PublisherFailed) as exc:
             self._lost(type, exc)
+
+    def epoch_ended(self) -> None:
+        """Have an epoch's figures written now, not a linger later, if a voter waits for them."""
+        if not self.muted and self.voters_waiting():
+            self.publisher.hurry()
 
     def publish(self, topic: str, env: Envelope) -> None:
         """Queue `env` for `topic`; a failed or closed publisher drops it with a log line."""
