@@ -68,12 +68,16 @@ WRITE_TIMEOUT = 600.0
 FLUSH_TIMEOUT = 30.0
 # Seconds the publisher lets envelopes gather into one write: a write per envelope would cost
 # the training process a round trip's worth of Python per iteration. Stops and barriers do not
-# wait for it (control is read separately; a barrier flushes first). 0.1 s, not 0.02: each
+# wait for it (control is read separately; a barrier flushes first), nor do RUN_STARTED and,
+# outside barrier mode when a voter is registered, each EPOCH_COMPLETED: those are written at
+# once (`ThreadedPublisher.hurry`), since a worker joins a run only once it has seen its start
+# and a voter judges each epoch as soon as it can (bench/sweep_savings.py: a pruned digits
+# trial ran 0.2-0.3 s past its rung before). 0.1 s, not 0.02: each
 # write costs the publisher's thread (sharing the GIL with training) about 0.5 ms of Python
 # whatever it carries (digits job on Redis: 1.10-1.13 x the plain loop at 0.02 s, 1.05-1.06 at
 # 0.1 s); the workers read a few times a second anyway, and people watch at that pace.
 PUBLISH_LINGER = float(os.environ.get("TRAINER_PUBLISH_LINGER", "0.1"))
-# The same on the in-memory bus, longer: a write there costs no round trip, but each one wakes
+# The same on the in-memory bus, shorter: a write there costs no round trip, but each one wakes
 # the embedded workers' consumers on the loop whose thread shares the GIL with training (digits
 # job, 4 workers: that thread's CPU per epoch -10 to -17% against 0.02 s). Workers see events
 # up to this much later; barriers and finish() flush first, and stops never wait for it.
