@@ -61,6 +61,7 @@ def cached_split(name: str, val_fraction: float, seed: int, build: Callable[[], 
 def _store(path: Path, arrays: Arrays) -> None:
     """Write `arrays` to `path` whole or not at all (processes starting together may write the
     same split at once); a directory that cannot be written is left alone."""
+    staged: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as out:
@@ -68,5 +69,5 @@ def _store(path: Path, arrays: Arrays) -> None:
             np.savez(out, **arrays)
         os.replace(staged, path)
     except OSError:
-        if "staged" in locals():
+        if staged is not None:
             staged.unlink(missing_ok=True)
