@@ -9,7 +9,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from trainer import tracking
-from trainer.tracking.tensorboard import crc32c, masked_crc32c
+from trainer.tracking.tensorboard import crc32c, event_file_name, masked_crc32c
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -69,6 +69,12 @@ def test_a_run_written_by_two_reopenings_reads_back_whole(tmp_path: Path) -> Non
         zip(range(6), as_float32([1.0 / (s + 1) for s in range(6)]), strict=True)
     )
     assert read["val/loss"] == [(6, 0.5)]
+
+
+def test_a_processs_event_files_sort_in_the_order_they_were_made() -> None:
+    # TensorBoard reads them in name order: past the 9th file "...10" must not come first.
+    names = [event_file_name(wall_time=1_800_000_000) for _ in range(12)]
+    assert sorted(names) == names
 
 
 def test_keyed_rows_skipped_as_duplicates_are_not_written_to_tensorboard(tmp_path: Path) -> None:

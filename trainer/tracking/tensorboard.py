@@ -117,7 +117,9 @@ def event_file_name(wall_time: float | None = None) -> str:
     """A new event file name: events.out.tfevents.<time>.<host>.<pid>.<n>."""
     stamp = int(wall_time if wall_time is not None else time.time())
     host = socket.gethostname() or "localhost"
-    return f"events.out.tfevents.{stamp:010d}.{host}.{os.getpid()}.{next(_file_numbers)}"
+    # Zero-padded: TensorBoard reads a directory's files in name order, and a run's 10th file
+    # named "...10" would sort before its 9th, "...9" (and a pid of 999 after one of 1000).
+    return f"events.out.tfevents.{stamp:010d}.{host}.{os.getpid():07d}.{next(_file_numbers):06d}"
 
 
 class EventFileWriter:
