@@ -88,6 +88,9 @@ class CheckpointSection:
 
     every: int | None = field(default=1, metadata=limits(ge=1))  # null: no checkpoints
     unit: str = field(default="epoch", metadata=limits(choices=("epoch", "iteration")))
+    # copy parameters and optimizer state while the next step runs (up to its optimizer step);
+    # false: copy all of it at the boundary, for steps that edit parameters in place themselves
+    overlap: bool = True
     n_saved: int | None = field(default=2, metadata=limits(ge=1))  # last n kept; null keeps all
     n_best: int = field(default=1, metadata=limits(ge=0))  # and the best k by `score`
     # validation metric ranking the best (the task's: accuracy, loss; or loss, mse, mae, r2);

@@ -216,6 +216,7 @@ class Job:
                 every=checkpoint.every,
                 unit=checkpoint.unit,
                 directory=run_dir / CHECKPOINT_DIR,
+                overlap=checkpoint.overlap,
             )
         return to_save
 

@@ -14,7 +14,8 @@ from torch import nn
 
 from trainer import Engine, Events
 from trainer.bridge import BusRun
-from trainer.bridge.snapshot import Snapshots, frozen_copy, snapshot
+from trainer.bridge.snapshot import Snapshots, copy_pending, frozen_copy, snapshot
+from trainer.bridge.staging import Stager
 from trainer.checkpoint_store import RNGState, file_sha256
 from trainer.handlers import Checkpoint
 
@@ -302,3 +303,132 @@ def test_snapshots_reuse_the_buffers_of_written_ones_and_copy_the_new_values() -
     assert torch.equal(second["model"]["weight"], model.weight.detach())
     third = snapshots.take({"model": model})  # nothing recycled since: fresh buffers
     assert third["model"]["weight"] is not buffer
+
+
+# ---- overlapped copies (trainer.bridge.staging) -------------------------------------------
+
+
+def trained_once(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> None:
+    """One forward, backward and optimizer step: the optimizer's state exists afterwards."""
+    optimizer.zero_grad()
+    model(x).square().mean().backward()
+    optimizer.step()
+
+
+def test_an_overlapped_snapshot_leaves_parameters_and_optimizer_state_for_later() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    optimizer = torch.optim.Adam(model.parameters())
+    trained_once(model, optimizer, torch.randn(8, 3))
+    reference = copy.deepcopy({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+
+    frozen, pending = Snapshots().take_overlapped({"model": model, "optimizer": optimizer})
+    params = {p.data_ptr() for p in model.parameters()}
+    moments = [t for s in optimizer.state.values() for t in s.values() if t.dim() > 0]
+    assert {p.source.data_ptr() for p in pending if p.owner == "model"} == params
+    assert {p.source.data_ptr() for p in pending if p.owner == "optimizer"} >= {
+        t.data_ptr() for t in moments
+    }
+    # Batch-norm statistics change in the next forward pass, before any optimizer step: they
+    # are copied at once, and that forward pass leaves the snapshot as it was.
+    model(torch.randn(8, 3))
+    assert torch.equal(frozen["model"]["1.running_mean"], reference["model"]["1.running_mean"])
+    assert not torch.equal(model[1].running_mean, reference["model"]["1.running_mean"])
+
+    assert copy_pending(pending) is None
+    assert all(
+        torch.equal(frozen["model"][k], v)
+        for k, v in reference["model"].items()
+        if k != "1.running_mean" and k != "1.running_var" and k != "1.num_batches_tracked"
+    )
+    for i, state in reference["optimizer"]["state"].items():
+        assert all(torch.equal(frozen["optimizer"]["state"][i][k], v) for k, v in state.items())
+    assert frozen["optimizer"]["param_groups"] == reference["optimizer"]["param_groups"]
+
+
+def test_the_next_optimizer_step_waits_for_the_overlapped_copy() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(2000, 2000)  # 16 MB of weights and 32 MB of Adam moments to copy
+    optimizer = torch.optim.Adam(model.parameters())
+    x = torch.randn(4, 2000)
+    trained_once(model, optimizer, x)
+    model(x).square().mean().backward()  # the next step's gradients, ready to apply
+    reference = copy.deepcopy({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+
+    stager, waits = Stager(), []
+    frozen, pending = Snapshots().take_overlapped({"model": model, "optimizer": optimizer})
+    staging = stager.stage(pending, waits.append)
+    optimizer.step()  # at once: without the hook it would change what is being copied
+    try:
+        assert staging.copied.is_set() and staging.torn is None and staging.error is None
+        assert not torch.equal(model.weight.detach(), reference["model"]["weight"])
+        assert all(torch.equal(frozen["model"][k], v) for k, v in reference["model"].items())
+        for i, state in reference["optimizer"]["state"].items():
+            got = frozen["optimizer"]["state"][i]
+            assert all(torch.equal(got[k], v) for k, v in state.items())
+    finally:
+        stager.close()
+    # The hook is gone with the stager: later steps wait for nothing.
+    optimizer.step()
+    assert len(waits) <= 1
+
+
+class _EditsTheModel:
+    """A stateful object whose state_dict() edits the model in place at one iteration, after
+    the model's own state was taken: the kind of change an overlapped copy cannot see coming."""
+
+    def __init__(self, trainer: Engine, model: nn.Module, at: int) -> None:
+        self.trainer, self.model, self.at = trainer, model, at
+
+    def state_dict(self) -> dict:
+        if self.trainer.state.iteration == self.at:
+            with torch.no_grad():
+                self.model.weight.mul_(2.0)
+        return {}
+
+
+def test_a_state_changed_in_place_while_being_copied_is_not_written_and_not_risked_again(
+    bus_url: str, client: BusClient, run_id: str, tmp_path: Path
+) -> None:
+    setup = Setup()
+    setup.record_at(Events.ITERATION_COMPLETED)
+    to_save = {**setup.to_save, "editor": _EditsTheModel(setup.trainer, setup.model, at=2)}
+    run = BusRun(bus_url, run_id)
+    run.attach(setup.trainer)
+    run.checkpoint(to_save, every=1, unit="iteration", directory=tmp_path)
+    with run:
+        setup.trainer.run(setup.data[:4], max_epochs=1)
+
+    stats = run.checkpoint_stats
+    assert [s.iteration for s in stats] == [1, 2, 3, 4]
+    assert stats[1].error is not None
+    assert "'model' was changed in place" in stats[1].error and "iteration 2" in stats[1].error
+    assert [s.error for s in stats[2:]] == [None, None]
+    announced = ready(client, run_id)
+    assert [e.iteration for e in announced] == [1, 3, 4]  # nothing torn was announced
+    # The checkpoints after the torn one were copied on the training thread, and are exact.
+    for env in announced:
+        loaded = torch.load(env.data["path"], weights_only=True)
+        assert all(
+            torch.equal(loaded["model"][k], v)
+            for k, v in setup.seen[env.iteration]["model"].items()
+        )
+        assert loaded["editor"] == {}
+
+
+def test_checkpoints_copied_at_the_boundary_restore_the_state_exactly(
+    bus_url: str, client: BusClient, run_id: str, tmp_path: Path
+) -> None:
+    setup = Setup()
+    setup.record_at(Events.ITERATION_COMPLETED)
+    run = BusRun(bus_url, run_id)
+    run.attach(setup.trainer)
+    run.checkpoint(setup.to_save, every=2, unit="iteration", directory=tmp_path, overlap=False)
+    with run:
+        setup.trainer.run(setup.data, max_epochs=1)
+        setup.seen[5] = setup.state()  # the final checkpoint holds the state after the run
+    announced = ready(client, run_id)
+    assert [e.iteration for e in announced] == [2, 4, 5]
+    for env in announced:
+        assert_same_state(
+            torch.load(env.data["path"], weights_only=True), setup.seen[env.iteration]
+        )

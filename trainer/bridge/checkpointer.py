@@ -1,7 +1,9 @@
 """Checkpointer: snapshots on the training thread, written by one writer thread, announced.
 
-The training thread only copies the state (`snapshot`) and hands it over; the writer thread
-saves it atomically to `<dir>/.incoming/<name>_<iteration>.pt` (`save_atomic`: temporary
+The training thread only copies the state (`snapshot`) and hands it over: with `overlap` (the
+default) it copies only what the next step may change before its optimizer step, and a stager
+thread copies the parameters and optimizer state meanwhile (trainer.bridge.staging). The writer
+thread saves it atomically to `<dir>/.incoming/<name>_<iteration>.pt` (`save_atomic`: temporary
 file, fsync, rename; hashed while written), then publishes CHECKPOINT_READY for the checkpoint
 worker, which verifies the file and files it into `<dir>`. At most `max_pending` snapshots
 wait for the writer; a training thread that outruns the disk waits for room, and that wait is
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from bus.messages import CHECKPOINT_READY
 from trainer.bridge.snapshot import Snapshots
+from trainer.bridge.staging import Stager, Staging
 from trainer.checkpoint_store import check_stateful, collect_state, save_atomic
 from trainer.events import Events
 
@@ -72,8 +75,10 @@ class CheckpointStat:
     iteration: int
     reason: str  # "scheduled", "requested" or "final"
     epoch_end: bool
-    blocked: float  # seconds the training thread spent: the copy, then waiting for the writer
-    copy: float  # of which copying the state (the rest waited for room in the writer's queue)
+    # seconds the training thread spent: the copy, waiting for the writer, and with `overlap`
+    # the wait for the stager's copy before the next optimizer step
+    blocked: float
+    copy: float  # of which copying the state (on the training thread)
     write: float | None = None  # seconds the writer spent (save, fsync, rename); None until done
     size: int | None = None
     sha256: str | None = None
@@ -84,6 +89,7 @@ class CheckpointStat:
 class _Job:
     state: dict[str, Any]
     stat: CheckpointStat
+    staging: Staging | None = None  # copies still being made off the training thread
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -106,6 +112,7 @@ class Checkpointer:
         name: str,
         max_pending: int = 2,
         write: bool = True,
+        overlap: bool = True,
     ) -> None:
         if not isinstance(to_save, Mapping) or not to_save:
             raise TypeError(
@@ -132,6 +139,9 @@ class Checkpointer:
         self.stats: list[CheckpointStat] = []
         self.last_iteration: int | None = None
         self._snapshots = Snapshots()
+        # Set back to False by the writer if a snapshot was changed while being copied.
+        self.overlap = bool(overlap)
+        self._stager = Stager()
         self._queue: queue.Queue[_Job | None] = queue.Queue(
             _positive_int("max_pending", max_pending)
         )
@@ -182,7 +192,12 @@ class Checkpointer:
             self.last_iteration = state.iteration
             return None
         started = time.perf_counter()
-        frozen = self._snapshots.take(self.to_save)
+        self._stager.settle()  # the last snapshot's copy, made by now unless no step came since
+        pending: list = []
+        if self.overlap:
+            frozen, pending = self._snapshots.take_overlapped(self.to_save)
+        else:
+            frozen = self._snapshots.take(self.to_save)
         copied = time.perf_counter()
         path = self.incoming / f"{self.name}_{state.iteration}.pt"
         stat = CheckpointStat(
@@ -194,10 +209,13 @@ class Checkpointer:
             blocked=0.0,
             copy=copied - started,
         )
+        job = _Job(frozen, stat)
+        if pending:
+            job.staging = self._stager.stage(pending, lambda waited: _add_blocked(stat, waited))
         with self._idle:
             self._pending += 1
-        self._queue.put(_Job(frozen, stat))
-        stat.blocked = time.perf_counter() - started
+        self._queue.put(job)
+        _add_blocked(stat, time.perf_counter() - started)
         self.last_iteration = state.iteration
         self.stats.append(stat)
         return stat
@@ -209,6 +227,7 @@ class Checkpointer:
 
     def close(self, timeout: float | None = None) -> None:
         """Finish the queued writes, then stop the writer thread."""
+        self._stager.close()
         self.wait(timeout)
         if self._writer is not None:
             self._queue.put(None)
@@ -230,6 +249,8 @@ class Checkpointer:
 
     def _write(self, job: _Job) -> None:
         stat = job.stat
+        if job.staging is not None and not self._staged(job.staging, stat):
+            return
         started = time.perf_counter()
         try:
             saved = save_atomic(job.state, stat.path)
@@ -257,3 +278,29 @@ class Checkpointer:
         # Stamped with the snapshot's progress: that is what the file holds.
         env = self.sender.envelope(CHECKPOINT_READY, data, at=(stat.epoch, stat.iteration))
         self.sender.publish(self.sender.events_topic, env)
+
+    def _staged(self, staging: Staging, stat: CheckpointStat) -> bool:
+        """Wait for the stager's copies of a snapshot; False (and why, logged) if it is torn."""
+        staging.copied.wait()
+        if staging.error is None and staging.torn is None:
+            return True
+        if staging.torn is not None:
+            stat.error = (
+                f"{staging.torn.owner!r} was changed in place, not by an optimizer step, before "
+                f"its copy for the checkpoint at iteration {stat.iteration} was made"
+            )
+            # The rest of the run copies on the training thread, where nothing can interfere.
+            self.overlap = False
+        else:
+            stat.error = f"copying the state failed: {staging.error!r}"
+        log.error(
+            "checkpoint at iteration %d was not written: %s; no CHECKPOINT_READY is sent%s",
+            stat.iteration,
+            stat.error,
+            "; later checkpoints are copied on the training thread" if staging.torn else "",
+        )
+        return False
+
+
+def _add_blocked(stat: CheckpointStat, seconds: float) -> None:
+    stat.blocked += seconds

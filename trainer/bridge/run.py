@@ -337,9 +337,14 @@ class BusRun:
         name: str = "checkpoint",
         *,
         max_pending: int = 2,
+        overlap: bool = True,
     ) -> None:
         """Checkpoint `to_save` every `every` epochs (or iterations) of the primary, on request
-        (CHECKPOINT_REQUEST) and at finish(); written off the training thread."""
+        (CHECKPOINT_REQUEST) and at finish(); written off the training thread.
+
+        `overlap`: copy parameters and optimizer state while the next step runs, up to its
+        optimizer step (trainer.bridge.staging); False copies everything at the boundary.
+        """
         self._check_can_add_checkpointer()
         chosen = directory if directory is not None else self.checkpoint_dir
         if chosen is None:
@@ -355,6 +360,7 @@ class BusRun:
             directory=self.checkpoint_dir,
             name=name,
             max_pending=max_pending,
+            overlap=overlap,
             # Rank 0 writes; the other ranks take part (collective state_dicts) and drop it.
             write=self.rank == 0,
         )
