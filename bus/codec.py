@@ -82,34 +82,71 @@ def to_native(value: Any) -> Any:
 
 
 def _as_map(env: Envelope, with_sig: bool) -> dict[str, Any]:
-    wire = {
-        "v": env.v,
-        "id": env.id,
-        "run_id": env.run_id,
-        "type": env.type,
-        "source": env.source,
-        "ts": float(env.ts),
-        "epoch": int(env.epoch),
-        "iteration": int(env.iteration),
-        "data": env.data,
-    }
+    wire = _wire(
+        env.type, env.run_id, env.source, env.data, env.epoch, env.iteration, env.id, env.ts
+    )
+    wire["v"] = env.v
     if with_sig and env.sig is not None:
         wire["sig"] = env.sig
     return wire
 
 
+def _wire(
+    type: str,
+    run_id: str,
+    source: str,
+    data: dict[str, Any],
+    epoch: int,
+    iteration: int,
+    id: str,
+    ts: float,
+) -> dict[str, Any]:
+    """The wire map of an unsigned envelope of the current schema version."""
+    return {
+        "v": SCHEMA_VERSION,
+        "id": id,
+        "run_id": run_id,
+        "type": type,
+        "source": source,
+        "ts": float(ts),
+        "epoch": int(epoch),
+        "iteration": int(iteration),
+        "data": data,
+    }
+
+
 def encode(env: Envelope, max_bytes: int = MAX_ENVELOPE_BYTES) -> bytes:
     """Encode an envelope to msgpack bytes, refusing one larger than `max_bytes`."""
+    return _packed(_as_map(env, with_sig=True), max_bytes)
+
+
+def encode_fields(
+    type: str,
+    run_id: str,
+    source: str,
+    data: dict[str, Any],
+    epoch: int,
+    iteration: int,
+    id: str,
+    ts: float,
+    max_bytes: int = MAX_ENVELOPE_BYTES,
+) -> bytes:
+    """`encode(Envelope(type, run_id, source, data, epoch, iteration, id, ts))`, unsigned,
+    without building the Envelope: for the publisher's writer, which encodes one per step."""
+    return _packed(_wire(type, run_id, source, data, epoch, iteration, id, ts), max_bytes)
+
+
+def _packed(wire: dict[str, Any], max_bytes: int) -> bytes:
     try:
-        raw = _packer().pack(_as_map(env, with_sig=True))
+        raw = _packer().pack(wire)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(
-            f"envelope {env.type!r} (id {env.id}) has data that is not msgpack-native: {exc}; "
-            "convert it with bus.codec.to_native first"
+            f"envelope {wire['type']!r} (id {wire['id']}) has data that is not msgpack-native: "
+            f"{exc}; convert it with bus.codec.to_native first"
         ) from exc
     if len(raw) > max_bytes:
         raise EnvelopeTooLarge(
-            f"envelope {env.type!r} (id {env.id}) is {len(raw)} bytes, "
+            f"envelope {wire['type']!r} (id {wire['id']}) is {len(raw)} bytes, "
             f"over the limit of {max_bytes} bytes; send large payloads as files and publish "
             "their path"
         )

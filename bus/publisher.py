@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from bus.base import Bus
-from bus.codec import encode
+from bus.codec import encode, encode_fields
 from bus.envelope import Envelope, new_id
 from bus.errors import (
     BusAuthError,
@@ -432,9 +432,10 @@ class Publisher:
                 done.append(payload)
                 continue
             type_, run_id, source, data, epoch, iteration, ts = payload
-            env = Envelope(type_, run_id, source, data, epoch, iteration, new_id(ts), ts)
             try:
-                done.append(encode(env))
+                done.append(
+                    encode_fields(type_, run_id, source, data, epoch, iteration, new_id(ts), ts)
+                )
             except (TypeError, EnvelopeTooLarge) as exc:
                 # The caller vouched for the data, and it cannot be told any more: the envelope
                 # is lost, and counted as done so that nobody's flush waits for it.
