@@ -165,7 +165,11 @@ class Publisher:
         self._room_waiters = 0
         self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
         # For producers in other threads (ThreadedPublisher) waiting for room.
-        self._room_cv = threading.Condition()
+        # The lock alone on the hot path (a Condition's `with` is Python-level code, and the
+        # training thread takes it at every published step); the condition over the same lock
+        # for producers that wait for room.
+        self._room_lock = threading.Lock()
+        self._room_cv = threading.Condition(self._room_lock)
         self._thread_waiters = 0
         self._last_full_warning = -_FULL_WARNING_INTERVAL
         self._full_since_warning = 0
@@ -274,7 +278,6 @@ class Publisher:
         now and its id made from it, so the envelope says when it was published. Blocks only
         while the outbox is full, as `publish_from_thread` does.
         """
-        self._check_usable()
         later = (type, run_id, source, data, epoch, iteration, time.time())
         self._put_from_thread(topic, later, None)
 
@@ -346,30 +349,37 @@ class Publisher:
 
     def _put_from_thread(self, topic: str, payload: bytes | Later, timeout: float | None) -> None:
         """Queue a payload from a thread other than the loop's, waiting while the outbox is full."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._room_cv:
-            if self.depth >= self.max_outbox:
-                self._note_full()
-            while self.depth >= self.max_outbox:
+        # Called at every published training step: the common case reads two flags and two
+        # lengths inline, the checks that raise run only when one of them says they would.
+        with self._room_lock:
+            if len(self._outbox) + len(self._inflight) >= self.max_outbox:
+                self._wait_for_room(timeout)
+            if self._failure is not None or self._closing:
                 self._check_usable()
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError(
-                        f"publisher outbox stayed full ({self.depth} envelopes) for {timeout} s"
-                    )
-                self._thread_waiters += 1
-                try:
-                    # Bounded wait: a missed notify costs at most this long, never a hang.
-                    self._room_cv.wait(0.1 if remaining is None else min(remaining, 0.1))
-                finally:
-                    self._thread_waiters -= 1
-            self._check_usable()
             self._outbox.append((topic, payload))
             self._enqueued += 1
         if self._idle:
             self._idle = False
             assert self._loop is not None
             self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _wait_for_room(self, timeout: float | None) -> None:
+        """Wait (holding `_room_lock`) until the outbox has room; TimeoutError after `timeout`."""
+        self._note_full()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.depth >= self.max_outbox:
+            self._check_usable()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(
+                    f"publisher outbox stayed full ({self.depth} envelopes) for {timeout} s"
+                )
+            self._thread_waiters += 1
+            try:
+                # Bounded wait: a missed notify costs at most this long, never a hang.
+                self._room_cv.wait(0.1 if remaining is None else min(remaining, 0.1))
+            finally:
+                self._thread_waiters -= 1
 
     def _note_full(self) -> None:
         self._blocked += 1

@@ -33,11 +33,13 @@ def scalar(value: Any) -> float | None:
         return float(value)
     if kind is bool:
         return None
+    # Tensors before the ABC test below: a step's loss is one, at every published step, and
+    # isinstance against numbers.Real costs more than the rest of this function.
+    numel = getattr(value, "numel", None)  # torch tensors
+    if numel is not None and hasattr(value, "detach"):
+        return float(value.item()) if numel() == 1 else None
     if isinstance(value, numbers.Real):  # numpy scalars and other Real types
         return float(value)
-    numel = getattr(value, "numel", None)  # torch tensors
-    if numel is not None:
-        return float(value.detach()) if numel() == 1 else None
     if getattr(value, "size", None) == 1 and hasattr(value, "item"):  # numpy arrays
         return float(value.item())
     return None
