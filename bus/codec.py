@@ -82,7 +82,7 @@ def to_native(value: Any) -> Any:
 
 
 def _as_map(env: Envelope, with_sig: bool) -> dict[str, Any]:
-    wire = _wire(
+    wire = wire_map(
         env.type, env.run_id, env.source, env.data, env.epoch, env.iteration, env.id, env.ts
     )
     wire["v"] = env.v
@@ -91,7 +91,7 @@ def _as_map(env: Envelope, with_sig: bool) -> dict[str, Any]:
     return wire
 
 
-def _wire(
+def wire_map(
     type: str,
     run_id: str,
     source: str,
@@ -101,7 +101,8 @@ def _wire(
     id: str,
     ts: float,
 ) -> dict[str, Any]:
-    """The wire map of an unsigned envelope of the current schema version."""
+    """The wire map of an unsigned envelope of the current schema version, built from its
+    fields (the publisher's writer encodes one per step without making an Envelope first)."""
     return {
         "v": SCHEMA_VERSION,
         "id": id,
@@ -117,26 +118,11 @@ def _wire(
 
 def encode(env: Envelope, max_bytes: int = MAX_ENVELOPE_BYTES) -> bytes:
     """Encode an envelope to msgpack bytes, refusing one larger than `max_bytes`."""
-    return _packed(_as_map(env, with_sig=True), max_bytes)
+    return encode_map(_as_map(env, with_sig=True), max_bytes)
 
 
-def encode_fields(
-    type: str,
-    run_id: str,
-    source: str,
-    data: dict[str, Any],
-    epoch: int,
-    iteration: int,
-    id: str,
-    ts: float,
-    max_bytes: int = MAX_ENVELOPE_BYTES,
-) -> bytes:
-    """`encode(Envelope(type, run_id, source, data, epoch, iteration, id, ts))`, unsigned,
-    without building the Envelope: for the publisher's writer, which encodes one per step."""
-    return _packed(_wire(type, run_id, source, data, epoch, iteration, id, ts), max_bytes)
-
-
-def _packed(wire: dict[str, Any], max_bytes: int) -> bytes:
+def encode_map(wire: dict[str, Any], max_bytes: int = MAX_ENVELOPE_BYTES) -> bytes:
+    """Encode a wire map (`wire_map`) to msgpack bytes, refusing one larger than `max_bytes`."""
     try:
         raw = _packer().pack(wire)
     except (TypeError, ValueError, OverflowError) as exc:

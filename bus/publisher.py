@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from bus.base import Bus
-from bus.codec import encode, encode_fields
+from bus.codec import encode, encode_map, wire_map
 from bus.envelope import Envelope, new_id
 from bus.errors import (
     BusAuthError,
@@ -443,9 +443,8 @@ class Publisher:
                 continue
             type_, run_id, source, data, epoch, iteration, ts = payload
             try:
-                done.append(
-                    encode_fields(type_, run_id, source, data, epoch, iteration, new_id(ts), ts)
-                )
+                wire = wire_map(type_, run_id, source, data, epoch, iteration, new_id(ts), ts)
+                done.append(encode_map(wire))
             except (TypeError, EnvelopeTooLarge) as exc:
                 # The caller vouched for the data, and it cannot be told any more: the envelope
                 # is lost, and counted as done so that nobody's flush waits for it.

@@ -127,14 +127,17 @@ def test_epoch_checkpoints_are_announced_and_restore_the_state_exactly(
     )
 
 
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlapped", "copied-at-once"])
 def test_iteration_checkpoints_and_a_final_one(
-    bus_url: str, client: BusClient, run_id: str, tmp_path: Path
+    bus_url: str, client: BusClient, run_id: str, tmp_path: Path, overlap: bool
 ) -> None:
     setup = Setup()
     setup.record_at(Events.ITERATION_COMPLETED)
     run = BusRun(bus_url, run_id)
     run.attach(setup.trainer)
-    run.checkpoint(setup.to_save, every=4, unit="iteration", directory=tmp_path, name="state")
+    run.checkpoint(
+        setup.to_save, every=4, unit="iteration", directory=tmp_path, name="state", overlap=overlap
+    )
     with run:
         setup.trainer.run(setup.data, max_epochs=2)
         setup.seen[10] = setup.state()  # the final checkpoint holds the state after the run
@@ -413,22 +416,3 @@ def test_a_state_changed_in_place_while_being_copied_is_not_written_and_not_risk
             for k, v in setup.seen[env.iteration]["model"].items()
         )
         assert loaded["editor"] == {}
-
-
-def test_checkpoints_copied_at_the_boundary_restore_the_state_exactly(
-    bus_url: str, client: BusClient, run_id: str, tmp_path: Path
-) -> None:
-    setup = Setup()
-    setup.record_at(Events.ITERATION_COMPLETED)
-    run = BusRun(bus_url, run_id)
-    run.attach(setup.trainer)
-    run.checkpoint(setup.to_save, every=2, unit="iteration", directory=tmp_path, overlap=False)
-    with run:
-        setup.trainer.run(setup.data, max_epochs=1)
-        setup.seen[5] = setup.state()  # the final checkpoint holds the state after the run
-    announced = ready(client, run_id)
-    assert [e.iteration for e in announced] == [2, 4, 5]
-    for env in announced:
-        assert_same_state(
-            torch.load(env.data["path"], weights_only=True), setup.seen[env.iteration]
-        )
