@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bus.messages import CHECKPOINT_READY
-from trainer.bridge.snapshot import Snapshots
+from trainer.bridge.snapshot import Pending, Snapshots
 from trainer.bridge.staging import Stager, Staging
 from trainer.checkpoint_store import check_stateful, collect_state, save_atomic
 from trainer.events import Events
@@ -193,7 +193,7 @@ class Checkpointer:
             return None
         started = time.perf_counter()
         self._stager.settle()  # the last snapshot's copy, made by now unless no step came since
-        pending: list = []
+        pending: list[Pending] = []
         if self.overlap:
             frozen, pending = self._snapshots.take_overlapped(self.to_save)
         else:

@@ -73,7 +73,7 @@ class Stager:
             started = time.perf_counter()
             staging.copied.wait()
             staging.on_wait(time.perf_counter() - started)
-        # Only the thread that staged clears it, and a later stage() replaces it anyway.
+        # Unless a later stage() has replaced it meanwhile.
         if self._inflight is staging:
             self._inflight = None
 
