@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -66,6 +67,10 @@ SCORE_TIMEOUT = 60.0
 # dies leaves to be reclaimed) small.
 READ_LINGER = 0.05
 SCAN_BATCH = 1000  # entries per read when looking for a SAVED on the run's events
+# How long a READY found filed but unreported waits for its filer's CHECKPOINT_SAVED before the
+# reports are sent again: a replica that filed it a moment ago may be writing them right now.
+REPORT_GRACE = 1.0
+REPORT_POLL = 0.05
 ALL = "all"  # --n-saved all / --n-best all: keep every checkpoint by that rule
 
 
@@ -430,7 +435,7 @@ class CheckpointWorker(Worker):
         after filing may have died before its reports were written. The manifest recorded
         what they said.
         """
-        if await self._saved_on_bus(ready.id):
+        if await self._report_seen(ready.id):
             self.ctx.log.info("already filed", extra={"ready": ready.id})
             return
         filed = await asyncio.to_thread(filed_before, directory, ready)
@@ -452,6 +457,16 @@ class CheckpointWorker(Worker):
             },
         )
         await self._report(directory, ready, filed)
+
+    async def _report_seen(self, ready_id: str) -> bool:
+        """Whether a CHECKPOINT_SAVED of READY `ready_id` is on the run's events, or lands
+        there within REPORT_GRACE s (written by a live filer meanwhile)."""
+        deadline = time.monotonic() + REPORT_GRACE
+        while not await self._saved_on_bus(ready_id):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(REPORT_POLL)
+        return True
 
     async def _saved_on_bus(self, ready_id: str) -> bool:
         """Whether the run's events hold a CHECKPOINT_SAVED of READY `ready_id`."""

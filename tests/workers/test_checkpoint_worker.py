@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import hashlib
 import json
@@ -274,6 +275,21 @@ async def test_two_replicas_file_every_checkpoint_once(bus, start_worker, tmp_pa
     assert await dead_letters(bus) == []
 
 
+def saved_report(trainer: FakeTrainer, directory: Path, saved: dict, ready: Envelope) -> Envelope:
+    """The CHECKPOINT_SAVED a replica sends for `ready`, filed as `saved` (a manifest entry)."""
+    data = {
+        "path": str(directory / saved["file"]),
+        "sha256": saved["sha256"],
+        "size": ready.data["size"],
+        "epoch": ready.epoch,
+        "iteration": ready.iteration,
+        "aliases": ["latest"],
+        "score": None,
+        "ready_id": ready.id,
+    }
+    return trainer.envelope("CHECKPOINT_SAVED", data, iteration=ready.iteration)
+
+
 async def test_a_ready_whose_filer_died_before_reporting_is_reported_once(
     bus, start_worker, tmp_path: Path
 ) -> None:
@@ -292,18 +308,7 @@ async def test_a_ready_whose_filer_died_before_reporting_is_reported_once(
         )
         filings.append(file_checkpoint(tmp_path, ready, None, policy, None))
         readies.append(env)
-    first = filings[0].saved
-    sent_before = {
-        "path": str(tmp_path / first["file"]),
-        "sha256": first["sha256"],
-        "size": readies[0].data["size"],
-        "epoch": 0,
-        "iteration": 10,
-        "aliases": ["latest"],
-        "score": None,
-        "ready_id": readies[0].id,
-    }
-    await trainer.send(trainer.envelope("CHECKPOINT_SAVED", sent_before, iteration=10))
+    await trainer.send(saved_report(trainer, tmp_path, filings[0].saved, readies[0]))
     worker = await start_worker(CheckpointWorker, run_id=run)
     for env in readies:
         await trainer.send(env)
@@ -326,6 +331,30 @@ async def test_a_ready_whose_filer_died_before_reporting_is_reported_once(
     ]
     assert checkpoint_files(tmp_path) == ["checkpoint_30.pt"]
     assert await dead_letters(bus) == []
+
+
+async def test_a_ready_filed_a_moment_ago_is_reported_by_its_filer_alone(
+    bus, start_worker, tmp_path: Path
+) -> None:
+    # A replica has filed a READY and is writing its CHECKPOINT_SAVED when the READY comes to
+    # this worker too (sent twice): it waits for that report rather than sending its own.
+    run = run_id()
+    trainer = FakeTrainer(bus, run, config={"checkpoint": {"n_saved": 1, "score": None}})
+    await trainer.start()
+    data = incoming(tmp_path, 10, 0, b"weights 10", epoch_end=False)
+    env = trainer.envelope("CHECKPOINT_READY", data, iteration=10)
+    ready = Ready(env.id, Path(data["path"]), data["size"], data["sha256"], 0, 10, "checkpoint")
+    policy = RetentionPolicy(keep_last=1, keep_best=0)
+    filing = file_checkpoint(tmp_path, ready, None, policy, None)
+    worker = await start_worker(CheckpointWorker, run_id=run)
+    await trainer.send(env)
+    await asyncio.sleep(0.3)  # the filer's report lands while this worker looks for it
+    await trainer.send(saved_report(trainer, tmp_path, filing.saved, env))
+    await trainer.finish()
+    assert await worker.ended() == 0
+
+    saved = await events(bus, run, "CHECKPOINT_SAVED")
+    assert [(e.data["ready_id"], e.source) for e in saved] == [(env.id, trainer.source)]
 
 
 async def test_a_ready_whose_filer_died_after_moving_the_file_is_filed_in_place(
