@@ -10,6 +10,7 @@ private Redis; the page reads them with the web view's tails.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -63,22 +64,24 @@ class Writer:
         self.run(trial, EPOCH_COMPLETED, data, epoch=epoch)
 
 
+def started_data(config: dict[str, Any]) -> dict[str, Any]:
+    """SWEEP_STARTED's data for a grid over two learning rates."""
+    return {
+        "params": {"optim.lr": "choice(0.01, 1e-05)"},
+        "trials": 2,
+        "sampler": "grid",
+        "objective": OBJECTIVE,
+        "config": config,
+        "started_at": 1.0,
+    }
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Writer, WebServer, Any]]:
     server = RedisServer().start()
     writer = Writer(server.url)
     config = {"train": {"epochs": 3}}
-    writer.sweep(
-        SWEEP_STARTED,
-        {
-            "params": {"optim.lr": "choice(0.01, 1e-05)"},
-            "trials": 2,
-            "sampler": "grid",
-            "objective": OBJECTIVE,
-            "config": config,
-            "started_at": 1.0,
-        },
-    )
+    writer.sweep(SWEEP_STARTED, started_data(config))
     for trial, params in enumerate(PARAMS):
         order = {
             "trial": trial,
@@ -168,3 +171,28 @@ def test_the_runs_page_links_the_sweep_and_an_unknown_sweep_is_a_404(live) -> No
     assert page.get_attribute("#sweeps a", "href") == f"/sweeps/{SWEEP}"
     answer = httpx.get(f"{web.url}/api/sweeps/nope", timeout=GUARD)
     assert answer.status_code == 404 and "no sweep 'nope'" in answer.json()["error"]
+
+
+def test_requests_that_come_together_each_answer_the_whole_sweep(live) -> None:
+    # A page asks for a sweep and its stream at once: whichever request comes second waits for
+    # the history the first one started reading, rather than answering what is read so far.
+    writer, web, _ = live
+    other = "web-sweep-together"
+    writer.put(TOPICS.sweeps(), Envelope(SWEEP_STARTED, other, "sweep:test:2", started_data({})))
+    for trial in range(2):
+        started = {
+            "trial": trial,
+            "run_id": f"{other}-t{trial:03d}",
+            "agent": "agent-a",
+            "resumed_from": None,
+        }
+        writer.put(
+            TOPICS.sweep_events(other), Envelope(TRIAL_STARTED, other, "sweep:test:2", started)
+        )
+
+    def ask(_: int) -> dict[str, Any]:
+        return httpx.get(f"{web.url}/api/sweeps/{other}", timeout=GUARD).json()
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(ask, range(4)))
+    assert [len(answer["trials"]) for answer in answers] == [2, 2, 2, 2]

@@ -35,15 +35,34 @@ class SweepWatch:
         self.state = SweepState(sweep_id)
         self.changed = Signal()
         self.reader = SweepReader(bus, topics, self.state, on_change=self.changed.fire)
+        self._started: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
-        """Start reading; return once the history is read (or HISTORY_WAIT has passed)."""
+        """Start reading (the first call does); return once the history is read (or
+        HISTORY_WAIT has passed), whichever request asked first."""
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._read_history())
+        # Shielded: a request that goes away must not cancel the reading others wait for.
+        await asyncio.shield(self._started)
+
+    async def _read_history(self) -> None:
         await self.reader.start()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.reader.ready.wait(), HISTORY_WAIT)
 
+    def failed(self) -> bool:
+        """Whether starting failed (the bus refused the reads): this watch will never read."""
+        started = self._started
+        return (
+            started is not None
+            and started.done()
+            and (started.cancelled() or started.exception() is not None)
+        )
+
     async def close(self) -> None:
         """Stop reading."""
+        if self._started is not None and not self._started.done():
+            self._started.cancel()
         await self.reader.close()
 
 
@@ -64,12 +83,18 @@ class Sweeps:
         """The watch of `sweep_id`, None if the bus never saw that sweep start."""
         async with self._lock:
             found = self.watches.get(sweep_id)
-            if found is not None:
-                return found
-            if await find_sweep(self.bus, self.topics, sweep_id) is None:
-                return None
-            found = self.watches[sweep_id] = SweepWatch(self.bus, self.topics, sweep_id)
-        await found.start()
+            if found is None:
+                if await find_sweep(self.bus, self.topics, sweep_id) is None:
+                    return None
+                found = self.watches[sweep_id] = SweepWatch(self.bus, self.topics, sweep_id)
+        # Every caller waits for the history, not only the first: a page asks for the sweep
+        # and its stream at once, and the one that came second must not answer half of it.
+        try:
+            await found.start()
+        except BaseException:
+            if self.watches.get(sweep_id) is found and found.failed():
+                del self.watches[sweep_id]  # the next request starts afresh
+            raise
         return found
 
     async def close(self) -> None:
