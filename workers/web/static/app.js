@@ -605,7 +605,10 @@
       chart(sweep);
     }
 
-    api("/api/sweeps/" + encodeURIComponent(sweepId)).then(render).catch((e) => {
+    // The stream alone draws the page: its first event is the whole sweep, and an answer to a
+    // separate request could arrive after a newer event and draw an older sweep over it. The
+    // request is for what the stream cannot say: why there is no sweep to show.
+    api("/api/sweeps/" + encodeURIComponent(sweepId)).catch((e) => {
       $("error").hidden = false;
       $("error").textContent = e.message;
     });
