@@ -144,6 +144,8 @@ def test_the_page_lists_the_trials_with_their_values_and_curves(live) -> None:
     assert rows[0][3] == "running" and rows[0][5] == "0.6200"
     assert _curve(page, 0) == [0.62] and _curve(page, 1) == [0.11]
     assert "0/2 done" in page.text_content("#progress")
+    shown = f"bus {web.options.shown_url} · "
+    eventually(lambda: page.text_content("#bus").startswith(shown), GUARD, "the bus's state")
 
 
 def test_a_new_epoch_and_a_pruned_trial_show_up_live(live) -> None:

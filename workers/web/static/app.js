@@ -605,10 +605,12 @@
       chart(sweep);
     }
 
-    // The stream alone draws the page: its first event is the whole sweep, and an answer to a
+    // The stream alone draws the sweep: its first event is the whole sweep, and an answer to a
     // separate request could arrive after a newer event and draw an older sweep over it. The
-    // request is for what the stream cannot say: why there is no sweep to show.
-    api("/api/sweeps/" + encodeURIComponent(sweepId)).catch((e) => {
+    // request is for what the stream does not say: the bus's state, or why there is no sweep.
+    api("/api/sweeps/" + encodeURIComponent(sweepId)).then((sweep) => {
+      if (sweep.bus) showBus(sweep.bus);
+    }).catch((e) => {
       $("error").hidden = false;
       $("error").textContent = e.message;
     });
