@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import Counter, deque
@@ -56,6 +57,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 # A producer that keeps finding the outbox full is told so at most this often.
 _FULL_WARNING_INTERVAL = 10.0
+# The writer naps (looks again every flush_interval) for this many flush intervals after it
+# last took envelopes, then sleeps until woken (see Publisher._naps_pay).
+_NAP_WHILE_FED = 20
 
 # An envelope the writer builds and encodes (`publish_later_from_thread`): its type, run_id,
 # source, data, epoch, iteration and ts, as the producer gave them.
@@ -146,6 +150,7 @@ class Publisher:
         self._enqueued = 0
         self._taken = 0  # envelopes the writer has taken off the outbox so far
         self._hurried = 0  # hurry(): the envelopes up to this count are written without linger
+        self._last_taken = -math.inf  # monotonic time the writer last took envelopes
         self._published = 0
         self._retried = 0
         self._batches = 0
@@ -429,6 +434,7 @@ class Publisher:
         while len(batch) < self.max_batch and outbox and outbox[0][0] == topic:
             batch.append(outbox.popleft()[1])
         self._taken += len(batch)
+        self._last_taken = time.monotonic()
         if any(type(p) is tuple for p in batch):
             batch = self._encoded(topic, batch)
         self._inflight_topic = topic
@@ -475,6 +481,35 @@ class Publisher:
         finally:
             timer.cancel()
 
+    def _naps_pay(self) -> bool:
+        """Whether the empty writer looks again after a linger rather than wait to be woken."""
+        # A publisher fed steadily (a training loop's steps) would otherwise go idle after every
+        # round and be woken by the next envelope: a producer in another thread pays for that
+        # wake with a syscall and then waits for the GIL while the writer's round runs, about
+        # half of what a published step cost the training thread. Napping, the writer takes
+        # the GIL when the producer next lets it go. Only while envelopes keep coming: an
+        # unused publisher sleeps until woken.
+        # With flush waiters left (answered, not yet gone) the writer sleeps instead: it must
+        # await something for them to go, and napping would first clear their wake-up.
+        return (
+            self.flush_interval > 0
+            and not self._flush_waiters
+            and not self._closing
+            and time.monotonic() - self._last_taken < _NAP_WHILE_FED * self.flush_interval
+        )
+
+    async def _nap(self) -> None:
+        """Wait `flush_interval`, or less if a flush, a hurry or close() comes meanwhile."""
+        wake = self._wake
+        # Nothing ran since _naps_pay() found no flush and no close: each of those, and a hurry,
+        # sets `_wake` after registering itself, so clearing it here loses none of them.
+        wake.clear()
+        timer = asyncio.get_running_loop().call_later(self.flush_interval, wake.set)
+        try:
+            await wake.wait()
+        finally:
+            timer.cancel()
+
     async def _run(self) -> None:
         backoff = self.backoff_initial
         outage_start = 0.0
@@ -491,6 +526,9 @@ class Publisher:
                 if not self._outbox:
                     if self._closing:
                         return
+                    if self._naps_pay():
+                        await self._nap()
+                        continue
                     self._wake.clear()
                     self._idle = True
                     if not self._outbox and not self._closing:

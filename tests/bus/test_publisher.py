@@ -152,6 +152,35 @@ def test_hurry_writes_what_was_published_without_waiting_out_the_linger(bus_url)
         pub.close()
 
 
+def test_a_thread_s_envelopes_are_written_whether_the_writer_naps_or_sleeps(bus_url) -> None:
+    # Fed steadily, the writer looks again every linger instead of being woken by each new
+    # envelope; left unfed, it sleeps until woken. An envelope must never be stranded by either.
+    linger = 0.02
+    pub = ThreadedPublisher(lambda: open_bus(bus_url), flush_interval=linger)
+
+    def written(count: int) -> int:
+        deadline = time.monotonic() + 10  # a bound, not an expectation: within a linger or two
+        while pub.stats().published < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return pub.stats().published
+
+    try:
+        for i in range(5):  # a steady producer: one envelope per half a linger
+            pub.publish(EVENTS, env(i))
+            time.sleep(linger / 2)
+        assert written(5) == 5
+        pub.publish(EVENTS, env(5))  # the writer naps: a round has just ended
+        assert written(6) == 6
+        time.sleep(40 * linger)  # long unfed: the writer sleeps until an envelope wakes it
+        pub.publish(EVENTS, env(6))
+        assert written(7) == 7
+        pub.publish(EVENTS, env(7))
+        pub.flush(10)  # a flush ends a nap at once
+        assert pub.stats().outbox == 0
+    finally:
+        pub.close()
+
+
 async def test_maxlen_is_passed_to_every_append(bus) -> None:
     spy = Spy(bus)
     async with Publisher(spy, maxlen=500, flush_interval=0) as pub:
