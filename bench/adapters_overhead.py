@@ -6,9 +6,10 @@ code every adapter reuses, so its cost is the reference), its own loop trains th
 of bench/digits_overhead.py (64-128-10, batch 64, Adam, one thread):
 
 1. overhead: without the adapter, with it on the in-memory bus, and with it on a private
-   redis-server (tests/redis_server.py), taking turns so machine noise hits them alike. Prints
-   seconds per epoch (median), then adapter/plain as the median of the ratios of adjacent turns
-   in wall time and in the process's CPU time (every thread: the publisher's too); target
+   redis-server (tests/redis_server.py), taking turns so machine noise hits them alike (every
+   other round in reverse order). Prints seconds per epoch (median), then adapter/plain as the
+   median of the ratios of the same round's turns in wall time, with a bootstrap 95% interval
+   of that median, and in the process's CPU time (every thread: the publisher's too); target
    <= 1.03.
 2. stop latency: a voter registered before the run appends a stop VOTE at a random moment
    while the framework trains; latency is from the moment the VOTE has landed on the bus (the
@@ -443,9 +444,12 @@ def overhead(fw: Framework, loader: DataLoader, buses: dict[str, str], args: Any
     for run in contenders.values():  # warm-up: imports, allocator, autograd caches
         timed(run)
     turns: dict[str, list[tuple[Timing, Timing]]] = {name: [] for name in contenders}
-    for _ in range(args.rounds):
-        for name, run in contenders.items():
-            turns[name].append(timed(run))
+    order = list(contenders)
+    for round_ in range(args.rounds):
+        # Every other round backwards, so a contender is not always the one after the same
+        # other (a turn's allocator and cache state depend on the turn before).
+        for name in order if round_ % 2 == 0 else order[::-1]:
+            turns[name].append(timed(contenders[name]))
     print(f"{fw.name}: {len(loader)} iterations/epoch, {args.rounds} turns of {args.epochs} epochs")
     for name, t in turns.items():
         wall = statistics.median(w.wall for w, _ in t) / args.epochs
@@ -462,9 +466,21 @@ def overhead(fw: Framework, loader: DataLoader, buses: dict[str, str], args: Any
         if name == "plain":
             continue
         pairs = list(zip([w for w, _ in turns[name]], plain, strict=True))
-        wall = statistics.median(a.wall / b.wall for a, b in pairs)
+        walls = [a.wall / b.wall for a, b in pairs]
+        wall = statistics.median(walls)
         cpu = statistics.median(a.cpu / b.cpu for a, b in pairs)
-        print(f"  {name}/plain = {wall:.3f} wall, {cpu:.3f} CPU  (target <= 1.03)")
+        low, high = median_interval(walls)
+        print(
+            f"  {name}/plain = {wall:.3f} wall (95% interval of the median {low:.3f}-{high:.3f}), "
+            f"{cpu:.3f} CPU  (target <= 1.03)"
+        )
+
+
+def median_interval(values: list[float], draws: int = 2000) -> tuple[float, float]:
+    """A bootstrap 95% interval of the median of `values`: how far the noise moves it."""
+    rng = random.Random(1)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    return medians[int(0.025 * draws)], medians[int(0.975 * draws) - 1]
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -241,7 +241,7 @@ def on_redis(
 def overhead(
     server: RedisServer, loader: DataLoader, rounds: int, epochs: int, every: int, which: str
 ) -> None:
-    """Part 1: seconds per epoch three ways, the ratios of adjacent turns, and CPU per epoch."""
+    """Part 1: seconds per epoch three ways, the ratios of the same round's turns, and CPU per epoch."""
     assert server.proc is not None
     pid = server.proc.pid
     contenders = {
@@ -262,9 +262,12 @@ def overhead(
     for run in contenders.values():  # warm-up: imports, connections, caches
         run(loader, 1)
     turns: dict[str, list[Turn]] = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, run in contenders.items():
-            turns[name].append(run(loader, epochs))
+    order = list(contenders)
+    for round_ in range(rounds):
+        # Every other round backwards, so a contender is not always the one after the same
+        # other (a turn's allocator and cache state depend on the turn before).
+        for name in order if round_ % 2 == 0 else order[::-1]:
+            turns[name].append(contenders[name](loader, epochs))
     print(f"1. digits MLP, {len(loader)} iterations/epoch, {rounds} turns of {epochs} epochs")
     print(
         f"   workers: {', '.join(KINDS)}; ITERATION_COMPLETED published every {every} iteration(s)"
