@@ -17,7 +17,7 @@ of bench/digits_overhead.py (64-128-10, batch 64, Adam, one thread):
    the target, one step (the median step time) + 50 ms.
 
     .venv/bin/python bench/adapters_overhead.py [--rounds 20] [--epochs 10] [--trials 40]
-        [--frameworks ignite,lightning,hf]
+        [--frameworks ignite,lightning,hf] [--publish-every 1]
 
 A framework's part is four functions named `<framework>_plain`, `<framework>_adapted` and
 `<framework>_stop_trial` (see the Ignite ones), listed in FRAMEWORKS.
@@ -56,6 +56,8 @@ TOPICS = Topics()
 VOTER = "bench-voter"
 # A stop trial's run is long enough never to end before the vote stops it.
 TRIAL_EPOCHS = 10_000
+# The adapters' `publish_every` in the overhead turns (`--publish-every`; DESIGN.md's default 1).
+PUBLISH_EVERY = [1]
 
 
 @dataclass
@@ -134,7 +136,7 @@ def ignite_adapted(loader: DataLoader, epochs: int, bus_url: str, window: Window
     from trainer.adapters.ignite import attach_bus
 
     engine = _ignite_engine(Job(seed=0), window)
-    handle = attach_bus(engine, bus_url, run_id=new_id())
+    handle = attach_bus(engine, bus_url, run_id=new_id(), publish_every=PUBLISH_EVERY[0])
     engine.run(loader, max_epochs=epochs)
     assert handle.end is not None and handle.end.status == "completed", handle.end
 
@@ -166,7 +168,7 @@ def engine_adapted(loader: DataLoader, epochs: int, bus_url: str, window: Window
     from trainer.bridge import BusRun
 
     engine = _our_engine(window)
-    run = BusRun(bus_url, new_id())
+    run = BusRun(bus_url, new_id(), publish_every=PUBLISH_EVERY[0])
     run.attach(engine)
     with run:
         engine.run(loader, max_epochs=epochs)
@@ -269,7 +271,7 @@ def lightning_adapted(loader: DataLoader, epochs: int, bus_url: str, window: Win
     """Lightning's own loop with the BusCallback publishing to `bus_url`."""
     from trainer.adapters.lightning import BusCallback
 
-    bus = BusCallback(bus_url, new_id())
+    bus = BusCallback(bus_url, new_id(), publish_every=PUBLISH_EVERY[0])
     _lightning_fit(loader, epochs, [_lightning_window(window)], bus)
     assert bus.end is not None and bus.end.status == "completed", bus.end
 
@@ -382,7 +384,7 @@ def hf_adapted(loader: DataLoader, epochs: int, bus_url: str, window: Window) ->
     """The Hugging Face Trainer's loop with the bus TrainerCallback publishing to `bus_url`."""
     from trainer.adapters.hf import BusTrainerCallback
 
-    bus = BusTrainerCallback(bus_url, new_id())
+    bus = BusTrainerCallback(bus_url, new_id(), publish_every=PUBLISH_EVERY[0])
     _hf_trainer(loader, epochs, [_hf_window(window), bus]).train()
     assert bus.end is not None and bus.end.status == "completed", bus.end
 
@@ -450,7 +452,10 @@ def overhead(fw: Framework, loader: DataLoader, buses: dict[str, str], args: Any
         # other (a turn's allocator and cache state depend on the turn before).
         for name in order if round_ % 2 == 0 else order[::-1]:
             turns[name].append(timed(contenders[name]))
-    print(f"{fw.name}: {len(loader)} iterations/epoch, {args.rounds} turns of {args.epochs} epochs")
+    print(
+        f"{fw.name}: {len(loader)} iterations/epoch, {args.rounds} turns of {args.epochs} epochs, "
+        f"ITERATION_COMPLETED every {PUBLISH_EVERY[0]} step(s)"
+    )
     for name, t in turns.items():
         wall = statistics.median(w.wall for w, _ in t) / args.epochs
         cpu = statistics.median(w.cpu for w, _ in t) / args.epochs
@@ -549,7 +554,14 @@ def main() -> None:
     parser.add_argument(
         "--frameworks", default=",".join(fw.name for fw in FRAMEWORKS), help="which to measure"
     )
+    parser.add_argument(
+        "--publish-every",
+        type=int,
+        default=1,
+        help="the adapters' publish_every in the overhead turns (ITERATION_COMPLETED every n)",
+    )
     args = parser.parse_args()
+    PUBLISH_EVERY[0] = args.publish_every
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)  # the frameworks' and the bridge's info lines
     torch.set_num_threads(1)

@@ -241,7 +241,7 @@ def on_redis(
 def overhead(
     server: RedisServer, loader: DataLoader, rounds: int, epochs: int, every: int, which: str
 ) -> None:
-    """Part 1: seconds per epoch three ways, the ratios of the same round's turns, and CPU per epoch."""
+    """Part 1: seconds per epoch each way, the ratios of a round's turns, and CPU per epoch."""
     assert server.proc is not None
     pid = server.proc.pid
     contenders = {
