@@ -56,8 +56,6 @@ TOPICS = Topics()
 VOTER = "bench-voter"
 # A stop trial's run is long enough never to end before the vote stops it.
 TRIAL_EPOCHS = 10_000
-# The adapters' `publish_every` in the overhead turns (`--publish-every`; DESIGN.md's default 1).
-PUBLISH_EVERY = [1]
 
 
 @dataclass
@@ -131,12 +129,14 @@ def ignite_plain(loader: DataLoader, epochs: int, window: Window) -> None:
     _ignite_engine(Job(seed=0), window).run(loader, max_epochs=epochs)
 
 
-def ignite_adapted(loader: DataLoader, epochs: int, bus_url: str, window: Window) -> None:
+def ignite_adapted(
+    loader: DataLoader, epochs: int, bus_url: str, window: Window, publish_every: int = 1
+) -> None:
     """Ignite's own loop with attach_bus publishing to `bus_url`."""
     from trainer.adapters.ignite import attach_bus
 
     engine = _ignite_engine(Job(seed=0), window)
-    handle = attach_bus(engine, bus_url, run_id=new_id(), publish_every=PUBLISH_EVERY[0])
+    handle = attach_bus(engine, bus_url, run_id=new_id(), publish_every=publish_every)
     engine.run(loader, max_epochs=epochs)
     assert handle.end is not None and handle.end.status == "completed", handle.end
 
@@ -163,12 +163,14 @@ def engine_plain(loader: DataLoader, epochs: int, window: Window) -> None:
     _our_engine(window).run(loader, max_epochs=epochs)
 
 
-def engine_adapted(loader: DataLoader, epochs: int, bus_url: str, window: Window) -> None:
+def engine_adapted(
+    loader: DataLoader, epochs: int, bus_url: str, window: Window, publish_every: int = 1
+) -> None:
     """The same with the bridge's BusRun publishing to `bus_url`: what the adapters reuse."""
     from trainer.bridge import BusRun
 
     engine = _our_engine(window)
-    run = BusRun(bus_url, new_id(), publish_every=PUBLISH_EVERY[0])
+    run = BusRun(bus_url, new_id(), publish_every=publish_every)
     run.attach(engine)
     with run:
         engine.run(loader, max_epochs=epochs)
@@ -267,11 +269,13 @@ def lightning_plain(loader: DataLoader, epochs: int, window: Window) -> None:
     _lightning_fit(loader, epochs, [_lightning_window(window)])
 
 
-def lightning_adapted(loader: DataLoader, epochs: int, bus_url: str, window: Window) -> None:
+def lightning_adapted(
+    loader: DataLoader, epochs: int, bus_url: str, window: Window, publish_every: int = 1
+) -> None:
     """Lightning's own loop with the BusCallback publishing to `bus_url`."""
     from trainer.adapters.lightning import BusCallback
 
-    bus = BusCallback(bus_url, new_id(), publish_every=PUBLISH_EVERY[0])
+    bus = BusCallback(bus_url, new_id(), publish_every=publish_every)
     _lightning_fit(loader, epochs, [_lightning_window(window)], bus)
     assert bus.end is not None and bus.end.status == "completed", bus.end
 
@@ -380,11 +384,13 @@ def hf_plain(loader: DataLoader, epochs: int, window: Window) -> None:
     _hf_trainer(loader, epochs, [_hf_window(window)]).train()
 
 
-def hf_adapted(loader: DataLoader, epochs: int, bus_url: str, window: Window) -> None:
+def hf_adapted(
+    loader: DataLoader, epochs: int, bus_url: str, window: Window, publish_every: int = 1
+) -> None:
     """The Hugging Face Trainer's loop with the bus TrainerCallback publishing to `bus_url`."""
     from trainer.adapters.hf import BusTrainerCallback
 
-    bus = BusTrainerCallback(bus_url, new_id(), publish_every=PUBLISH_EVERY[0])
+    bus = BusTrainerCallback(bus_url, new_id(), publish_every=publish_every)
     _hf_trainer(loader, epochs, [_hf_window(window), bus]).train()
     assert bus.end is not None and bus.end.status == "completed", bus.end
 
@@ -409,7 +415,7 @@ class Framework:
     module: str  # imported to tell whether it is installed
     extra: str
     plain: Callable[[DataLoader, int, Window], None]
-    adapted: Callable[[DataLoader, int, str, Window], None]
+    adapted: Callable[[DataLoader, int, str, Window, int], None]  # the last: publish_every
     stop_trial: Callable[[DataLoader, str, str, StepClock], None]
 
 
@@ -438,7 +444,9 @@ def overhead(fw: Framework, loader: DataLoader, buses: dict[str, str], args: Any
         "plain": lambda window: fw.plain(loader, args.epochs, window),
         **{
             f"adapter, {bus}": (
-                lambda window, url=url: fw.adapted(loader, args.epochs, url, window)
+                lambda window, url=url: fw.adapted(
+                    loader, args.epochs, url, window, args.publish_every
+                )
             )
             for bus, url in buses.items()
         },
@@ -454,7 +462,7 @@ def overhead(fw: Framework, loader: DataLoader, buses: dict[str, str], args: Any
             turns[name].append(timed(contenders[name]))
     print(
         f"{fw.name}: {len(loader)} iterations/epoch, {args.rounds} turns of {args.epochs} epochs, "
-        f"ITERATION_COMPLETED every {PUBLISH_EVERY[0]} step(s)"
+        f"ITERATION_COMPLETED every {args.publish_every} step(s)"
     )
     for name, t in turns.items():
         wall = statistics.median(w.wall for w, _ in t) / args.epochs
@@ -561,7 +569,6 @@ def main() -> None:
         help="the adapters' publish_every in the overhead turns (ITERATION_COMPLETED every n)",
     )
     args = parser.parse_args()
-    PUBLISH_EVERY[0] = args.publish_every
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)  # the frameworks' and the bridge's info lines
     torch.set_num_threads(1)
